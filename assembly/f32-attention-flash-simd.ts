@@ -1,0 +1,141 @@
+// Tiled attention with an online softmax (FlashAttention-2 style) for one (batch, head) slice.
+//
+//   out[i] = sum_j p[i][j] v[j],  p[i] = softmax_j( t[i][j] ),
+//   t[i][j] = softcap(scale * q[i]·k[j]) + mask[i][j]   for visible j, -inf otherwise,
+//   visible: i + offset - left <= j <= i + offset + right   (left/right < 0: unbounded on that side;
+//            causal is left = -1, right = 0), and 0 <= j < seqKV.
+//   A row with no visible key (or only -inf scores) gives out[i] = 0 (and sum 0 in rowStats).
+//
+// Layout: row-major, strides in elements. q row i at q + i*ldq (headDim floats), k row j at
+// k + j*ldk (headDim), v row j at v + j*ldv (valueDim), out row i at out + i*ldo (valueDim),
+// mask row i at mask + i*maskRowStride (u8 for bool, f32 for float). rowStats (optional, 0 = none)
+// receives [max_i, sum_i] per row, so log-sum-exp_i = max_i + log(sum_i) (sum 0: no visible key).
+//
+// For each block of ATT_BR query rows the kernel streams blocks of ATT_BC keys: it packs the key
+// block as Kᵀ panels, computes the ATT_BR x ATT_BC score tile with the GEMM micro-kernel, folds it
+// into the running max m, sum l and output accumulator o (rescaled only when m changes), and adds
+// P·V with the micro-kernel again. Key blocks that no row of the query block can see (causal or
+// window) are skipped. Extra memory is the scratch, O(ATT_BR*ATT_BC + ATT_BC*(headDim + valueDim)).
+
+import { f32_gemm_4x8 } from './f32-gemm-4x8-simd';
+import { f32_pack_panels } from './f32-pack-panels-simd';
+import { scoreRow, expRow, scaleRow, MASK_BOOL } from './f32-softmax-scale-mask-simd';
+import { exp1 } from './f32-vmath-simd';
+
+export const ATT_BR: i32 = 32;
+export const ATT_BC: i32 = 64;
+
+// @ts-ignore: decorator
+@inline function roundUp8(n: i32): i32 {
+  return (n + 7) & ~7;
+}
+
+/** Scratch bytes f32_attention needs for these head sizes. */
+export function f32_attention_scratch_bytes(headDim: i32, valueDim: i32): i32 {
+  const dvPad = roundUp8(valueDim);
+  return 4 * (headDim * ATT_BC + ATT_BC * dvPad + ATT_BR * ATT_BC + ATT_BR * dvPad + 2 * ATT_BR);
+}
+
+/** Attention of `rows` query rows over `seqKV` keys; see the file header for the exact contract. */
+export function f32_attention(
+  q: usize, ldq: i32, k: usize, ldk: i32, v: usize, ldv: i32, out: usize, ldo: i32,
+  rows: i32, seqKV: i32, headDim: i32, valueDim: i32,
+  scale: f32, cap: f32, mask: usize, maskKind: i32, maskRowStride: i32,
+  offset: i32, left: i32, right: i32, rowStats: usize, scratch: usize,
+): void {
+  const dvPad = roundUp8(valueDim);
+  const kT = scratch;
+  const vPad = kT + ((<usize>headDim * ATT_BC) << 2);
+  const sTile = vPad + ((<usize>ATT_BC * dvPad) << 2);
+  const oTile = sTile + ((<usize>ATT_BR * ATT_BC) << 2);
+  const mRow = oTile + ((<usize>ATT_BR * dvPad) << 2);
+  const lRow = mRow + ((<usize>ATT_BR) << 2);
+  const maskShift: usize = maskKind == MASK_BOOL ? 0 : 2;
+  const vDirect = valueDim == dvPad;
+
+  for (let q0 = 0; q0 < rows; q0 += ATT_BR) {
+    const br = min(ATT_BR, rows - q0);
+    memory.fill(oTile, 0, (<usize>br * dvPad) << 2);
+    for (let i = 0; i < br; i++) {
+      store<f32>(mRow + (<usize>i << 2), -Infinity);
+      store<f32>(lRow + (<usize>i << 2), 0);
+    }
+    // keys any row of this block can see
+    const jlo = left < 0 ? 0 : max(0, q0 + offset - left);
+    const jhi = right < 0 ? seqKV : min(seqKV, q0 + br - 1 + offset + right + 1);
+
+    for (let j0 = jlo; j0 < jhi; j0 += ATT_BC) {
+      const bc = min(ATT_BC, jhi - j0);
+      const bcPad = roundUp8(bc);
+      // S = Q·Kᵀ for this tile
+      f32_pack_panels(k + ((<usize>j0 * ldk) << 2), ldk, true, headDim, bc, kT);
+      for (let i0 = 0; i0 < br; i0 += 4) {
+        const qTile = q + ((<usize>(q0 + i0) * ldq) << 2);
+        for (let p = 0; p < bcPad; p += 8) {
+          f32_gemm_4x8(min(4, br - i0), 8, headDim, qTile, ldq, kT + ((<usize>p * headDim) << 2), 8,
+            sTile + ((<usize>i0 * ATT_BC + p) << 2), ATT_BC, false);
+        }
+      }
+      // online softmax, row by row
+      for (let i = 0; i < br; i++) {
+        const r = q0 + i;
+        const lo = left < 0 ? 0 : r + offset - left - j0;
+        const hi = right < 0 ? bc : min(bc, r + offset + right + 1 - j0);
+        const sRow = sTile + ((<usize>i * ATT_BC) << 2);
+        const maskRow = mask + ((<usize>r * maskRowStride + j0) << maskShift);
+        const rowMax = scoreRow(sRow, sRow, bcPad, scale, cap, maskRow, maskKind, lo, hi);
+        const mOld = load<f32>(mRow + (<usize>i << 2));
+        const mNew = max(mOld, rowMax);
+        if (mNew == -Infinity) {
+          memory.fill(sRow, 0, (<usize>bcPad) << 2);
+          continue;
+        }
+        const sum = expRow(sRow, bcPad, mNew);
+        let l = load<f32>(lRow + (<usize>i << 2));
+        if (mNew != mOld && mOld != -Infinity) {
+          const alpha = exp1(mOld - mNew);
+          scaleRow(oTile + ((<usize>i * dvPad) << 2), dvPad, alpha);
+          l *= alpha;
+        }
+        store<f32>(lRow + (<usize>i << 2), l + sum);
+        store<f32>(mRow + (<usize>i << 2), mNew);
+      }
+      // O += P·V
+      let vBlock = v + ((<usize>j0 * ldv) << 2);
+      let ldvBlock = ldv;
+      if (!vDirect) {
+        for (let j = 0; j < bc; j++) {
+          const dst = vPad + ((<usize>j * dvPad) << 2);
+          memory.copy(dst, vBlock + ((<usize>j * ldv) << 2), (<usize>valueDim) << 2);
+          memory.fill(dst + ((<usize>valueDim) << 2), 0, (<usize>(dvPad - valueDim)) << 2);
+        }
+        vBlock = vPad;
+        ldvBlock = dvPad;
+      }
+      for (let i0 = 0; i0 < br; i0 += 4) {
+        const pTile = sTile + ((<usize>i0 * ATT_BC) << 2);
+        for (let p = 0; p < dvPad; p += 8) {
+          f32_gemm_4x8(min(4, br - i0), 8, bc, pTile, ATT_BC, vBlock + (<usize>p << 2), ldvBlock,
+            oTile + ((<usize>i0 * dvPad + p) << 2), dvPad, true);
+        }
+      }
+    }
+    // out = o / l
+    for (let i = 0; i < br; i++) {
+      const l = load<f32>(lRow + (<usize>i << 2));
+      const oRow = oTile + ((<usize>i * dvPad) << 2);
+      const dst = out + ((<usize>(q0 + i) * ldo) << 2);
+      if (l > 0 || l != l) {
+        scaleRow(oRow, valueDim, 1.0 / l);
+        memory.copy(dst, oRow, (<usize>valueDim) << 2);
+      } else {
+        memory.fill(dst, 0, (<usize>valueDim) << 2);
+      }
+      if (rowStats != 0) {
+        const statsAt = rowStats + ((<usize>(q0 + i)) << 3);
+        store<f32>(statsAt, load<f32>(mRow + (<usize>i << 2)));
+        store<f32>(statsAt, l, 4);
+      }
+    }
+  }
+}

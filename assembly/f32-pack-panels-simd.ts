@@ -1,0 +1,63 @@
+// Packs a kc x nc block of a matrix B into column panels 8 wide:
+//   dst[p][k][j] = B(k, 8p + j)   for p < ceil(nc/8), k < kc, j < 8; zero where 8p + j >= nc.
+// B(k, n) = src[k*ld + n] when transposed is false, src[n*ld + k] when it is true (B given as Bᵀ,
+// as K is in Q·Kᵀ). Each panel is kc*8 contiguous floats, the ldb = 8 layout the micro-kernels read.
+
+/** Packs B (or Bᵀ) into 8-wide, zero-padded panels; see the file header. */
+export function f32_pack_panels(src: usize, ld: i32, transposed: bool, kc: i32, nc: i32, dst: usize): void {
+  const ldBytes = (<usize>ld) << 2;
+  for (let n0 = 0; n0 < nc; n0 += 8) {
+    const width = min(8, nc - n0);
+    if (!transposed) {
+      let s = src + ((<usize>n0) << 2);
+      if (width == 8) {
+        for (let k = 0; k < kc; k++) {
+          v128.store(dst, v128.load(s));
+          v128.store(dst, v128.load(s, 16), 16);
+          s += ldBytes;
+          dst += 32;
+        }
+      } else {
+        for (let k = 0; k < kc; k++) {
+          for (let j = 0; j < 8; j++) store<f32>(dst + (<usize>j << 2), j < width ? load<f32>(s + (<usize>j << 2)) : 0);
+          s += ldBytes;
+          dst += 32;
+        }
+      }
+    } else {
+      // Column n of B is row n of src: transpose 4x4 blocks of src into the panel.
+      const row0 = src + <usize>n0 * ldBytes;
+      let k = 0;
+      if (width == 8) {
+        const r0 = row0, r1 = r0 + ldBytes, r2 = r1 + ldBytes, r3 = r2 + ldBytes;
+        const r4 = r3 + ldBytes, r5 = r4 + ldBytes, r6 = r5 + ldBytes, r7 = r6 + ldBytes;
+        for (; k + 4 <= kc; k += 4) {
+          const off = (<usize>k) << 2;
+          transpose4(dst, v128.load(r0 + off), v128.load(r1 + off), v128.load(r2 + off), v128.load(r3 + off));
+          transpose4(dst + 16, v128.load(r4 + off), v128.load(r5 + off), v128.load(r6 + off), v128.load(r7 + off));
+          dst += 128;
+        }
+      }
+      for (; k < kc; k++) {
+        const off = (<usize>k) << 2;
+        for (let j = 0; j < 8; j++) {
+          store<f32>(dst + (<usize>j << 2), j < width ? load<f32>(row0 + <usize>j * ldBytes + off) : 0);
+        }
+        dst += 32;
+      }
+    }
+  }
+}
+
+/** Writes the transpose of the 4x4 block with rows r0..r3 as four rows 32 bytes apart. */
+// @ts-ignore: decorator
+@inline function transpose4(dst: usize, r0: v128, r1: v128, r2: v128, r3: v128): void {
+  const t0 = v128.shuffle<f32>(r0, r1, 0, 4, 1, 5);
+  const t1 = v128.shuffle<f32>(r0, r1, 2, 6, 3, 7);
+  const t2 = v128.shuffle<f32>(r2, r3, 0, 4, 1, 5);
+  const t3 = v128.shuffle<f32>(r2, r3, 2, 6, 3, 7);
+  v128.store(dst, v128.shuffle<f32>(t0, t2, 0, 1, 4, 5));
+  v128.store(dst, v128.shuffle<f32>(t0, t2, 2, 3, 6, 7), 32);
+  v128.store(dst, v128.shuffle<f32>(t1, t3, 0, 1, 4, 5), 64);
+  v128.store(dst, v128.shuffle<f32>(t1, t3, 2, 3, 6, 7), 96);
+}

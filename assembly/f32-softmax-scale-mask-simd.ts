@@ -1,0 +1,120 @@
+// Fused scale + softcap + mask + softmax over rows.
+//
+//   t[j] = cap > 0 ? cap*tanh(scale*x[j]/cap) : scale*x[j]
+//   t[j] = maskKind == 1 (bool):  mask[j] != 0 ? t[j] : -inf
+//          maskKind == 2 (float): t[j] + mask[j]
+//   t[j] = -inf outside the visible columns [lo, hi)
+//   y[j] = exp(t[j] - max t) / sum_j exp(t[j] - max t),   and y = 0 when every t[j] is -inf.
+//
+// Two passes per row: scoreRow (transform + max) and expRow (exp + sum), then one scaling pass.
+
+import { expv, exp1, hmax, hsum, softcapv, softcap1 } from './f32-vmath-simd';
+
+export const MASK_NONE: i32 = 0;
+export const MASK_BOOL: i32 = 1;
+export const MASK_FLOAT: i32 = 2;
+
+// @ts-ignore: decorator
+@inline function transform4(x: v128, scale: f32, cap: f32, invCap: f32, mask: usize, maskKind: i32): v128 {
+  let t = f32x4.mul(x, f32x4.splat(scale));
+  if (cap > 0) t = softcapv(t, cap, invCap);
+  if (maskKind == MASK_FLOAT) {
+    t = f32x4.add(t, v128.load(mask));
+  } else if (maskKind == MASK_BOOL) {
+    const m32 = i32x4.extend_low_i16x8_u(i16x8.extend_low_i8x16_u(v128.load32_zero(mask)));
+    t = v128.bitselect(f32x4.splat(-Infinity), t, i32x4.eq(m32, i32x4.splat(0)));
+  }
+  return t;
+}
+
+// @ts-ignore: decorator
+@inline function transform1(x: f32, scale: f32, cap: f32, invCap: f32, mask: usize, maskKind: i32): f32 {
+  let t = x * scale;
+  if (cap > 0) t = softcap1(t, cap, invCap);
+  if (maskKind == MASK_FLOAT) t += load<f32>(mask);
+  else if (maskKind == MASK_BOOL && load<u8>(mask) == 0) t = -Infinity;
+  return t;
+}
+
+/** dst[0..n) = transformed src[0..n) (see the header; columns outside [lo, hi) become -inf).
+ * mask points at this row's column 0 (u8 or f32 elements). dst may equal src. Returns the row max. */
+export function scoreRow(src: usize, dst: usize, n: i32, scale: f32, cap: f32, mask: usize, maskKind: i32, lo: i32, hi: i32): f32 {
+  lo = max(0, min(lo, n));
+  hi = max(lo, min(hi, n));
+  for (let j = 0; j < lo; j++) store<f32>(dst + (<usize>j << 2), -Infinity);
+  for (let j = hi; j < n; j++) store<f32>(dst + (<usize>j << 2), -Infinity);
+  const invCap: f32 = cap > 0 ? 1.0 / cap : 0;
+  const maskShift: usize = maskKind == MASK_BOOL ? 0 : 2;
+  let vmax = f32x4.splat(-Infinity);
+  let j = lo;
+  for (; j + 4 <= hi; j += 4) {
+    const off = <usize>j << 2;
+    const t = transform4(v128.load(src + off), scale, cap, invCap, mask + (<usize>j << maskShift), maskKind);
+    v128.store(dst + off, t);
+    vmax = f32x4.max(vmax, t);
+  }
+  let smax = hmax(vmax);
+  for (; j < hi; j++) {
+    const off = <usize>j << 2;
+    const t = transform1(load<f32>(src + off), scale, cap, invCap, mask + (<usize>j << maskShift), maskKind);
+    store<f32>(dst + off, t);
+    smax = max(smax, t);
+  }
+  return smax;
+}
+
+/** s[j] = exp(s[j] - rowMax) for j < n; returns the sum of the new values. */
+export function expRow(s: usize, n: i32, rowMax: f32): f32 {
+  const vm = f32x4.splat(rowMax);
+  let vsum = f32x4.splat(0.0);
+  let j = 0;
+  for (; j + 4 <= n; j += 4) {
+    const off = <usize>j << 2;
+    const e = expv(f32x4.sub(v128.load(s + off), vm));
+    v128.store(s + off, e);
+    vsum = f32x4.add(vsum, e);
+  }
+  let sum = hsum(vsum);
+  for (; j < n; j++) {
+    const off = <usize>j << 2;
+    const e = exp1(load<f32>(s + off) - rowMax);
+    store<f32>(s + off, e);
+    sum += e;
+  }
+  return sum;
+}
+
+/** s[j] *= factor for j < n. */
+export function scaleRow(s: usize, n: i32, factor: f32): void {
+  const vf = f32x4.splat(factor);
+  let j = 0;
+  for (; j + 4 <= n; j += 4) {
+    const off = <usize>j << 2;
+    v128.store(s + off, f32x4.mul(v128.load(s + off), vf));
+  }
+  for (; j < n; j++) store<f32>(s + (<usize>j << 2), load<f32>(s + (<usize>j << 2)) * factor);
+}
+
+/**
+ * Softmax of `rows` rows of `cols` values: x row i at x + i*ldx, y row i at y + i*ldy (y may be x).
+ * mask row i at mask + i*maskRowStride elements (stride 0 broadcasts one row). With causal, row i
+ * sees columns j <= i + causalOffset only.
+ */
+export function f32_softmax_rows(
+  x: usize, ldx: i32, y: usize, ldy: i32, rows: i32, cols: i32,
+  scale: f32, cap: f32, mask: usize, maskKind: i32, maskRowStride: i32, causal: bool, causalOffset: i32,
+): void {
+  const maskShift: usize = maskKind == MASK_BOOL ? 0 : 2;
+  for (let i = 0; i < rows; i++) {
+    const src = x + ((<usize>i * ldx) << 2);
+    const dst = y + ((<usize>i * ldy) << 2);
+    const hi = causal ? i + causalOffset + 1 : cols;
+    const rowMax = scoreRow(src, dst, cols, scale, cap, mask + ((<usize>i * maskRowStride) << maskShift), maskKind, 0, hi);
+    if (rowMax == -Infinity) {
+      memory.fill(dst, 0, (<usize>cols) << 2);
+      continue;
+    }
+    const sum = expRow(dst, cols, rowMax);
+    scaleRow(dst, cols, 1.0 / sum);
+  }
+}

@@ -1,0 +1,95 @@
+// Vector helpers shared by every kernel: fused multiply-add (relaxed FMA in the
+// relaxed-SIMD build, mul + add otherwise), exp, tanh and horizontal reductions.
+//
+// exp(x), after Cody-Waite range reduction:
+//   n = nearest(x * log2(e)),  r = x - n*ln2_hi - n*ln2_lo,  |r| <= ln2/2
+//   exp(x) = 2^n * p(r),  p a degree-6 polynomial fitted by us (iteratively
+//   reweighted least squares on the relative error, near-minimax): its own
+//   relative error is 1.9e-9, so the float32 result is within 1-2 ulp of the
+//   correctly rounded exp over the whole normal range (test/exp.test.ts measures it).
+//   x < -87.33 gives exactly 0 (exp(-inf) = 0 for masked scores); x > 88.37 gives +inf.
+
+/** c + a * b, fused (one rounding) when relaxed SIMD is enabled. */
+// @ts-ignore: decorator
+@inline export function madd(a: v128, b: v128, c: v128): v128 {
+  if (ASC_FEATURE_RELAXED_SIMD) return f32x4.relaxed_madd(a, b, c);
+  return f32x4.add(f32x4.mul(a, b), c);
+}
+
+// @ts-ignore: decorator
+@inline const LOG2E: f32 = 1.44269502;
+// @ts-ignore: decorator
+@inline const LN2_HI: f32 = 0.693145751953125;
+// @ts-ignore: decorator
+@inline const LN2_LO: f32 = 1.42860677e-6;
+// @ts-ignore: decorator
+@inline const EXP_LO: f32 = -87.33;
+// @ts-ignore: decorator
+@inline const EXP_HI: f32 = 88.37;
+// p(r) = 1 + r + c2 r^2 + ... + c6 r^6
+// @ts-ignore: decorator
+@inline const P2: f32 = 0.49999991059303284;
+// @ts-ignore: decorator
+@inline const P3: f32 = 0.16666419804096222;
+// @ts-ignore: decorator
+@inline const P4: f32 = 0.04166822507977486;
+// @ts-ignore: decorator
+@inline const P5: f32 = 0.008374815806746483;
+// @ts-ignore: decorator
+@inline const P6: f32 = 0.0013836845755577087;
+
+/** exp of four lanes; see the header for range and accuracy. NaN stays NaN. */
+// @ts-ignore: decorator
+@inline export function expv(x: v128): v128 {
+  const xc = f32x4.max(f32x4.min(x, f32x4.splat(EXP_HI)), f32x4.splat(EXP_LO));
+  const n = f32x4.nearest(f32x4.mul(xc, f32x4.splat(LOG2E)));
+  let r = madd(n, f32x4.splat(-LN2_HI), xc);
+  r = madd(n, f32x4.splat(-LN2_LO), r);
+  let p = madd(f32x4.splat(P6), r, f32x4.splat(P5));
+  p = madd(p, r, f32x4.splat(P4));
+  p = madd(p, r, f32x4.splat(P3));
+  p = madd(p, r, f32x4.splat(P2));
+  p = madd(p, r, f32x4.splat(1.0));
+  p = madd(p, r, f32x4.splat(1.0));
+  const pow2n = i32x4.shl(i32x4.add(i32x4.trunc_sat_f32x4_s(n), i32x4.splat(127)), 23);
+  let y = f32x4.mul(p, pow2n);
+  // below the range: exactly 0; above: +inf; NaN keeps flowing through (comparisons are false).
+  y = v128.bitselect(f32x4.splat(0.0), y, f32x4.lt(x, f32x4.splat(EXP_LO)));
+  y = v128.bitselect(f32x4.splat(Infinity), y, f32x4.gt(x, f32x4.splat(EXP_HI)));
+  return v128.bitselect(x, y, f32x4.ne(x, x));
+}
+
+/** c * tanh(x / c) on four lanes (the softcap), via tanh(t) = 1 - 2 / (exp(2t) + 1).
+ * Absolute error about 1e-7 * c, which is what the softmax that follows sees. */
+// @ts-ignore: decorator
+@inline export function softcapv(x: v128, cap: f32, invCap: f32): v128 {
+  const e = expv(f32x4.mul(x, f32x4.splat(2.0 * invCap)));
+  const t = f32x4.sub(f32x4.splat(1.0), f32x4.div(f32x4.splat(2.0), f32x4.add(e, f32x4.splat(1.0))));
+  return f32x4.mul(t, f32x4.splat(cap));
+}
+
+/** Scalar softcap with the same formula as the vector one. */
+// @ts-ignore: decorator
+@inline export function softcap1(x: f32, cap: f32, invCap: f32): f32 {
+  return f32x4.extract_lane(softcapv(f32x4.splat(x), cap, invCap), 0);
+}
+
+/** Scalar exp with the same polynomial as the vector one. */
+// @ts-ignore: decorator
+@inline export function exp1(x: f32): f32 {
+  return f32x4.extract_lane(expv(f32x4.splat(x)), 0);
+}
+
+/** Largest of the four lanes. */
+// @ts-ignore: decorator
+@inline export function hmax(v: v128): f32 {
+  const m = f32x4.max(v, v128.shuffle<f32>(v, v, 2, 3, 0, 1));
+  return max(f32x4.extract_lane(m, 0), f32x4.extract_lane(m, 1));
+}
+
+/** Sum of the four lanes, in the fixed order (l0 + l2) + (l1 + l3). */
+// @ts-ignore: decorator
+@inline export function hsum(v: v128): f32 {
+  const s = f32x4.add(v, v128.shuffle<f32>(v, v, 2, 3, 0, 1));
+  return f32x4.extract_lane(s, 0) + f32x4.extract_lane(s, 1);
+}

@@ -1,0 +1,17 @@
+// The module's exports: every kernel, plus the constants the TypeScript side sizes scratch with.
+// Memory is imported (shared, so that worker threads run the same kernels over the same bytes) and
+// owned by the TypeScript allocator; nothing here allocates.
+
+export { f32_gemm_4x8 } from './f32-gemm-4x8-simd';
+export { f32_pack_panels } from './f32-pack-panels-simd';
+export { f32_gemm, f32_gemm_scratch_bytes } from './f32-gemm-simd';
+export { f32_softmax_rows } from './f32-softmax-scale-mask-simd';
+export { f32_attention, f32_attention_scratch_bytes } from './f32-attention-flash-simd';
+
+/** First byte of linear memory the module does not use itself (static data ends below it). */
+export function heap_base(): usize {
+  return __heap_base;
+}
+
+/** exp of x with the kernels' vector polynomial (exported so tests can measure its accuracy). */
+export { exp1 as f32_exp } from './f32-vmath-simd';

@@ -1,0 +1,168 @@
+// The public engine: validates every call into a plan (plan.ts), then runs it on the backend it was
+// created with, the wasm kernels or the pure-JS path. Both produce the same numbers within float32
+// rounding; the float64 reference (reference.ts) is the oracle for both.
+import { AttentionError } from './errors.js';
+import { attentionJs, matmulJs, softmaxJs } from './js-backend.js';
+import {
+  type AttentionOptions, type MatmulOptions, type SoftmaxOptions, planAttention, planMatmul, planSoftmax,
+} from './plan.js';
+import { type Tensor, type TensorLike, describe } from './tensor.js';
+import { WasmBackend } from './wasm-backend.js';
+import { type WasmBuild, WASM_BUILDS, bestBuild, buildSupported, compiledModule } from './wasm-module.js';
+
+export type BackendName = WasmBuild | 'js';
+
+export interface EngineOptions {
+  /**
+   * 'auto' (default): the fastest wasm build this runtime validates, else 'js'. 'wasm': the fastest
+   * wasm build, and an error if none runs here. 'js': the pure-JS path. 'wasm-simd' or
+   * 'wasm-relaxed-simd': exactly that build (an error if it cannot run here).
+   */
+  backend?: 'auto' | 'wasm' | BackendName;
+  /** Worker threads for large calls (accepted now; 1 = run on the calling thread only). */
+  threads?: number;
+  /** Cap on the WASM linear memory this engine may grow to, in bytes (default 4 GiB). */
+  maxMemoryBytes?: number;
+}
+
+const MAX_WASM_BYTES = 65536 * 65536;
+
+function chooseBackend(requested: unknown): BackendName {
+  switch (requested ?? 'auto') {
+    case 'auto':
+      return bestBuild() ?? 'js';
+    case 'wasm': {
+      const build = bestBuild();
+      if (!build) throw new AttentionError('UNSUPPORTED', 'backend "wasm" needs WebAssembly SIMD and shared memory, which this runtime lacks', 'options.backend');
+      return build;
+    }
+    case 'js':
+      return 'js';
+    case 'wasm-simd':
+    case 'wasm-relaxed-simd':
+      if (!buildSupported(requested as WasmBuild)) {
+        const hint = requested === 'wasm-relaxed-simd' ? ' (Node 20 needs --experimental-wasm-relaxed-simd)' : '';
+        throw new AttentionError('UNSUPPORTED', `this runtime cannot run the ${String(requested)} build${hint}`, 'options.backend');
+      }
+      return requested as WasmBuild;
+    default:
+      throw new AttentionError('INVALID_OPTION', `options.backend must be one of auto, wasm, js, ${WASM_BUILDS.join(', ')}; got ${describe(requested)}`, 'options.backend');
+  }
+}
+
+function checkEngineOptions(options: unknown): { backend: BackendName; threads: number; maxMemoryBytes: number } {
+  if (options !== undefined && (options === null || typeof options !== 'object')) {
+    throw new AttentionError('INVALID_OPTION', `options must be an object, got ${describe(options)}`, 'options');
+  }
+  const opts = (options ?? {}) as EngineOptions;
+  const threads = opts.threads ?? 1;
+  if (!Number.isInteger(threads) || threads < 1) {
+    throw new AttentionError('INVALID_OPTION', `options.threads must be an integer >= 1, got ${describe(opts.threads)}`, 'options.threads');
+  }
+  const maxMemoryBytes = opts.maxMemoryBytes ?? MAX_WASM_BYTES;
+  if (typeof maxMemoryBytes !== 'number' || !Number.isFinite(maxMemoryBytes) || maxMemoryBytes < 65536 * 32 || maxMemoryBytes > MAX_WASM_BYTES) {
+    throw new AttentionError('INVALID_OPTION', `options.maxMemoryBytes must be between 2 MiB and 4 GiB, got ${describe(opts.maxMemoryBytes)}`, 'options.maxMemoryBytes');
+  }
+  return { backend: chooseBackend(opts.backend), threads, maxMemoryBytes };
+}
+
+/** Computes attention, matmul and softmax on one backend. Create with createEngine / createEngineSync. */
+export class Engine {
+  /** The backend every call of this engine runs on. */
+  readonly backend: BackendName;
+  /** Worker threads requested (the calling thread alone runs calls for now). */
+  readonly threads: number;
+  private wasm: WasmBackend | undefined;
+  private disposed = false;
+
+  /** @internal use createEngine or createEngineSync */
+  constructor(backend: BackendName, threads: number, wasm: WasmBackend | undefined) {
+    this.backend = backend;
+    this.threads = threads;
+    this.wasm = wasm;
+  }
+
+  private live(): WasmBackend | undefined {
+    if (this.disposed) throw new AttentionError('DISPOSED', 'this engine was disposed');
+    return this.wasm;
+  }
+
+  /**
+   * Scaled dot-product attention: softmax(q·kᵀ·scale + mask) · v along the keys.
+   * q [B, Hq, Sq, Dk], k [B, Hkv, Skv, Dk], v [B, Hkv, Skv, Dv] → [B, Hq, Sq, Dv]. Query head h reads
+   * kv head floor(h / (Hq/Hkv)). A query row that sees no key gives zeros.
+   */
+  attention(q: TensorLike<Float32Array>, k: TensorLike<Float32Array>, v: TensorLike<Float32Array>, options?: AttentionOptions): Tensor {
+    const wasm = this.live();
+    const plan = planAttention(q, k, v, options);
+    let data: Float32Array;
+    if (wasm) {
+      data = wasm.attention(plan, q.data, k.data, v.data);
+    } else {
+      data = plan.outBuffer ?? new Float32Array(plan.batch * plan.qHeads * plan.seqQ * plan.valueDim);
+      attentionJs(plan, q.data, k.data, v.data, data);
+    }
+    return { data, dims: plan.outDims };
+  }
+
+  /** [..., M, K] · [..., K, N] → [..., M, N] (b as [..., N, K] with transposeB), batch dims broadcast. */
+  matmul(a: TensorLike<Float32Array>, b: TensorLike<Float32Array>, options?: MatmulOptions): Tensor {
+    const wasm = this.live();
+    const plan = planMatmul(a, b, options);
+    let data: Float32Array;
+    if (wasm) {
+      data = wasm.matmul(plan, a.data, b.data);
+    } else {
+      data = plan.outBuffer ?? new Float32Array(plan.aOffsets.length * plan.m * plan.n);
+      matmulJs(plan, a.data, b.data, data);
+    }
+    return { data, dims: plan.outDims };
+  }
+
+  /** Softmax along the last axis of scale·x + mask (causal: column j dropped from row i when j > i). */
+  softmax(x: TensorLike<Float32Array>, options?: SoftmaxOptions): Tensor {
+    const wasm = this.live();
+    const plan = planSoftmax(x, options);
+    let data: Float32Array;
+    if (wasm) {
+      data = wasm.softmax(plan, x.data);
+    } else {
+      data = plan.outBuffer ?? new Float32Array(x.data.length);
+      softmaxJs(plan, x.data, data);
+    }
+    return { data, dims: plan.outDims };
+  }
+
+  /** Bytes of WASM memory reserved and in use (both 0 on the js backend). */
+  stats(): { reservedBytes: number; usedBytes: number } {
+    const wasm = this.live();
+    return wasm ? wasm.heap.stats() : { reservedBytes: 0, usedBytes: 0 };
+  }
+
+  /** Frees the engine's memory; every later call throws an AttentionError with code DISPOSED. */
+  dispose(): void {
+    this.disposed = true;
+    this.wasm = undefined;
+  }
+}
+
+/** Creates an engine synchronously (compiles the wasm build on first use in this process). */
+export function createEngineSync(options?: EngineOptions): Engine {
+  const { backend, threads, maxMemoryBytes } = checkEngineOptions(options);
+  const wasm = backend === 'js' ? undefined : new WasmBackend(backend, maxMemoryBytes);
+  return new Engine(backend, threads, wasm);
+}
+
+/** Creates an engine on the fastest backend this runtime supports (see EngineOptions.backend). */
+export async function createEngine(options?: EngineOptions): Promise<Engine> {
+  const { backend, threads, maxMemoryBytes } = checkEngineOptions(options);
+  if (backend === 'js') return new Engine(backend, threads, undefined);
+  const module = await compileAsync(backend);
+  return new Engine(backend, threads, new WasmBackend(backend, maxMemoryBytes, module));
+}
+
+async function compileAsync(build: WasmBuild): Promise<WebAssembly.Module> {
+  // compiledModule caches; compiling on a later tick keeps createEngine from blocking its caller's turn.
+  await Promise.resolve();
+  return compiledModule(build);
+}

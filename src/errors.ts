@@ -1,0 +1,26 @@
+/** Why a call was refused. Stable strings: match on them, not on the message. */
+export type AttentionErrorCode =
+  | 'INVALID_TENSOR'
+  | 'INVALID_DTYPE'
+  | 'INVALID_DIMS'
+  | 'SHAPE_MISMATCH'
+  | 'INVALID_OPTION'
+  | 'UNSUPPORTED'
+  | 'OUT_OF_MEMORY'
+  | 'DISPOSED';
+
+/**
+ * The one error class every refused call throws, before any kernel runs.
+ * `argument` names the offending argument (`q`, `k.dims[3]`, `options.scale`, ...).
+ */
+export class AttentionError extends Error {
+  readonly code: AttentionErrorCode;
+  readonly argument: string | undefined;
+
+  constructor(code: AttentionErrorCode, message: string, argument?: string) {
+    super(message);
+    this.name = 'AttentionError';
+    this.code = code;
+    this.argument = argument;
+  }
+}

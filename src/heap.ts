@@ -1,0 +1,124 @@
+// The allocator over the engine's WebAssembly.Memory. TypeScript owns every byte above the module's
+// static data: ops allocate their inputs, outputs and scratch here and free them when they return,
+// so space is reused across calls and memory grows only when a call needs more than has ever been
+// free at once. Blocks are 64-byte aligned (a cache line; v128 loads need 16). Free blocks are kept
+// sorted by address and merged with their neighbours, first fit.
+import { AttentionError } from './errors.js';
+
+const ALIGN = 64;
+const PAGE = 65536;
+const alignUp = (n: number, a: number): number => Math.ceil(n / a) * a;
+
+export interface HeapStats {
+  /** Bytes of linear memory (all of it, static data included). */
+  reservedBytes: number;
+  /** Bytes in live allocations. */
+  usedBytes: number;
+}
+
+export class WasmHeap {
+  readonly memory: WebAssembly.Memory;
+  private readonly maxBytes: number;
+  /** Free blocks [start, end), sorted by start, never adjacent. */
+  private free: Array<[number, number]> = [];
+  private readonly sizes = new Map<number, number>();
+  private used = 0;
+  private f32View: Float32Array;
+  private u8View: Uint8Array;
+
+  constructor(memory: WebAssembly.Memory, heapBase: number, maxBytes: number) {
+    this.memory = memory;
+    this.maxBytes = maxBytes;
+    const start = alignUp(heapBase, ALIGN);
+    const end = memory.buffer.byteLength;
+    if (end > start) this.free.push([start, end]);
+    this.f32View = new Float32Array(memory.buffer);
+    this.u8View = new Uint8Array(memory.buffer);
+  }
+
+  /** A Float32Array over all of memory, re-created after growth. */
+  get f32(): Float32Array {
+    if (this.f32View.buffer.byteLength !== this.memory.buffer.byteLength) this.refreshViews();
+    return this.f32View;
+  }
+
+  /** A Uint8Array over all of memory, re-created after growth. */
+  get u8(): Uint8Array {
+    if (this.u8View.buffer.byteLength !== this.memory.buffer.byteLength) this.refreshViews();
+    return this.u8View;
+  }
+
+  private refreshViews(): void {
+    this.f32View = new Float32Array(this.memory.buffer);
+    this.u8View = new Uint8Array(this.memory.buffer);
+  }
+
+  stats(): HeapStats {
+    return { reservedBytes: this.memory.buffer.byteLength, usedBytes: this.used };
+  }
+
+  /** Allocates `bytes` (64-byte aligned, at least 64), growing memory if needed; returns the address. */
+  alloc(bytes: number): number {
+    const size = alignUp(Math.max(bytes, 1), ALIGN);
+    for (let i = 0; i < this.free.length; i++) {
+      const [start, end] = this.free[i];
+      if (end - start >= size) return this.take(i, size);
+    }
+    this.grow(size);
+    return this.alloc(bytes);
+  }
+
+  private take(index: number, size: number): number {
+    const block = this.free[index];
+    const start = block[0];
+    if (block[1] - start === size) this.free.splice(index, 1);
+    else block[0] = start + size;
+    this.sizes.set(start, size);
+    this.used += size;
+    return start;
+  }
+
+  /** Grows memory so that a free block of `size` bytes exists at its end. */
+  private grow(size: number): void {
+    const end = this.memory.buffer.byteLength;
+    const last = this.free[this.free.length - 1];
+    const tailFree = last && last[1] === end ? last[1] - last[0] : 0;
+    const pages = Math.ceil((size - tailFree) / PAGE);
+    if (end + pages * PAGE > this.maxBytes) {
+      throw new AttentionError('OUT_OF_MEMORY', `this call needs ${size} more bytes of WASM memory; the engine has ${end} and may grow to ${this.maxBytes}`);
+    }
+    try {
+      this.memory.grow(pages);
+    } catch (cause) {
+      throw new AttentionError('OUT_OF_MEMORY', `WASM memory could not grow from ${end} to ${end + pages * PAGE} bytes: ${String(cause)}`);
+    }
+    const newEnd = this.memory.buffer.byteLength;
+    if (tailFree > 0) last[1] = newEnd;
+    else this.free.push([end, newEnd]);
+  }
+
+  /** Frees a block returned by alloc. */
+  release(ptr: number): void {
+    const size = this.sizes.get(ptr);
+    if (size === undefined) throw new Error(`wasm-attention internal error: release of unknown block ${ptr}`);
+    this.sizes.delete(ptr);
+    this.used -= size;
+    let lo = 0;
+    let hi = this.free.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if (this.free[mid][0] < ptr) lo = mid + 1;
+      else hi = mid;
+    }
+    const end = ptr + size;
+    const prev = this.free[lo - 1];
+    const next = this.free[lo];
+    if (prev && prev[1] === ptr) {
+      prev[1] = next && next[0] === end ? this.free.splice(lo, 1)[0][1] : end;
+    } else if (next && next[0] === end) {
+      next[0] = ptr;
+    } else {
+      this.free.splice(lo, 0, [ptr, end]);
+    }
+  }
+}

@@ -1,0 +1,77 @@
+// Shared test helpers: a seeded generator, tensor makers, the backends under test, and the one
+// place where tolerances are stated.
+import { createEngineSync, type BackendName, type Engine } from '../src/index.js';
+
+/** Backends this test process checks (set per vitest project, see vitest.config.ts). */
+export const BACKENDS = (process.env.TEST_BACKENDS ?? 'wasm-simd,js').split(',') as BackendName[];
+
+const engines = new Map<BackendName, Engine>();
+/** One engine per backend, shared by the tests of a file. */
+export function engineFor(backend: BackendName): Engine {
+  let engine = engines.get(backend);
+  if (!engine) {
+    engine = createEngineSync({ backend });
+    engines.set(backend, engine);
+  }
+  return engine;
+}
+
+/** mulberry32: small, fast, seeded. */
+export function rng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+export function randomTensor(random: () => number, dims: number[], magnitude = 1): { data: Float32Array; dims: number[] } {
+  const size = dims.reduce((a, b) => a * b, 1);
+  const data = new Float32Array(size);
+  for (let i = 0; i < size; i++) data[i] = (random() * 2 - 1) * magnitude;
+  return { data, dims };
+}
+
+export const EPS32 = 2 ** -23;
+
+/**
+ * THE tolerances. Every comparison against the float64 reference goes through `expectClose` with
+ * a bound of the form  |actual - expected| <= tol * magnitude, where tol grows with the reduction
+ * length n as c·eps32·sqrt(n+1) (float32 summation error of random-sign terms; c = 4 for attention,
+ * 16 for the rest, margin over what we measure) and magnitude is what the error scales with: max|v|
+ * for attention (times the score magnitude, since a score error e changes a probability by a factor
+ * e^e), max|a|·max|b|·sqrt(K) for matmul, 1 for softmax (plus the scaled input magnitude).
+ */
+export const tolerance = {
+  reduction: (n: number): number => 16 * EPS32 * Math.sqrt(n + 1),
+  attention: (headDim: number, seqKV: number, maxScore: number): number =>
+    4 * EPS32 * (Math.sqrt(headDim + 1) * (1 + maxScore) + Math.sqrt(seqKV + 1)),
+  softmax: (cols: number, maxScaled: number): number => 16 * EPS32 * (Math.sqrt(cols + 1) + maxScaled),
+  /** ONNX's own: |a - e| <= atol + rtol*|e|. */
+  onnx: { rtol: 1e-3, atol: 1e-7 },
+};
+
+export function maxAbs(data: ArrayLike<number>): number {
+  let m = 0;
+  for (let i = 0; i < data.length; i++) m = Math.max(m, Math.abs(data[i]));
+  return m;
+}
+
+/** Largest |actual - expected| (NaN where one is NaN and the other is not). */
+export function maxError(actual: ArrayLike<number>, expected: ArrayLike<number>): number {
+  if (actual.length !== expected.length) throw new Error(`length ${actual.length} vs expected ${expected.length}`);
+  let worst = 0;
+  for (let i = 0; i < actual.length; i++) {
+    const a = actual[i];
+    const e = expected[i];
+    if (Number.isNaN(a) || Number.isNaN(e)) {
+      if (Number.isNaN(a) !== Number.isNaN(e)) return NaN;
+      continue;
+    }
+    worst = Math.max(worst, a === e ? 0 : Math.abs(a - e));
+  }
+  return worst;
+}

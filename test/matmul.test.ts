@@ -1,0 +1,29 @@
+// engine.matmul on every backend against the float64 reference, around the GEMM tiles
+// (MR = 4 rows, 8-wide panels, KC = NC = 256 blocks), with transposeB and broadcast batch dims.
+import { describe, expect, it } from 'vitest';
+import { referenceMatmul } from '../src/reference.js';
+import { BACKENDS, engineFor, maxError, randomTensor, rng, tolerance } from './helpers.js';
+
+const sizes = [1, 3, 4, 5, 7, 8, 9, 17, 33];
+const shapes: Array<[number, number, number]> = [];
+for (const m of sizes) for (const n of [1, 7, 8, 9, 31]) shapes.push([m, n, (m * 7 + n * 3) % 40 + 1]);
+shapes.push([64, 64, 64], [5, 300, 7], [9, 257, 513], [100, 260, 3], [2, 3, 0], [0, 4, 5], [4, 0, 5]);
+
+function check(backend: (typeof BACKENDS)[number], aDims: number[], bDims: number[], transposeB: boolean, seed: number): void {
+  const random = rng(seed);
+  const a = randomTensor(random, aDims);
+  const b = randomTensor(random, bDims);
+  const actual = engineFor(backend).matmul(a, b, { transposeB });
+  const expected = referenceMatmul(a, b, { transposeB });
+  expect(actual.dims).toEqual(expected.dims);
+  const k = aDims[aDims.length - 1];
+  expect(maxError(actual.data, expected.data)).toBeLessThanOrEqual(tolerance.reduction(k) * Math.sqrt(k + 1));
+}
+
+describe.each(BACKENDS)('matmul on %s', (backend) => {
+  it.each(shapes)('M %i N %i K %i', (m, n, k) => check(backend, [m, k], [k, n], false, m * 1000 + n * 10 + k));
+  it.each(shapes)('M %i N %i K %i, transposeB', (m, n, k) => check(backend, [m, k], [n, k], true, m * 999 + n * 7 + k));
+  it('broadcasts batch dims: [2, 1, 5, 6] x [3, 6, 7]', () => check(backend, [2, 1, 5, 6], [3, 6, 7], false, 1));
+  it('broadcasts batch dims: [4, 9, 10] x [10, 3] (transposed [3, 10])', () => check(backend, [4, 9, 10], [3, 10], true, 2));
+  it('multiplies a 300 x 300 x 300 product', () => check(backend, [300, 300], [300, 300], false, 3));
+});

@@ -1,0 +1,105 @@
+// Malformed calls are refused with an AttentionError that names the argument, before any kernel
+// runs, and leave the engine working and its memory as it was.
+import { describe, expect, it } from 'vitest';
+import { AttentionError, createEngine, createEngineSync } from '../src/index.js';
+import { BACKENDS, engineFor, randomTensor, rng } from './helpers.js';
+
+const random = rng(5);
+const q = randomTensor(random, [1, 2, 4, 8]);
+const k = randomTensor(random, [1, 2, 6, 8]);
+const v = randomTensor(random, [1, 2, 6, 8]);
+
+function refused(call: () => unknown, code: string, argument: string | undefined, message?: RegExp): void {
+  let error: unknown;
+  try {
+    call();
+  } catch (e) {
+    error = e;
+  }
+  expect(error).toBeInstanceOf(AttentionError);
+  expect((error as AttentionError).code).toBe(code);
+  expect((error as AttentionError).argument).toBe(argument);
+  if (message) expect((error as AttentionError).message).toMatch(message);
+}
+
+describe.each(BACKENDS)('validation on %s', (backend) => {
+  const e = engineFor(backend);
+  it.each([
+    ['q null', () => e.attention(null as never, k, v), 'INVALID_TENSOR', 'q'],
+    ['q.data a Float64Array', () => e.attention({ data: new Float64Array(64), dims: [1, 2, 4, 8] } as never, k, v), 'INVALID_DTYPE', 'q.data'],
+    ['k.data a plain array', () => e.attention(q, { data: Array.from(k.data), dims: k.dims } as never, v), 'INVALID_DTYPE', 'k.data'],
+    ['v.data length wrong', () => e.attention(q, k, { data: new Float32Array(5), dims: v.dims }), 'SHAPE_MISMATCH', 'v.data'],
+    ['q rank 3', () => e.attention({ data: q.data, dims: [2, 4, 8] }, k, v), 'INVALID_DIMS', 'q.dims'],
+    ['dims not integers', () => e.attention({ data: q.data, dims: [1, 2, 4, 8.5] }, k, v), 'INVALID_DIMS', 'q.dims[3]'],
+    ['negative dim', () => e.attention({ data: q.data, dims: [1, -2, 4, 8] }, k, v), 'INVALID_DIMS', 'q.dims[1]'],
+    ['head dims differ', () => e.attention(q, { data: new Float32Array(2 * 6 * 4), dims: [1, 2, 6, 4] }, v), 'SHAPE_MISMATCH', 'k.dims[3]'],
+    ['kv lengths differ', () => e.attention(q, k, { data: new Float32Array(2 * 5 * 8), dims: [1, 2, 5, 8] }), 'SHAPE_MISMATCH', 'v.dims[2]'],
+    ['batch differs', () => e.attention(q, { data: new Float32Array(2 * 2 * 6 * 8), dims: [2, 2, 6, 8] }, v), 'SHAPE_MISMATCH', 'k.dims[0]'],
+    ['Hq not a multiple of Hkv', () => e.attention({ data: new Float32Array(3 * 32), dims: [1, 3, 4, 8] }, k, v), 'SHAPE_MISMATCH', 'q.dims[1]'],
+    ['scale NaN', () => e.attention(q, k, v, { scale: NaN }), 'INVALID_OPTION', 'options.scale'],
+    ['scale Infinity', () => e.attention(q, k, v, { scale: Infinity }), 'INVALID_OPTION', 'options.scale'],
+    ['softcap 0', () => e.attention(q, k, v, { softcap: 0 }), 'INVALID_OPTION', 'options.softcap'],
+    ['softcap negative', () => e.attention(q, k, v, { softcap: -1 }), 'INVALID_OPTION', 'options.softcap'],
+    ['causal a string', () => e.attention(q, k, v, { causal: 'yes' as never }), 'INVALID_OPTION', 'options.causal'],
+    ['options a number', () => e.attention(q, k, v, 3 as never), 'INVALID_OPTION', 'options'],
+    ['mask of Int32Array', () => e.attention(q, k, v, { mask: { data: new Int32Array(24), dims: [4, 6] } as never }), 'INVALID_DTYPE', 'options.mask.data'],
+    ['mask not broadcastable', () => e.attention(q, k, v, { mask: { data: new Uint8Array(20), dims: [4, 5] } }), 'SHAPE_MISMATCH', 'options.mask.dims[1]'],
+    ['mask rank 5', () => e.attention(q, k, v, { mask: { data: new Uint8Array(48), dims: [1, 1, 2, 4, 6] } }), 'SHAPE_MISMATCH', 'options.mask.dims'],
+    ['out of the wrong size', () => e.attention(q, k, v, { out: new Float32Array(10) }), 'SHAPE_MISMATCH', 'options.out'],
+    ['out a Float64Array', () => e.attention(q, k, v, { out: new Float64Array(64) as never }), 'INVALID_DTYPE', 'options.out'],
+    ['matmul K mismatch', () => e.matmul({ data: new Float32Array(6), dims: [2, 3] }, { data: new Float32Array(8), dims: [4, 2] }), 'SHAPE_MISMATCH', 'b.dims[0]'],
+    ['matmul rank 1', () => e.matmul({ data: new Float32Array(3), dims: [3] }, { data: new Float32Array(3), dims: [3, 1] }), 'INVALID_DIMS', 'a.dims'],
+    ['matmul batch mismatch', () => e.matmul({ data: new Float32Array(12), dims: [2, 2, 3] }, { data: new Float32Array(27), dims: [3, 3, 3] }), 'SHAPE_MISMATCH', 'b.dims'],
+    ['softmax causal on rank 1', () => e.softmax({ data: new Float32Array(3), dims: [3] }, { causal: true }), 'INVALID_DIMS', 'x.dims'],
+    ['softmax scale a string', () => e.softmax({ data: new Float32Array(3), dims: [3] }, { scale: '2' as never }), 'INVALID_OPTION', 'options.scale'],
+  ] as const)('refuses %s', (_name, call, code, argument) => refused(call, code, argument));
+
+  it('names expected and actual values in the message', () => {
+    refused(() => e.attention(q, { data: new Float32Array(2 * 6 * 4), dims: [1, 2, 6, 4] }, v), 'SHAPE_MISMATCH', 'k.dims[3]', /k\.dims\[3\] \(head dim\) is 4 but q\.dims\[3\] is 8/);
+  });
+
+  it('keeps working, and keeps nothing, after refused calls', () => {
+    const before = e.stats();
+    const good = e.attention(q, k, v);
+    for (let i = 0; i < 20; i++) expect(() => e.attention(q, k, v, { scale: NaN })).toThrow(AttentionError);
+    expect(e.attention(q, k, v).data).toEqual(good.data);
+    expect(e.stats().usedBytes).toBe(before.usedBytes);
+  });
+});
+
+describe('engines', () => {
+  it('createEngine picks a wasm build where SIMD validates, and the js backend on request', async () => {
+    const auto = await createEngine();
+    expect(['wasm-relaxed-simd', 'wasm-simd']).toContain(auto.backend);
+    expect((await createEngine({ backend: 'js' })).backend).toBe('js');
+    expect(createEngineSync({ backend: 'wasm' }).backend).toBe(auto.backend);
+  });
+  it('refuses unknown options', () => {
+    refused(() => createEngineSync({ backend: 'gpu' as never }), 'INVALID_OPTION', 'options.backend');
+    refused(() => createEngineSync({ threads: 0 }), 'INVALID_OPTION', 'options.threads');
+    refused(() => createEngineSync({ maxMemoryBytes: 1 }), 'INVALID_OPTION', 'options.maxMemoryBytes');
+  });
+  it('refuses every call after dispose', () => {
+    for (const backend of BACKENDS) {
+      const e = createEngineSync({ backend });
+      e.dispose();
+      refused(() => e.attention(q, k, v), 'DISPOSED', undefined);
+      refused(() => e.matmul(q, k, { transposeB: true }), 'DISPOSED', undefined);
+      refused(() => e.softmax(q), 'DISPOSED', undefined);
+    }
+  });
+  it('frees every block of a call: usedBytes returns to zero', () => {
+    const e = createEngineSync({ backend: 'wasm-simd' });
+    e.attention(q, k, v, { causal: true, mask: { data: new Uint8Array(24).fill(1), dims: [4, 6] } });
+    e.matmul(q, k, { transposeB: true });
+    e.softmax(q, { causal: true });
+    expect(e.stats().usedBytes).toBe(0);
+  });
+  it('refuses a call that would pass maxMemoryBytes, then keeps working', () => {
+    const e = createEngineSync({ backend: 'wasm-simd', maxMemoryBytes: 4 << 20 });
+    const big = randomTensor(rng(1), [1, 1, 512, 1024]);
+    refused(() => e.attention(big, big, big), 'OUT_OF_MEMORY', undefined);
+    expect(e.stats().usedBytes).toBe(0);
+    expect(e.attention(q, k, v).dims).toEqual([1, 2, 4, 8]);
+  });
+});
