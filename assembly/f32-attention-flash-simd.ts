@@ -1,7 +1,7 @@
 // Tiled attention with an online softmax (FlashAttention-2 style) for one (batch, head) slice.
 //
 //   out[i] = sum_j p[i][j] v[j],  p[i] = softmax_j( t[i][j] ),
-//   t[i][j] = softcap(scale * q[i]·k[j]) + mask[i][j]   for visible j, -inf otherwise,
+//   t[i][j] = softcap((scale * q[i])·k[j]) + mask[i][j]   for visible j, -inf otherwise,
 //   visible: i + offset - left <= j <= i + offset + right   (left/right < 0: unbounded on that side;
 //            causal is left = -1, right = 0), and 0 <= j < seqKV.
 //   A row with no visible key (or only -inf scores) gives out[i] = 0 (and sum 0 in rowStats).
@@ -17,13 +17,13 @@
 // P·V with the micro-kernel again. Key blocks that no row of the query block can see (causal or
 // window) are skipped. Extra memory is the scratch, O(ATT_BR*ATT_BC + ATT_BC*(headDim + valueDim)).
 
-import { f32_gemm_4x8 } from './f32-gemm-4x8-simd';
+import { gemm_tile, GEMM_MR } from './f32-gemm-tile';
 import { f32_pack_panels } from './f32-pack-panels-simd';
 import { scoreRow, expRow, scaleRow, MASK_BOOL } from './f32-softmax-scale-mask-simd';
 import { exp1 } from './f32-vmath-simd';
 
-export const ATT_BR: i32 = 32;
-export const ATT_BC: i32 = 64;
+export const ATT_BR: i32 = 8 * GEMM_MR;
+export const ATT_BC: i32 = 128;
 
 // @ts-ignore: decorator
 @inline function roundUp8(n: i32): i32 {
@@ -33,7 +33,7 @@ export const ATT_BC: i32 = 64;
 /** Scratch bytes f32_attention needs for these head sizes. */
 export function f32_attention_scratch_bytes(headDim: i32, valueDim: i32): i32 {
   const dvPad = roundUp8(valueDim);
-  return 4 * (headDim * ATT_BC + ATT_BC * dvPad + ATT_BR * ATT_BC + ATT_BR * dvPad + 2 * ATT_BR);
+  return 4 * (headDim * ATT_BC + ATT_BC * dvPad + ATT_BR * ATT_BC + ATT_BR * dvPad + 2 * ATT_BR + ATT_BR * headDim);
 }
 
 /** Attention of `rows` query rows over `seqKV` keys; see the file header for the exact contract. */
@@ -45,17 +45,24 @@ export function f32_attention(
 ): void {
   const dvPad = roundUp8(valueDim);
   const kT = scratch;
-  const vPad = kT + ((<usize>headDim * ATT_BC) << 2);
-  const sTile = vPad + ((<usize>ATT_BC * dvPad) << 2);
+  const vPanels = kT + ((<usize>headDim * ATT_BC) << 2);
+  const sTile = vPanels + ((<usize>ATT_BC * dvPad) << 2);
   const oTile = sTile + ((<usize>ATT_BR * ATT_BC) << 2);
   const mRow = oTile + ((<usize>ATT_BR * dvPad) << 2);
   const lRow = mRow + ((<usize>ATT_BR) << 2);
+  const qTileRows = lRow + ((<usize>ATT_BR) << 2);
   const maskShift: usize = maskKind == MASK_BOOL ? 0 : 2;
-  const vDirect = valueDim == dvPad;
 
   for (let q0 = 0; q0 < rows; q0 += ATT_BR) {
     const br = min(ATT_BR, rows - q0);
     memory.fill(oTile, 0, (<usize>br * dvPad) << 2);
+    // q block, scaled once here so the score pass needs no multiply: rows contiguous, headDim apart
+    for (let i = 0; i < br; i++) {
+      const src = q + ((<usize>(q0 + i) * ldq) << 2);
+      const dst = qTileRows + ((<usize>i * headDim) << 2);
+      memory.copy(dst, src, (<usize>headDim) << 2);
+      scaleRow(dst, headDim, scale);
+    }
     for (let i = 0; i < br; i++) {
       store<f32>(mRow + (<usize>i << 2), -Infinity);
       store<f32>(lRow + (<usize>i << 2), 0);
@@ -69,10 +76,10 @@ export function f32_attention(
       const bcPad = roundUp8(bc);
       // S = Q·Kᵀ for this tile
       f32_pack_panels(k + ((<usize>j0 * ldk) << 2), ldk, true, headDim, bc, kT);
-      for (let i0 = 0; i0 < br; i0 += 4) {
-        const qTile = q + ((<usize>(q0 + i0) * ldq) << 2);
+      for (let i0 = 0; i0 < br; i0 += GEMM_MR) {
+        const qTile = qTileRows + ((<usize>i0 * headDim) << 2);
         for (let p = 0; p < bcPad; p += 8) {
-          f32_gemm_4x8(min(4, br - i0), 8, headDim, qTile, ldq, kT + ((<usize>p * headDim) << 2), 8,
+          gemm_tile(min(GEMM_MR, br - i0), 8, headDim, qTile, headDim, kT + ((<usize>p * headDim) << 2),
             sTile + ((<usize>i0 * ATT_BC + p) << 2), ATT_BC, false);
         }
       }
@@ -83,7 +90,7 @@ export function f32_attention(
         const hi = right < 0 ? bc : min(bc, r + offset + right + 1 - j0);
         const sRow = sTile + ((<usize>i * ATT_BC) << 2);
         const maskRow = mask + ((<usize>r * maskRowStride + j0) << maskShift);
-        const rowMax = scoreRow(sRow, sRow, bcPad, scale, cap, maskRow, maskKind, lo, hi);
+        const rowMax = scoreRow(sRow, sRow, bcPad, 1, cap, maskRow, maskKind, lo, hi);
         const mOld = load<f32>(mRow + (<usize>i << 2));
         const mNew = max(mOld, rowMax);
         if (mNew == -Infinity) {
@@ -100,22 +107,12 @@ export function f32_attention(
         store<f32>(lRow + (<usize>i << 2), l + sum);
         store<f32>(mRow + (<usize>i << 2), mNew);
       }
-      // O += P·V
-      let vBlock = v + ((<usize>j0 * ldv) << 2);
-      let ldvBlock = ldv;
-      if (!vDirect) {
-        for (let j = 0; j < bc; j++) {
-          const dst = vPad + ((<usize>j * dvPad) << 2);
-          memory.copy(dst, vBlock + ((<usize>j * ldv) << 2), (<usize>valueDim) << 2);
-          memory.fill(dst + ((<usize>valueDim) << 2), 0, (<usize>(dvPad - valueDim)) << 2);
-        }
-        vBlock = vPad;
-        ldvBlock = dvPad;
-      }
-      for (let i0 = 0; i0 < br; i0 += 4) {
+      // O += P·V, with the value block packed into 8-wide panels
+      f32_pack_panels(v + ((<usize>j0 * ldv) << 2), ldv, false, bc, valueDim, vPanels);
+      for (let i0 = 0; i0 < br; i0 += GEMM_MR) {
         const pTile = sTile + ((<usize>i0 * ATT_BC) << 2);
         for (let p = 0; p < dvPad; p += 8) {
-          f32_gemm_4x8(min(4, br - i0), 8, bc, pTile, ATT_BC, vBlock + (<usize>p << 2), ldvBlock,
+          gemm_tile(min(GEMM_MR, br - i0), 8, bc, pTile, ATT_BC, vPanels + ((<usize>p * bc) << 2),
             oTile + ((<usize>i0 * dvPad + p) << 2), dvPad, true);
         }
       }

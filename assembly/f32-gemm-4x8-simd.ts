@@ -2,17 +2,16 @@
 //
 // C[mr x nc] = A[mr x kc] · B[kc x nc]            (accumulate = false)
 // C[mr x nc] = C[mr x nc] + A[mr x kc] · B[kc x nc] (accumulate = true)
-// with mr <= 4, nc <= 8. Row-major, strides in elements: A row i at a + i*lda, B row k at
-// b + k*ldb (8 readable floats per row, so B is usually a packed panel with ldb = 8), C row i at
-// c + i*ldc. A 4x8 register tile: per k, one splat of each A element and two loads of B.
+// with mr <= 4, nc <= 8. Row-major, strides in elements: A row i at a + i*lda; B a packed panel
+// (f32_pack_panels), row k at b + 8k; C row i at c + i*ldc. A 4x8 register tile: per k, one
+// splat of each A element and two loads of B; k unrolled by 1.
 // Rows past mr re-read the last valid row of A (never out of bounds) and are not stored.
 import { madd } from './f32-vmath-simd';
 import { storeRow8 } from './f32-gemm-store-simd';
 
-/** 4x8 register-tile GEMM micro-kernel; see the file header for the exact contract. */
-export function f32_gemm_4x8(mr: i32, nc: i32, kc: i32, a: usize, lda: i32, b: usize, ldb: i32, c: usize, ldc: i32, accumulate: bool): void {
+/** 4x8 register-tile GEMM micro-kernel over a packed B panel; see the file header. */
+export function f32_gemm_4x8(mr: i32, nc: i32, kc: i32, a: usize, lda: i32, b: usize, c: usize, ldc: i32, accumulate: bool): void {
   const aStride = (<usize>lda) << 2;
-  const bStride = (<usize>ldb) << 2;
   let a0 = a;
   let a1 = mr > 1 ? a0 + aStride : a0;
   let a2 = mr > 2 ? a1 + aStride : a1;
@@ -22,23 +21,46 @@ export function f32_gemm_4x8(mr: i32, nc: i32, kc: i32, a: usize, lda: i32, b: u
   let acc2l = f32x4.splat(0.0), acc2h = f32x4.splat(0.0);
   let acc3l = f32x4.splat(0.0), acc3h = f32x4.splat(0.0);
   let bp = b;
-  for (let k = 0; k < kc; k++) {
-    const bl = v128.load(bp);
-    const bh = v128.load(bp, 16);
-    const va0 = v128.load32_splat(a0);
-    acc0l = madd(va0, bl, acc0l);
-    acc0h = madd(va0, bh, acc0h);
-    const va1 = v128.load32_splat(a1);
-    acc1l = madd(va1, bl, acc1l);
-    acc1h = madd(va1, bh, acc1h);
-    const va2 = v128.load32_splat(a2);
-    acc2l = madd(va2, bl, acc2l);
-    acc2h = madd(va2, bh, acc2h);
-    const va3 = v128.load32_splat(a3);
-    acc3l = madd(va3, bl, acc3l);
-    acc3h = madd(va3, bh, acc3h);
+  let k = kc;
+  for (; k >= 1; k -= 1) {
+    {
+      const bl = v128.load(bp, 0);
+      const bh = v128.load(bp, 16);
+      const va0 = v128.load32_splat(a0, 0);
+      acc0l = madd(va0, bl, acc0l);
+      acc0h = madd(va0, bh, acc0h);
+      const va1 = v128.load32_splat(a1, 0);
+      acc1l = madd(va1, bl, acc1l);
+      acc1h = madd(va1, bh, acc1h);
+      const va2 = v128.load32_splat(a2, 0);
+      acc2l = madd(va2, bl, acc2l);
+      acc2h = madd(va2, bh, acc2h);
+      const va3 = v128.load32_splat(a3, 0);
+      acc3l = madd(va3, bl, acc3l);
+      acc3h = madd(va3, bh, acc3h);
+    }
     a0 += 4; a1 += 4; a2 += 4; a3 += 4;
-    bp += bStride;
+    bp += 32;
+  }
+  for (; k > 0; k--) {
+    {
+      const bl = v128.load(bp, 0);
+      const bh = v128.load(bp, 16);
+      const va0 = v128.load32_splat(a0, 0);
+      acc0l = madd(va0, bl, acc0l);
+      acc0h = madd(va0, bh, acc0h);
+      const va1 = v128.load32_splat(a1, 0);
+      acc1l = madd(va1, bl, acc1l);
+      acc1h = madd(va1, bh, acc1h);
+      const va2 = v128.load32_splat(a2, 0);
+      acc2l = madd(va2, bl, acc2l);
+      acc2h = madd(va2, bh, acc2h);
+      const va3 = v128.load32_splat(a3, 0);
+      acc3l = madd(va3, bl, acc3l);
+      acc3h = madd(va3, bh, acc3h);
+    }
+    a0 += 4; a1 += 4; a2 += 4; a3 += 4;
+    bp += 32;
   }
   const cStride = (<usize>ldc) << 2;
   storeRow8(c, acc0l, acc0h, nc, accumulate);

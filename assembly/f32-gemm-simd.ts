@@ -2,10 +2,9 @@
 // Row-major, strides in elements. Blocked for the caches: for each KC x NC block of B, pack it into
 // 8-wide panels (scratch), then sweep the rows of A in tiles of MR rows, each tile against every panel.
 // The A tile (MR x KC floats) stays in L1 while the panels (KC x NC floats) stream from L2.
-import { f32_gemm_4x8 } from './f32-gemm-4x8-simd';
+import { gemm_tile, GEMM_MR } from './f32-gemm-tile';
 import { f32_pack_panels } from './f32-pack-panels-simd';
 
-export const GEMM_MR: i32 = 4;
 export const GEMM_KC: i32 = 256;
 export const GEMM_NC: i32 = 256;
 
@@ -31,7 +30,7 @@ export function f32_gemm(m: i32, n: i32, k: i32, a: usize, lda: i32, b: usize, l
         const aTile = a + ((<usize>m0 * lda + k0) << 2);
         const cRow = c + ((<usize>m0 * ldc + n0) << 2);
         for (let p = 0; p < nc; p += 8) {
-          f32_gemm_4x8(mr, min(8, nc - p), kc, aTile, lda, scratch + (<usize>p * kc << 2), 8, cRow + (<usize>p << 2), ldc, k0 > 0);
+          gemm_tile(mr, min(8, nc - p), kc, aTile, lda, scratch + (<usize>p * kc << 2), cRow + (<usize>p << 2), ldc, k0 > 0);
         }
       }
     }

@@ -8,7 +8,7 @@
 //
 // Two passes per row: scoreRow (transform + max) and expRow (exp + sum), then one scaling pass.
 
-import { expv, exp1, hmax, hsum, softcapv, softcap1 } from './f32-vmath-simd';
+import { expNegv, exp1, hmax, hsum, softcapv, softcap1 } from './f32-vmath-simd';
 
 export const MASK_NONE: i32 = 0;
 export const MASK_BOOL: i32 = 1;
@@ -43,15 +43,23 @@ export function scoreRow(src: usize, dst: usize, n: i32, scale: f32, cap: f32, m
   hi = max(lo, min(hi, n));
   for (let j = 0; j < lo; j++) store<f32>(dst + (<usize>j << 2), -Infinity);
   for (let j = hi; j < n; j++) store<f32>(dst + (<usize>j << 2), -Infinity);
-  const invCap: f32 = cap > 0 ? 1.0 / cap : 0;
-  const maskShift: usize = maskKind == MASK_BOOL ? 0 : 2;
   let vmax = f32x4.splat(-Infinity);
   let j = lo;
+  if (scale == 1 && cap == 0 && maskKind == MASK_NONE) {
+    // nothing to transform: the max pass alone (attention pre-scales q)
+    if (src != dst) memory.copy(dst + (<usize>lo << 2), src + (<usize>lo << 2), <usize>(hi - lo) << 2);
+    for (; j + 4 <= hi; j += 4) vmax = f32x4.pmax(vmax, v128.load(dst + (<usize>j << 2)));
+    let smax = hmax(vmax);
+    for (; j < hi; j++) smax = max(smax, load<f32>(dst + (<usize>j << 2)));
+    return smax == -Infinity ? nanOr(dst, lo, hi, smax) : smax;
+  }
+  const invCap: f32 = cap > 0 ? 1.0 / cap : 0;
+  const maskShift: usize = maskKind == MASK_BOOL ? 0 : 2;
   for (; j + 4 <= hi; j += 4) {
     const off = <usize>j << 2;
     const t = transform4(v128.load(src + off), scale, cap, invCap, mask + (<usize>j << maskShift), maskKind);
     v128.store(dst + off, t);
-    vmax = f32x4.max(vmax, t);
+    vmax = f32x4.pmax(vmax, t);
   }
   let smax = hmax(vmax);
   for (; j < hi; j++) {
@@ -60,7 +68,18 @@ export function scoreRow(src: usize, dst: usize, n: i32, scale: f32, cap: f32, m
     store<f32>(dst + off, t);
     smax = max(smax, t);
   }
-  return smax;
+  return smax == -Infinity ? nanOr(dst, lo, hi, smax) : smax;
+}
+
+/** The row max passes use pmax (one instruction on x86), which lets NaN through unseen. A NaN score
+ * still poisons its row through exp and the sum, unless every other score is -inf and the row would
+ * be skipped as fully masked: that rare case rescans the row for NaN. */
+function nanOr(row: usize, lo: i32, hi: i32, rowMax: f32): f32 {
+  for (let j = lo; j < hi; j++) {
+    const t = load<f32>(row + (<usize>j << 2));
+    if (t != t) return t;
+  }
+  return rowMax;
 }
 
 /** s[j] = exp(s[j] - rowMax) for j < n; returns the sum of the new values. */
@@ -70,7 +89,7 @@ export function expRow(s: usize, n: i32, rowMax: f32): f32 {
   let j = 0;
   for (; j + 4 <= n; j += 4) {
     const off = <usize>j << 2;
-    const e = expv(f32x4.sub(v128.load(s + off), vm));
+    const e = expNegv(f32x4.sub(v128.load(s + off), vm));
     v128.store(s + off, e);
     vsum = f32x4.add(vsum, e);
   }

@@ -38,10 +38,9 @@
 // @ts-ignore: decorator
 @inline const P6: f32 = 0.0013836845755577087;
 
-/** exp of four lanes; see the header for range and accuracy. NaN stays NaN. */
+/** 2^n * p(r) for x clamped to [EXP_LO, EXP_HI]: the shared body of expv and expNegv. */
 // @ts-ignore: decorator
-@inline export function expv(x: v128): v128 {
-  const xc = f32x4.max(f32x4.min(x, f32x4.splat(EXP_HI)), f32x4.splat(EXP_LO));
+@inline function expCore(xc: v128): v128 {
   const n = f32x4.nearest(f32x4.mul(xc, f32x4.splat(LOG2E)));
   let r = madd(n, f32x4.splat(-LN2_HI), xc);
   r = madd(n, f32x4.splat(-LN2_LO), r);
@@ -52,11 +51,21 @@
   p = madd(p, r, f32x4.splat(1.0));
   p = madd(p, r, f32x4.splat(1.0));
   const pow2n = i32x4.shl(i32x4.add(i32x4.trunc_sat_f32x4_s(n), i32x4.splat(127)), 23);
-  let y = f32x4.mul(p, pow2n);
-  // below the range: exactly 0; above: +inf; NaN keeps flowing through (comparisons are false).
-  y = v128.bitselect(f32x4.splat(0.0), y, f32x4.lt(x, f32x4.splat(EXP_LO)));
-  y = v128.bitselect(f32x4.splat(Infinity), y, f32x4.gt(x, f32x4.splat(EXP_HI)));
-  return v128.bitselect(x, y, f32x4.ne(x, x));
+  return f32x4.mul(p, pow2n);
+}
+
+/** exp of four lanes; see the header for range and accuracy. NaN stays NaN (pmin/pmax return x when x is NaN). */
+// @ts-ignore: decorator
+@inline export function expv(x: v128): v128 {
+  const y = expCore(f32x4.pmax(f32x4.pmin(x, f32x4.splat(EXP_HI)), f32x4.splat(EXP_LO)));
+  return v128.bitselect(f32x4.splat(Infinity), v128.bitselect(f32x4.splat(0.0), y, f32x4.lt(x, f32x4.splat(EXP_LO))), f32x4.gt(x, f32x4.splat(EXP_HI)));
+}
+
+/** exp of four lanes known to be <= 0 (x - rowMax in a softmax): expv without the overflow side. */
+// @ts-ignore: decorator
+@inline export function expNegv(x: v128): v128 {
+  const y = expCore(f32x4.pmax(x, f32x4.splat(EXP_LO)));
+  return v128.bitselect(f32x4.splat(0.0), y, f32x4.lt(x, f32x4.splat(EXP_LO)));
 }
 
 /** c * tanh(x / c) on four lanes (the softcap), via tanh(t) = 1 - 2 / (exp(2t) + 1).

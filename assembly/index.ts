@@ -2,7 +2,6 @@
 // Memory is imported (shared, so that worker threads run the same kernels over the same bytes) and
 // owned by the TypeScript allocator; nothing here allocates.
 
-export { f32_gemm_4x8 } from './f32-gemm-4x8-simd';
 export { f32_pack_panels } from './f32-pack-panels-simd';
 export { f32_gemm, f32_gemm_scratch_bytes } from './f32-gemm-simd';
 export { f32_softmax_rows } from './f32-softmax-scale-mask-simd';
