@@ -15,12 +15,14 @@
 // block as Kᵀ panels, computes the ATT_BR x ATT_BC score tile with the GEMM micro-kernel, folds it
 // into the running max m, sum l and output accumulator o (rescaled only when m changes), and adds
 // P·V with the micro-kernel again. Key blocks that no row of the query block can see (causal or
-// window) are skipped. Extra memory is the scratch, O(ATT_BR*ATT_BC + ATT_BC*(headDim + valueDim)).
+// window) are skipped. Blocks of fewer query rows than the micro-kernel's tile (decoding) take the
+// row path instead (f32-attention-rows-simd.ts), which reads K and V in place. Extra memory is the scratch, O(ATT_BR*ATT_BC + ATT_BC*(headDim + valueDim)).
 
 import { gemm_tile, GEMM_MR } from './f32-gemm-tile';
 import { f32_pack_panels } from './f32-pack-panels-simd';
 import { scoreRow, expRow, scaleRow, MASK_BOOL } from './f32-softmax-scale-mask-simd';
 import { exp1 } from './f32-vmath-simd';
+import { dotScores, addWeighted } from './f32-attention-rows-simd';
 
 export const ATT_BR: i32 = 8 * GEMM_MR;
 export const ATT_BC: i32 = 128;
@@ -55,6 +57,7 @@ export function f32_attention(
 
   for (let q0 = 0; q0 < rows; q0 += ATT_BR) {
     const br = min(ATT_BR, rows - q0);
+    const rowPath = br < GEMM_MR;
     memory.fill(oTile, 0, (<usize>br * dvPad) << 2);
     // q block, scaled once here so the score pass needs no multiply: rows contiguous, headDim apart
     for (let i = 0; i < br; i++) {
@@ -75,12 +78,17 @@ export function f32_attention(
       const bc = min(ATT_BC, jhi - j0);
       const bcPad = roundUp8(bc);
       // S = Q·Kᵀ for this tile
-      f32_pack_panels(k + ((<usize>j0 * ldk) << 2), ldk, true, headDim, bc, kT);
-      for (let i0 = 0; i0 < br; i0 += GEMM_MR) {
-        const qTile = qTileRows + ((<usize>i0 * headDim) << 2);
-        for (let p = 0; p < bcPad; p += 8) {
-          gemm_tile(min(GEMM_MR, br - i0), 8, headDim, qTile, headDim, kT + ((<usize>p * headDim) << 2),
-            sTile + ((<usize>i0 * ATT_BC + p) << 2), ATT_BC, false);
+      const kBlock = k + ((<usize>j0 * ldk) << 2);
+      if (rowPath) {
+        for (let i = 0; i < br; i++) dotScores(qTileRows + ((<usize>i * headDim) << 2), kBlock, ldk, bc, headDim, sTile + ((<usize>i * ATT_BC) << 2));
+      } else {
+        f32_pack_panels(kBlock, ldk, true, headDim, bc, kT);
+        for (let i0 = 0; i0 < br; i0 += GEMM_MR) {
+          const qTile = qTileRows + ((<usize>i0 * headDim) << 2);
+          for (let p = 0; p < bcPad; p += 8) {
+            gemm_tile(min(GEMM_MR, br - i0), 8, headDim, qTile, headDim, kT + ((<usize>p * headDim) << 2),
+              sTile + ((<usize>i0 * ATT_BC + p) << 2), ATT_BC, false);
+          }
         }
       }
       // online softmax, row by row
@@ -107,8 +115,13 @@ export function f32_attention(
         store<f32>(lRow + (<usize>i << 2), l + sum);
         store<f32>(mRow + (<usize>i << 2), mNew);
       }
-      // O += P·V, with the value block packed into 8-wide panels
-      f32_pack_panels(v + ((<usize>j0 * ldv) << 2), ldv, false, bc, valueDim, vPanels);
+      // O += P·V, with the value block packed into 8-wide panels (the row path reads V in place)
+      const vBlock = v + ((<usize>j0 * ldv) << 2);
+      if (rowPath) {
+        for (let i = 0; i < br; i++) addWeighted(sTile + ((<usize>i * ATT_BC) << 2), bc, vBlock, ldv, valueDim, oTile + ((<usize>i * dvPad) << 2));
+        continue;
+      }
+      f32_pack_panels(vBlock, ldv, false, bc, valueDim, vPanels);
       for (let i0 = 0; i0 < br; i0 += GEMM_MR) {
         const pTile = sTile + ((<usize>i0 * ATT_BC) << 2);
         for (let p = 0; p < dvPad; p += 8) {

@@ -4,7 +4,7 @@
 // C[mr x nc] = C[mr x nc] + A[mr x kc] · B[kc x nc] (accumulate = true)
 // with mr <= 4, nc <= 8. Row-major, strides in elements: A row i at a + i*lda; B a packed panel
 // (f32_pack_panels), row k at b + 8k; C row i at c + i*ldc. A 4x8 register tile: per k, one
-// splat of each A element and two loads of B; k unrolled by 1.
+// splat of each A element and two loads of B.
 // Rows past mr re-read the last valid row of A (never out of bounds) and are not stored.
 import { madd } from './f32-vmath-simd';
 import { storeRow8 } from './f32-gemm-store-simd';
@@ -23,26 +23,6 @@ export function f32_gemm_4x8(mr: i32, nc: i32, kc: i32, a: usize, lda: i32, b: u
   let bp = b;
   let k = kc;
   for (; k >= 1; k -= 1) {
-    {
-      const bl = v128.load(bp, 0);
-      const bh = v128.load(bp, 16);
-      const va0 = v128.load32_splat(a0, 0);
-      acc0l = madd(va0, bl, acc0l);
-      acc0h = madd(va0, bh, acc0h);
-      const va1 = v128.load32_splat(a1, 0);
-      acc1l = madd(va1, bl, acc1l);
-      acc1h = madd(va1, bh, acc1h);
-      const va2 = v128.load32_splat(a2, 0);
-      acc2l = madd(va2, bl, acc2l);
-      acc2h = madd(va2, bh, acc2h);
-      const va3 = v128.load32_splat(a3, 0);
-      acc3l = madd(va3, bl, acc3l);
-      acc3h = madd(va3, bh, acc3h);
-    }
-    a0 += 4; a1 += 4; a2 += 4; a3 += 4;
-    bp += 32;
-  }
-  for (; k > 0; k--) {
     {
       const bl = v128.load(bp, 0);
       const bh = v128.load(bp, 16);

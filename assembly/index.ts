@@ -14,3 +14,8 @@ export function heap_base(): usize {
 
 /** exp of x with the kernels' vector polynomial (exported so tests can measure its accuracy). */
 export { exp1 as f32_exp } from './f32-vmath-simd';
+
+/** memory.copy of `bytes` bytes: the bandwidth yardstick the bench compares decoding against. */
+export function copy_bytes(dst: usize, src: usize, bytes: usize): void {
+  memory.copy(dst, src, bytes);
+}

@@ -6,11 +6,19 @@ import { attentionJs, matmulJs, softmaxJs } from './js-backend.js';
 import {
   type AttentionOptions, type MatmulOptions, type SoftmaxOptions, planAttention, planMatmul, planSoftmax,
 } from './plan.js';
-import { type Tensor, type TensorLike, describe } from './tensor.js';
+import { type Tensor, type TensorLike, checkDims, checkOptionsObject, describe, sizeOf } from './tensor.js';
 import { WasmBackend } from './wasm-backend.js';
 import { type WasmBuild, WASM_BUILDS, bestBuild, buildSupported, compiledModule } from './wasm-module.js';
 
 export type BackendName = WasmBuild | 'js';
+
+/** A tensor from engine.tensor(): its data is a view of the engine's memory (wasm backends). */
+export interface ResidentTensor {
+  data: Float32Array | Uint8Array;
+  dims: number[];
+  /** Gives the memory back; the view must not be used by ops afterwards. */
+  release(): void;
+}
 
 export interface EngineOptions {
   /**
@@ -131,6 +139,26 @@ export class Engine {
       softmaxJs(plan, x.data, data);
     }
     return { data, dims: plan.outDims };
+  }
+
+  /**
+   * A tensor whose `data` lives in the engine's WASM memory, zero-filled: fill it in place and pass
+   * it to any op (as an input or as `out`) with no copy. The view stays valid while memory grows;
+   * call `release()` when done (later use of the view in an op is refused). On the js backend it is
+   * an ordinary array. `type`: 'float32' (default) or 'bool' (a Uint8Array, for masks).
+   */
+  tensor(dims: readonly number[], options?: { type?: 'float32' | 'bool' }): ResidentTensor {
+    const wasm = this.live();
+    const shape = checkDims(dims, 'dims');
+    const type = checkOptionsObject(options, 'options').type ?? 'float32';
+    if (type !== 'float32' && type !== 'bool') {
+      throw new AttentionError('INVALID_OPTION', `options.type must be 'float32' or 'bool', got ${describe(type)}`, 'options.type');
+    }
+    const size = sizeOf(shape);
+    if (!wasm) {
+      return { data: type === 'bool' ? new Uint8Array(size) : new Float32Array(size), dims: shape, release: () => {} };
+    }
+    return { ...wasm.tensor(shape, type === 'bool'), dims: shape };
   }
 
   /** Bytes of WASM memory reserved and in use (both 0 on the js backend). */

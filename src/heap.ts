@@ -25,6 +25,10 @@ export class WasmHeap {
   private used = 0;
   private f32View: Float32Array;
   private u8View: Uint8Array;
+  /** Every buffer object memory has had (a shared memory's buffer is replaced, not detached, on growth). */
+  private readonly buffers = new WeakSet<ArrayBufferLike>();
+  /** Blocks handed out as resident tensors: start -> end. */
+  private readonly resident = new Map<number, number>();
 
   constructor(memory: WebAssembly.Memory, heapBase: number, maxBytes: number) {
     this.memory = memory;
@@ -34,6 +38,7 @@ export class WasmHeap {
     if (end > start) this.free.push([start, end]);
     this.f32View = new Float32Array(memory.buffer);
     this.u8View = new Uint8Array(memory.buffer);
+    this.buffers.add(memory.buffer);
   }
 
   /** A Float32Array over all of memory, re-created after growth. */
@@ -51,6 +56,27 @@ export class WasmHeap {
   private refreshViews(): void {
     this.f32View = new Float32Array(this.memory.buffer);
     this.u8View = new Uint8Array(this.memory.buffer);
+    this.buffers.add(this.memory.buffer);
+  }
+
+  /** Whether `view` is a view of this memory (under any of its buffer objects). */
+  isView(view: ArrayBufferView): boolean {
+    return this.buffers.has(view.buffer) || (view.buffer === this.memory.buffer && (this.refreshViews(), true));
+  }
+
+  /** Whether `view` lies inside a live resident block (one from allocResident, not yet released). */
+  isLiveResident(view: ArrayBufferView): boolean {
+    const start = view.byteOffset;
+    const end = start + view.byteLength;
+    for (const [blockStart, blockEnd] of this.resident) if (start >= blockStart && end <= blockEnd) return true;
+    return false;
+  }
+
+  /** A block that user code holds as a tensor view until it releases it. */
+  allocResident(bytes: number): number {
+    const ptr = this.alloc(bytes);
+    this.resident.set(ptr, ptr + bytes);
+    return ptr;
   }
 
   stats(): HeapStats {
@@ -102,6 +128,7 @@ export class WasmHeap {
     const size = this.sizes.get(ptr);
     if (size === undefined) throw new Error(`wasm-attention internal error: release of unknown block ${ptr}`);
     this.sizes.delete(ptr);
+    this.resident.delete(ptr);
     this.used -= size;
     let lo = 0;
     let hi = this.free.length;

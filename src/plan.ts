@@ -3,7 +3,7 @@
 // leaves no trace.
 import { AttentionError } from './errors.js';
 import {
-  type MaskView, type TensorLike, checkBoolean, checkFinite, checkFloatTensor, checkMask, checkOptionsObject, checkOut, describe, sizeOf,
+  type MaskView, type TensorLike, checkBoolean, checkFinite, checkFloatTensor, checkMask, checkNoOverlap, checkOptionsObject, checkOut, describe, sizeOf,
 } from './tensor.js';
 
 /** Element strides of a [batch, head, row, column] tensor; columns are contiguous. */
@@ -87,6 +87,8 @@ export function planAttention(q: unknown, k: unknown, v: unknown, options: unkno
     const view = checkMask(opts.mask, [batch, qHeads, seqQ, seqKV], 'options.mask', 'the scores [B, Hq, Sq, Skv]');
     mask = { ...view, at: { batch: view.strides[0], head: view.strides[1], row: view.strides[2] } };
   }
+  const data = (t: unknown): ArrayBufferView => (t as TensorLike).data as unknown as ArrayBufferView;
+  checkNoOverlap(outBuffer, [[data(q), 'q.data'], [data(k), 'k.data'], [data(v), 'v.data'], [mask?.data, 'options.mask.data']]);
   return {
     batch, qHeads, kvHeads, seqQ, seqKV, headDim, valueDim,
     q: packed(qHeads, seqQ, headDim),
@@ -138,6 +140,7 @@ export function planMatmul(a: unknown, b: unknown, options: unknown): MatmulPlan
   const bOffsets = batchOffsets(bd.slice(0, -2), batchDims, k * n);
   const outDims = [...batchDims, m, n];
   const outBuffer = checkOut(opts.out, count * m * n, 'options.out');
+  checkNoOverlap(outBuffer, [[(a as TensorLike).data, 'a.data'], [(b as TensorLike).data, 'b.data']]);
   return { m, n, k, transposeB, aOffsets, bOffsets, outDims, outBuffer };
 }
 
@@ -231,6 +234,7 @@ export function planSoftmax(x: unknown, options: unknown): SoftmaxPlan {
     maskOffsets = offsetsFor(dims.slice(0, lead), strides.slice(0, lead));
   }
   const outBuffer = checkOut(opts.out, sizeOf(dims), 'options.out');
+  checkNoOverlap(outBuffer, [[(x as TensorLike).data, 'x.data'], [mask?.data, 'options.mask.data']], true);
   return { matrices, rows, cols, scale, causal, mask, maskOffsets, maskRowStride, outDims: dims, outBuffer };
 }
 

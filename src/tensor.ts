@@ -134,6 +134,22 @@ export function checkOut(out: unknown, size: number, name: string): Float32Array
   return out as Float32Array;
 }
 
+/**
+ * Refuses an `out` buffer that shares memory with an input (the kernels would read what they have
+ * already overwritten). `exactAliasOk`: an out that is exactly the input is fine (softmax in place).
+ */
+export function checkNoOverlap(out: Float32Array | undefined, inputs: Array<[ArrayBufferView | undefined, string]>, exactAliasOk = false): void {
+  if (!out) return;
+  for (const [input, name] of inputs) {
+    if (!input || input.buffer !== out.buffer) continue;
+    const same = input.byteOffset === out.byteOffset && input.byteLength === out.byteLength;
+    if (same && exactAliasOk) continue;
+    if (out.byteOffset < input.byteOffset + input.byteLength && input.byteOffset < out.byteOffset + out.byteLength) {
+      throw new AttentionError('INVALID_OPTION', `options.out shares memory with ${name}; give a separate output buffer`, 'options.out');
+    }
+  }
+}
+
 export function checkBoolean(x: unknown, name: string): boolean {
   if (x === undefined) return false;
   if (typeof x !== 'boolean') throw new AttentionError('INVALID_OPTION', `${name} must be a boolean, got ${describe(x)}`, name);

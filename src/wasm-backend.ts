@@ -1,6 +1,7 @@
 // Runs plans on the wasm kernels: stage the inputs into the engine's linear memory (no copy when a
 // tensor already lives there), call one kernel per (batch, head) or per matrix, copy the result out,
 // and free every temporary block before returning, so nothing of a call stays behind.
+import { AttentionError } from './errors.js';
 import { WasmHeap } from './heap.js';
 import type { AttentionPlan, MatmulPlan, SoftmaxPlan } from './plan.js';
 import type { MaskView } from './tensor.js';
@@ -9,9 +10,16 @@ import { type Kernels, type WasmBuild, compiledModule, instantiateKernels } from
 const MASK_KIND = { bool: 1, float: 2 } as const;
 
 /** Byte offset, in linear memory, of a typed array that already lives there; else -1. */
-function residentAt(heap: WasmHeap, data: ArrayBufferView): number {
-  return data.buffer === heap.memory.buffer || (data.buffer as ArrayBufferLike) === heap.f32.buffer ? data.byteOffset : -1;
+function residentAt(heap: WasmHeap, data: ArrayBufferView, name: string): number {
+  if (!heap.isView(data)) return -1;
+  if (!heap.isLiveResident(data)) {
+    throw new AttentionError('INVALID_TENSOR', `${name} is a view of this engine's memory that is not a live tensor from engine.tensor() (released, or never one)`, name);
+  }
+  return data.byteOffset;
 }
+
+const overlaps = (a: ArrayBufferView, b: ArrayBufferView): boolean =>
+  a.buffer === b.buffer && a.byteOffset < b.byteOffset + b.byteLength && b.byteOffset < a.byteOffset + a.byteLength;
 
 export class WasmBackend {
   readonly build: WasmBuild;
@@ -27,15 +35,15 @@ export class WasmBackend {
   }
 
   /** Runs `body` with a function that stages arrays into memory; frees whatever it allocated. */
-  private withBlocks<T>(body: (stage: (data: Float32Array | Uint8Array) => number, alloc: (bytes: number) => number) => T): T {
+  private withBlocks<T>(body: (stage: (data: Float32Array | Uint8Array, name: string) => number, alloc: (bytes: number) => number) => T): T {
     const owned: number[] = [];
     const alloc = (bytes: number): number => {
       const ptr = this.heap.alloc(bytes);
       owned.push(ptr);
       return ptr;
     };
-    const stage = (data: Float32Array | Uint8Array): number => {
-      const at = residentAt(this.heap, data);
+    const stage = (data: Float32Array | Uint8Array, name: string): number => {
+      const at = residentAt(this.heap, data, name);
       if (at >= 0) return at;
       const ptr = alloc(data.byteLength);
       if (data instanceof Float32Array) this.heap.f32.set(data, ptr >>> 2);
@@ -51,7 +59,7 @@ export class WasmBackend {
 
   /** Copies `size` floats at `ptr` into `into` (or a new array) unless `into` already is that memory. */
   private collect(ptr: number, size: number, into: Float32Array | undefined): Float32Array {
-    if (into && residentAt(this.heap, into) === ptr) return into;
+    if (into && this.heap.isView(into) && into.byteOffset === ptr) return into;
     const view = this.heap.f32.subarray(ptr >>> 2, (ptr >>> 2) + size);
     if (into) {
       into.set(view);
@@ -61,18 +69,18 @@ export class WasmBackend {
   }
 
   private outputBlock(size: number, into: Float32Array | undefined, alloc: (bytes: number) => number): number {
-    const at = into ? residentAt(this.heap, into) : -1;
+    const at = into ? residentAt(this.heap, into, 'options.out') : -1;
     return at >= 0 ? at : alloc(size * 4);
   }
 
   attention(plan: AttentionPlan, q: Float32Array, k: Float32Array, v: Float32Array): Float32Array {
     const size = plan.batch * plan.qHeads * plan.seqQ * plan.valueDim;
     return this.withBlocks((stage, alloc) => {
-      const qPtr = stage(q);
-      const kPtr = stage(k);
-      const vPtr = stage(v);
+      const qPtr = stage(q, 'q.data');
+      const kPtr = stage(k, 'k.data');
+      const vPtr = stage(v, 'v.data');
       const mask = plan.mask;
-      const maskPtr = mask ? stage(mask.data) : 0;
+      const maskPtr = mask ? stage(mask.data, 'options.mask.data') : 0;
       const maskBytes = mask?.kind === 'bool' ? 1 : 4;
       const outPtr = this.outputBlock(size, plan.outBuffer, alloc);
       const scratch = alloc(this.kernels.f32_attention_scratch_bytes(plan.headDim, plan.valueDim));
@@ -100,8 +108,8 @@ export class WasmBackend {
     const { m, n, k } = plan;
     const size = plan.aOffsets.length * m * n;
     return this.withBlocks((stage, alloc) => {
-      const aPtr = stage(a);
-      const bPtr = stage(b);
+      const aPtr = stage(a, 'a.data');
+      const bPtr = stage(b, 'b.data');
       const outPtr = this.outputBlock(size, plan.outBuffer, alloc);
       const scratch = alloc(this.kernels.f32_gemm_scratch_bytes());
       for (let index = 0; index < plan.aOffsets.length; index++) {
@@ -118,10 +126,10 @@ export class WasmBackend {
     const { matrices, rows, cols } = plan;
     const size = matrices * rows * cols;
     return this.withBlocks((stage, alloc) => {
-      const xPtr = stage(x);
+      const xPtr = stage(x, 'x.data');
       const outPtr = this.outputBlock(size, plan.outBuffer, alloc);
       const mask: MaskView | undefined = plan.mask;
-      const maskPtr = mask ? stage(mask.data) : 0;
+      const maskPtr = mask ? stage(mask.data, 'options.mask.data') : 0;
       const maskBytes = mask?.kind === 'bool' ? 1 : 4;
       for (let index = 0; index < matrices; index++) {
         const offset = 4 * index * rows * cols;
@@ -133,6 +141,29 @@ export class WasmBackend {
       }
       return this.collect(outPtr, size, plan.outBuffer);
     });
+  }
+
+  /** A tensor whose data is a view of this engine's memory: ops read and write it in place. */
+  tensor(dims: number[], bool: boolean): { data: Float32Array | Uint8Array; release: () => void } {
+    const size = dims.reduce((a, b) => a * b, 1);
+    const bytes = bool ? size : size * 4;
+    const ptr = this.heap.allocResident(bytes);
+    const buffer = this.heap.u8.buffer;
+    const data = bool ? new Uint8Array(buffer, ptr, size) : new Float32Array(buffer, ptr, size);
+    data.fill(0);
+    let released = false;
+    return {
+      data,
+      release: () => {
+        if (!released) this.heap.release(ptr);
+        released = true;
+      },
+    };
+  }
+
+  /** Copies `bytes` inside linear memory with memory.copy (the bandwidth yardstick of the bench). */
+  copyBytes(dst: number, src: number, bytes: number): void {
+    this.kernels.copy_bytes(dst, src, bytes);
   }
 
   /** exp through the kernels' polynomial (for accuracy tests). */

@@ -26,6 +26,7 @@ export interface Kernels {
   ): void;
   f32_attention_scratch_bytes(headDim: number, valueDim: number): number;
   f32_exp(x: number): number;
+  copy_bytes(dst: number, src: number, bytes: number): void;
 }
 
 const FILES: Record<WasmBuild, string> = {

@@ -103,3 +103,31 @@ describe('engines', () => {
     expect(e.attention(q, k, v).dims).toEqual([1, 2, 4, 8]);
   });
 });
+
+describe.each(BACKENDS)('resident tensors on %s', (backend) => {
+  it('are computed on in place, as inputs and as out, with the same result as copies', () => {
+    const e = createEngineSync({ backend });
+    const [rq, rk, rv, rout] = [q.dims, k.dims, v.dims, [1, 2, 4, 8]].map((dims) => e.tensor(dims));
+    (rq.data as Float32Array).set(q.data);
+    (rk.data as Float32Array).set(k.data);
+    (rv.data as Float32Array).set(v.data);
+    const y = e.attention(rq as never, rk as never, rv as never, { causal: true, out: rout.data as Float32Array });
+    expect(y.data).toBe(rout.data);
+    expect(Array.from(y.data)).toEqual(Array.from(e.attention(q, k, v, { causal: true }).data));
+    // growth keeps the views valid
+    e.matmul(randomTensor(rng(2), [600, 600]), randomTensor(rng(3), [600, 600]));
+    expect(Array.from(e.attention(rq as never, rk as never, rv as never, { causal: true }).data)).toEqual(Array.from(y.data));
+    for (const t of [rq, rk, rv, rout]) t.release();
+    expect(e.stats().usedBytes).toBe(0);
+    if (backend !== 'js') refused(() => e.attention(rq as never, k, v), 'INVALID_TENSOR', 'q.data');
+  });
+  it('refuses an out that overlaps an input, allows softmax in place', () => {
+    const e = engineFor(backend);
+    const shared = new Float32Array(128);
+    const a = { data: shared.subarray(0, 64), dims: [8, 8] };
+    refused(() => e.matmul(a, a, { out: shared.subarray(32, 96) }), 'INVALID_OPTION', 'options.out');
+    const x = randomTensor(rng(4), [4, 8]);
+    const expected = e.softmax(x).data;
+    expect(e.softmax(x, { out: x.data }).data).toEqual(expected);
+  });
+});
