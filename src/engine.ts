@@ -1,6 +1,7 @@
 // The public engine: validates every call into a plan (plan.ts), then runs it on the backend it was
 // created with, the wasm kernels or the pure-JS path. Both produce the same numbers within float32
 // rounding; the float64 reference (reference.ts) is the oracle for both.
+import { availableParallelism } from 'node:os';
 import { AttentionError } from './errors.js';
 import { attentionJs, matmulJs, softmaxJs } from './js-backend.js';
 import {
@@ -27,7 +28,11 @@ export interface EngineOptions {
    * 'wasm-relaxed-simd': exactly that build (an error if it cannot run here).
    */
   backend?: 'auto' | 'wasm' | BackendName;
-  /** Worker threads for large calls (accepted now; 1 = run on the calling thread only). */
+  /**
+   * Threads that large calls run on (default: the machine's cores, at most 4, like onnxruntime-web).
+   * Sync calls use the calling thread plus threads - 1 workers; async calls use `threads` workers and
+   * leave the calling thread free. 1: no workers at all (async calls then run on the calling thread).
+   */
   threads?: number;
   /** Cap on the WASM linear memory this engine may grow to, in bytes (default 4 GiB). */
   maxMemoryBytes?: number;
@@ -63,7 +68,7 @@ function checkEngineOptions(options: unknown): { backend: BackendName; threads: 
     throw new AttentionError('INVALID_OPTION', `options must be an object, got ${describe(options)}`, 'options');
   }
   const opts = (options ?? {}) as EngineOptions;
-  const threads = opts.threads ?? 1;
+  const threads = opts.threads ?? Math.min(4, availableParallelism());
   if (!Number.isInteger(threads) || threads < 1) {
     throw new AttentionError('INVALID_OPTION', `options.threads must be an integer >= 1, got ${describe(opts.threads)}`, 'options.threads');
   }
@@ -78,7 +83,7 @@ function checkEngineOptions(options: unknown): { backend: BackendName; threads: 
 export class Engine {
   /** The backend every call of this engine runs on. */
   readonly backend: BackendName;
-  /** Worker threads requested (the calling thread alone runs calls for now). */
+  /** Threads that large calls run on (see EngineOptions.threads). */
   readonly threads: number;
   private wasm: WasmBackend | undefined;
   private disposed = false;
@@ -111,6 +116,27 @@ export class Engine {
       attentionJs(plan, q.data, k.data, v.data, data);
     }
     return { data, dims: plan.outDims };
+  }
+
+  /**
+   * attention() on the worker threads: resolves with the same bits as the sync call, leaving the event
+   * loop free while it runs. Calls queue and run one at a time; the arguments are validated (and a bad
+   * call rejected) before anything runs, and inputs are copied in before the call returns its promise,
+   * so the caller may reuse its arrays at once.
+   */
+  async attentionAsync(q: TensorLike<Float32Array>, k: TensorLike<Float32Array>, v: TensorLike<Float32Array>, options?: AttentionOptions): Promise<Tensor> {
+    const wasm = this.live();
+    const plan = planAttention(q, k, v, options);
+    if (!wasm) return this.attention(q, k, v, options);
+    return { data: await wasm.attentionAsync(plan, q.data, k.data, v.data), dims: plan.outDims };
+  }
+
+  /** matmul() on the worker threads; see attentionAsync. */
+  async matmulAsync(a: TensorLike<Float32Array>, b: TensorLike<Float32Array>, options?: MatmulOptions): Promise<Tensor> {
+    const wasm = this.live();
+    const plan = planMatmul(a, b, options);
+    if (!wasm) return this.matmul(a, b, options);
+    return { data: await wasm.matmulAsync(plan, a.data, b.data), dims: plan.outDims };
   }
 
   /** [..., M, K] · [..., K, N] → [..., M, N] (b as [..., N, K] with transposeB), batch dims broadcast. */
@@ -170,6 +196,7 @@ export class Engine {
   /** Frees the engine's memory; every later call throws an AttentionError with code DISPOSED. */
   dispose(): void {
     this.disposed = true;
+    this.wasm?.dispose();
     this.wasm = undefined;
   }
 }
@@ -177,7 +204,7 @@ export class Engine {
 /** Creates an engine synchronously (compiles the wasm build on first use in this process). */
 export function createEngineSync(options?: EngineOptions): Engine {
   const { backend, threads, maxMemoryBytes } = checkEngineOptions(options);
-  const wasm = backend === 'js' ? undefined : new WasmBackend(backend, maxMemoryBytes);
+  const wasm = backend === 'js' ? undefined : new WasmBackend(backend, maxMemoryBytes, threads);
   return new Engine(backend, threads, wasm);
 }
 
@@ -186,7 +213,7 @@ export async function createEngine(options?: EngineOptions): Promise<Engine> {
   const { backend, threads, maxMemoryBytes } = checkEngineOptions(options);
   if (backend === 'js') return new Engine(backend, threads, undefined);
   const module = await compileAsync(backend);
-  return new Engine(backend, threads, new WasmBackend(backend, maxMemoryBytes, module));
+  return new Engine(backend, threads, new WasmBackend(backend, maxMemoryBytes, threads, module));
 }
 
 async function compileAsync(build: WasmBuild): Promise<WebAssembly.Module> {

@@ -7,6 +7,7 @@ export type AttentionErrorCode =
   | 'INVALID_OPTION'
   | 'UNSUPPORTED'
   | 'OUT_OF_MEMORY'
+  | 'WORKER_FAILED'
   | 'DISPOSED';
 
 /**

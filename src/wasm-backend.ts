@@ -1,13 +1,25 @@
 // Runs plans on the wasm kernels: stage the inputs into the engine's linear memory (no copy when a
-// tensor already lives there), call one kernel per (batch, head) or per matrix, copy the result out,
-// and free every temporary block before returning, so nothing of a call stays behind.
+// tensor already lives there), describe the call as a job of independent items (jobs.ts), run the
+// items on this thread or on the pool (pool.ts), copy the result out, and free every temporary block
+// before returning, so nothing of a call stays behind.
 import { AttentionError } from './errors.js';
 import { WasmHeap } from './heap.js';
+import {
+  ATTENTION_ROW_CHUNK, GEMM_M_CHUNK, GEMM_N_CHUNK, J, JOB_FIELDS, OP_ATTENTION, OP_GEMM, OP_SOFTMAX, SOFTMAX_ROW_CHUNK,
+  SPLIT_KV_CHUNK, SPLIT_KV_MAX_ROWS, SPLIT_KV_MIN_KEYS, mergeSplitKV, runItem,
+} from './jobs.js';
 import type { AttentionPlan, MatmulPlan, SoftmaxPlan } from './plan.js';
-import type { MaskView } from './tensor.js';
+import { FLAGS_FIELD } from './pool-protocol.js';
+import { WorkerPool } from './pool.js';
 import { type Kernels, type WasmBuild, compiledModule, instantiateKernels } from './wasm-module.js';
 
 const MASK_KIND = { bool: 1, float: 2 } as const;
+
+/**
+ * Calls of fewer floating-point operations than this run on the calling thread alone: below it,
+ * waking the workers costs more than they save (measured: see the README's threads section).
+ */
+export const MIN_PARALLEL_FLOPS = 4e6;
 
 /** Byte offset, in linear memory, of a typed array that already lives there; else -1. */
 function residentAt(heap: WasmHeap, data: ArrayBufferView, name: string): number {
@@ -18,24 +30,54 @@ function residentAt(heap: WasmHeap, data: ArrayBufferView, name: string): number
   return data.byteOffset;
 }
 
-const overlaps = (a: ArrayBufferView, b: ArrayBufferView): boolean =>
-  a.buffer === b.buffer && a.byteOffset < b.byteOffset + b.byteLength && b.byteOffset < a.byteOffset + a.byteLength;
+type Stage = (data: Float32Array | Uint8Array, name: string) => number;
+type Alloc = (bytes: number) => number;
+
+/** A call laid out in memory: its job, where its result is, and what finishing it takes. */
+interface Prepared {
+  job: Float64Array;
+  flops: number;
+  outPtr: number;
+  size: number;
+  into: Float32Array | undefined;
+  splitKV: boolean;
+}
 
 export class WasmBackend {
   readonly build: WasmBuild;
   readonly heap: WasmHeap;
+  readonly pool: WorkerPool | undefined;
   private readonly kernels: Kernels;
 
-  constructor(build: WasmBuild, maxMemoryBytes: number, module: WebAssembly.Module = compiledModule(build)) {
+  constructor(build: WasmBuild, maxMemoryBytes: number, threads = 1, module: WebAssembly.Module = compiledModule(build)) {
     this.build = build;
     const maximum = Math.max(1, Math.floor(maxMemoryBytes / 65536));
     const memory = new WebAssembly.Memory({ initial: Math.min(maximum, 32), maximum, shared: true });
     this.kernels = instantiateKernels(module, memory);
     this.heap = new WasmHeap(memory, this.kernels.heap_base(), maximum * 65536);
+    this.pool = threads > 1 ? new WorkerPool(module, memory, threads) : undefined;
   }
 
-  /** Runs `body` with a function that stages arrays into memory; frees whatever it allocated. */
-  private withBlocks<T>(body: (stage: (data: Float32Array | Uint8Array, name: string) => number, alloc: (bytes: number) => number) => T): T {
+  /** Runs `body` with functions that stage arrays into memory and allocate; frees what they allocated. */
+  private withBlocks<T>(body: (stage: Stage, alloc: Alloc) => T): T {
+    const { stage, alloc, owned } = this.blockTools();
+    try {
+      return body(stage, alloc);
+    } finally {
+      for (const ptr of owned) this.heap.release(ptr);
+    }
+  }
+
+  private async withBlocksAsync<T>(body: (stage: Stage, alloc: Alloc) => Promise<T>): Promise<T> {
+    const { stage, alloc, owned } = this.blockTools();
+    try {
+      return await body(stage, alloc);
+    } finally {
+      for (const ptr of owned) this.heap.release(ptr);
+    }
+  }
+
+  private blockTools(): { stage: Stage; alloc: Alloc; owned: number[] } {
     const owned: number[] = [];
     const alloc = (bytes: number): number => {
       const ptr = this.heap.alloc(bytes);
@@ -50,17 +92,49 @@ export class WasmBackend {
       else this.heap.u8.set(data, ptr);
       return ptr;
     };
-    try {
-      return body(stage, alloc);
-    } finally {
-      for (const ptr of owned) this.heap.release(ptr);
-    }
+    return { stage, alloc, owned };
   }
 
-  /** Copies `size` floats at `ptr` into `into` (or a new array) unless `into` already is that memory. */
-  private collect(ptr: number, size: number, into: Float32Array | undefined): Float32Array {
-    if (into && this.heap.isView(into) && into.byteOffset === ptr) return into;
-    const view = this.heap.f32.subarray(ptr >>> 2, (ptr >>> 2) + size);
+  /** Scratch for every slot that may run items (the calling thread and each worker), and item flags. */
+  private layout(job: Float64Array, scratchBytes: number, alloc: Alloc): void {
+    const slots = 1 + (this.pool?.threads ?? 0);
+    const perSlot = Math.ceil(Math.max(scratchBytes, 64) / 64) * 64;
+    job[J.scratch] = alloc(perSlot * slots);
+    job[J.scratchBytes] = perSlot;
+    job[FLAGS_FIELD] = alloc(job[J.items]);
+    this.heap.u8.fill(0, job[FLAGS_FIELD], job[FLAGS_FIELD] + job[J.items]);
+  }
+
+  private runHere(job: Float64Array): void {
+    const i32 = new Int32Array(this.heap.memory.buffer);
+    for (let item = 0; item < job[J.items]; item++) runItem(this.kernels, job, item, 0, i32);
+  }
+
+  private execute(p: Prepared): void {
+    if (p.job[J.items] > 0) {
+      if (this.pool && !this.pool.busy && p.flops >= MIN_PARALLEL_FLOPS && p.job[J.items] > 1) this.pool.runSync(this.kernels, p.job);
+      else this.runHere(p.job);
+    }
+    this.finishJob(p);
+  }
+
+  private async executeAsync(p: Prepared): Promise<void> {
+    if (p.job[J.items] > 0) {
+      if (this.pool) await this.pool.runAsync(p.job);
+      else this.runHere(p.job);
+    }
+    this.finishJob(p);
+  }
+
+  private finishJob(p: Prepared): void {
+    if (p.splitKV) mergeSplitKV(p.job, this.heap.f32);
+  }
+
+  /** Copies the result out unless it already is `into`'s memory. */
+  private collect(p: Prepared): Float32Array {
+    const { outPtr, size, into } = p;
+    if (into && this.heap.isView(into) && into.byteOffset === outPtr) return into;
+    const view = this.heap.f32.subarray(outPtr >>> 2, (outPtr >>> 2) + size);
     if (into) {
       into.set(view);
       return into;
@@ -68,78 +142,137 @@ export class WasmBackend {
     return view.slice();
   }
 
-  private outputBlock(size: number, into: Float32Array | undefined, alloc: (bytes: number) => number): number {
+  private outputBlock(size: number, into: Float32Array | undefined, alloc: Alloc): number {
     const at = into ? residentAt(this.heap, into, 'options.out') : -1;
     return at >= 0 ? at : alloc(size * 4);
   }
 
-  attention(plan: AttentionPlan, q: Float32Array, k: Float32Array, v: Float32Array): Float32Array {
+  private prepareAttention(plan: AttentionPlan, q: Float32Array, k: Float32Array, v: Float32Array, stage: Stage, alloc: Alloc): Prepared {
+    const job = new Float64Array(JOB_FIELDS);
     const size = plan.batch * plan.qHeads * plan.seqQ * plan.valueDim;
+    const mask = plan.mask;
+    job[J.op] = OP_ATTENTION;
+    job[J.q] = stage(q, 'q.data');
+    job[J.k] = stage(k, 'k.data');
+    job[J.v] = stage(v, 'v.data');
+    job[J.mask] = mask ? stage(mask.data, 'options.mask.data') : 0;
+    const outPtr = this.outputBlock(size, plan.outBuffer, alloc);
+    job[J.out] = outPtr;
+    [job[J.qB], job[J.qH], job[J.qRow]] = [plan.q.batch, plan.q.head, plan.q.row];
+    [job[J.kB], job[J.kH], job[J.kRow]] = [plan.k.batch, plan.k.head, plan.k.row];
+    [job[J.vB], job[J.vH], job[J.vRow]] = [plan.v.batch, plan.v.head, plan.v.row];
+    [job[J.oB], job[J.oH], job[J.oRow]] = [plan.out.batch, plan.out.head, plan.out.row];
+    job[J.qHeads] = plan.qHeads;
+    job[J.group] = plan.kvHeads === 0 ? 1 : plan.qHeads / plan.kvHeads;
+    [job[J.seqQ], job[J.seqKV], job[J.headDim], job[J.valueDim]] = [plan.seqQ, plan.seqKV, plan.headDim, plan.valueDim];
+    [job[J.scale], job[J.cap]] = [plan.scale, plan.softcap];
+    job[J.maskKind] = mask ? MASK_KIND[mask.kind] : 0;
+    job[J.maskBytes] = mask?.kind === 'bool' ? 1 : 4;
+    [job[J.mB], job[J.mH], job[J.mRow]] = mask ? [mask.at.batch, mask.at.head, mask.at.row] : [0, 0, 0];
+    [job[J.offset], job[J.left], job[J.right]] = [plan.offset, plan.left, plan.right];
+    job[J.rowChunk] = ATTENTION_ROW_CHUNK;
+    job[J.rowChunks] = Math.ceil(plan.seqQ / ATTENTION_ROW_CHUNK);
+    // Split-KV: decided by the shape alone, so every thread count computes the same bits.
+    const splitKV = plan.seqQ <= SPLIT_KV_MAX_ROWS && plan.seqKV >= SPLIT_KV_MIN_KEYS && plan.valueDim > 0;
+    job[J.kvChunk] = splitKV ? SPLIT_KV_CHUNK : plan.seqKV;
+    job[J.kvChunks] = splitKV ? Math.ceil(plan.seqKV / SPLIT_KV_CHUNK) : 1;
+    job[J.items] = plan.batch * plan.qHeads * job[J.rowChunks] * job[J.kvChunks];
+    if (splitKV) {
+      const slots = plan.batch * plan.qHeads * job[J.kvChunks] * plan.seqQ;
+      job[J.partialOut] = alloc(slots * plan.valueDim * 4);
+      job[J.partialStats] = alloc(slots * 8);
+    }
+    this.layout(job, this.kernels.f32_attention_scratch_bytes(plan.headDim, plan.valueDim), alloc);
+    const flops = 2 * plan.batch * plan.qHeads * plan.seqQ * plan.seqKV * (plan.headDim + plan.valueDim);
+    return { job, flops, outPtr, size, into: plan.outBuffer, splitKV };
+  }
+
+  attention(plan: AttentionPlan, q: Float32Array, k: Float32Array, v: Float32Array): Float32Array {
     return this.withBlocks((stage, alloc) => {
-      const qPtr = stage(q, 'q.data');
-      const kPtr = stage(k, 'k.data');
-      const vPtr = stage(v, 'v.data');
-      const mask = plan.mask;
-      const maskPtr = mask ? stage(mask.data, 'options.mask.data') : 0;
-      const maskBytes = mask?.kind === 'bool' ? 1 : 4;
-      const outPtr = this.outputBlock(size, plan.outBuffer, alloc);
-      const scratch = alloc(this.kernels.f32_attention_scratch_bytes(plan.headDim, plan.valueDim));
-      const group = plan.kvHeads === 0 ? 1 : plan.qHeads / plan.kvHeads;
-      for (let b = 0; b < plan.batch; b++) {
-        for (let h = 0; h < plan.qHeads; h++) {
-          const kvHead = Math.floor(h / group);
-          this.kernels.f32_attention(
-            qPtr + 4 * (b * plan.q.batch + h * plan.q.head), plan.q.row,
-            kPtr + 4 * (b * plan.k.batch + kvHead * plan.k.head), plan.k.row,
-            vPtr + 4 * (b * plan.v.batch + kvHead * plan.v.head), plan.v.row,
-            outPtr + 4 * (b * plan.out.batch + h * plan.out.head), plan.out.row,
-            plan.seqQ, plan.seqKV, plan.headDim, plan.valueDim,
-            plan.scale, plan.softcap,
-            mask ? maskPtr + maskBytes * (b * mask.at.batch + h * mask.at.head) : 0, mask ? MASK_KIND[mask.kind] : 0, mask ? mask.at.row : 0,
-            plan.offset, plan.left, plan.right, 0, scratch,
-          );
-        }
-      }
-      return this.collect(outPtr, size, plan.outBuffer);
+      const p = this.prepareAttention(plan, q, k, v, stage, alloc);
+      this.execute(p);
+      return this.collect(p);
     });
+  }
+
+  attentionAsync(plan: AttentionPlan, q: Float32Array, k: Float32Array, v: Float32Array): Promise<Float32Array> {
+    return this.withBlocksAsync(async (stage, alloc) => {
+      const p = this.prepareAttention(plan, q, k, v, stage, alloc);
+      await this.executeAsync(p);
+      return this.collect(p);
+    });
+  }
+
+  private prepareMatmul(plan: MatmulPlan, a: Float32Array, b: Float32Array, stage: Stage, alloc: Alloc): Prepared {
+    const { m, n, k } = plan;
+    const matrices = plan.aOffsets.length;
+    const job = new Float64Array(JOB_FIELDS);
+    job[J.op] = OP_GEMM;
+    [job[J.gm], job[J.gn], job[J.gk]] = [m, n, k];
+    job[J.ga] = stage(a, 'a.data');
+    job[J.gb] = stage(b, 'b.data');
+    const size = matrices * m * n;
+    const outPtr = this.outputBlock(size, plan.outBuffer, alloc);
+    job[J.gc] = outPtr;
+    job[J.gTransB] = plan.transposeB ? 1 : 0;
+    job[J.gOffsets] = alloc(8 * matrices);
+    const offsets = new Int32Array(2 * matrices);
+    for (let i = 0; i < matrices; i++) [offsets[2 * i], offsets[2 * i + 1]] = [plan.aOffsets[i], plan.bOffsets[i]];
+    new Int32Array(this.heap.memory.buffer).set(offsets, job[J.gOffsets] >>> 2);
+    [job[J.gMChunk], job[J.gNChunk]] = [GEMM_M_CHUNK, GEMM_N_CHUNK];
+    job[J.gMChunks] = Math.ceil(m / GEMM_M_CHUNK);
+    job[J.gNChunks] = Math.ceil(n / GEMM_N_CHUNK);
+    job[J.items] = matrices * job[J.gMChunks] * job[J.gNChunks];
+    this.layout(job, this.kernels.f32_gemm_scratch_bytes(), alloc);
+    return { job, flops: 2 * matrices * m * n * k, outPtr, size, into: plan.outBuffer, splitKV: false };
   }
 
   matmul(plan: MatmulPlan, a: Float32Array, b: Float32Array): Float32Array {
-    const { m, n, k } = plan;
-    const size = plan.aOffsets.length * m * n;
     return this.withBlocks((stage, alloc) => {
-      const aPtr = stage(a, 'a.data');
-      const bPtr = stage(b, 'b.data');
-      const outPtr = this.outputBlock(size, plan.outBuffer, alloc);
-      const scratch = alloc(this.kernels.f32_gemm_scratch_bytes());
-      for (let index = 0; index < plan.aOffsets.length; index++) {
-        this.kernels.f32_gemm(
-          m, n, k, aPtr + 4 * plan.aOffsets[index], k, bPtr + 4 * plan.bOffsets[index], plan.transposeB ? k : n,
-          plan.transposeB ? 1 : 0, outPtr + 4 * index * m * n, n, scratch,
-        );
-      }
-      return this.collect(outPtr, size, plan.outBuffer);
+      const p = this.prepareMatmul(plan, a, b, stage, alloc);
+      this.execute(p);
+      return this.collect(p);
     });
   }
 
-  softmax(plan: SoftmaxPlan, x: Float32Array): Float32Array {
-    const { matrices, rows, cols } = plan;
+  matmulAsync(plan: MatmulPlan, a: Float32Array, b: Float32Array): Promise<Float32Array> {
+    return this.withBlocksAsync(async (stage, alloc) => {
+      const p = this.prepareMatmul(plan, a, b, stage, alloc);
+      await this.executeAsync(p);
+      return this.collect(p);
+    });
+  }
+
+  private prepareSoftmax(plan: SoftmaxPlan, x: Float32Array, stage: Stage, alloc: Alloc): Prepared {
+    const { matrices, rows, cols, mask } = plan;
+    const job = new Float64Array(JOB_FIELDS);
+    job[J.op] = OP_SOFTMAX;
+    job[J.sx] = stage(x, 'x.data');
     const size = matrices * rows * cols;
+    const outPtr = this.outputBlock(size, plan.outBuffer, alloc);
+    job[J.sOut] = outPtr;
+    [job[J.sRows], job[J.sCols], job[J.sScale]] = [rows, cols, plan.scale];
+    job[J.sMask] = mask ? stage(mask.data, 'options.mask.data') : 0;
+    job[J.sMaskKind] = mask ? MASK_KIND[mask.kind] : 0;
+    job[J.sMaskBytes] = mask?.kind === 'bool' ? 1 : 4;
+    job[J.sMaskRow] = plan.maskRowStride;
+    job[J.sCausal] = plan.causal ? 1 : 0;
+    if (mask) {
+      job[J.sMaskOffsets] = alloc(4 * matrices);
+      new Int32Array(this.heap.memory.buffer).set(plan.maskOffsets, job[J.sMaskOffsets] >>> 2);
+    }
+    job[J.sRowChunk] = SOFTMAX_ROW_CHUNK;
+    job[J.sRowChunks] = Math.ceil(rows / SOFTMAX_ROW_CHUNK);
+    job[J.items] = matrices * job[J.sRowChunks];
+    this.layout(job, 0, alloc);
+    return { job, flops: 8 * size, outPtr, size, into: plan.outBuffer, splitKV: false };
+  }
+
+  softmax(plan: SoftmaxPlan, x: Float32Array): Float32Array {
     return this.withBlocks((stage, alloc) => {
-      const xPtr = stage(x, 'x.data');
-      const outPtr = this.outputBlock(size, plan.outBuffer, alloc);
-      const mask: MaskView | undefined = plan.mask;
-      const maskPtr = mask ? stage(mask.data, 'options.mask.data') : 0;
-      const maskBytes = mask?.kind === 'bool' ? 1 : 4;
-      for (let index = 0; index < matrices; index++) {
-        const offset = 4 * index * rows * cols;
-        this.kernels.f32_softmax_rows(
-          xPtr + offset, cols, outPtr + offset, cols, rows, cols, plan.scale, 0,
-          mask ? maskPtr + maskBytes * plan.maskOffsets[index] : 0, mask ? MASK_KIND[mask.kind] : 0, plan.maskRowStride,
-          plan.causal ? 1 : 0, 0,
-        );
-      }
-      return this.collect(outPtr, size, plan.outBuffer);
+      const p = this.prepareSoftmax(plan, x, stage, alloc);
+      this.execute(p);
+      return this.collect(p);
     });
   }
 
@@ -169,5 +302,9 @@ export class WasmBackend {
   /** exp through the kernels' polynomial (for accuracy tests). */
   exp(x: number): number {
     return this.kernels.f32_exp(x);
+  }
+
+  dispose(): void {
+    this.pool?.dispose();
   }
 }

@@ -1,0 +1,217 @@
+// The thread pool: worker_threads that each instantiate the engine's compiled module over the
+// engine's one shared WebAssembly.Memory, and run the items of one job at a time (jobs.ts).
+//
+// Sync calls: the calling thread runs items too (slot 0) with `threads - 1` workers, and blocks in
+// Atomics.wait until the last item is done. Async calls: `threads` workers run the items while the
+// calling thread's event loop stays free; Atomics.waitAsync tells it when they are done. Async calls
+// queue, one job at a time; a sync call that finds the pool busy runs on its own thread alone (the
+// result is the same bits either way).
+//
+// A worker that dies: an async job it held is rejected once the other workers have left their
+// items (so no one writes into the call's memory afterwards), and the worker is replaced. A sync
+// job cannot see the death event while it blocks, so if no item finishes for STALL_MS it runs the
+// unfinished items itself, and the pool replaces every worker before its next job.
+import { Worker } from 'node:worker_threads';
+import { AttentionError } from './errors.js';
+import { J, JOB_FIELDS, runItem } from './jobs.js';
+import { C, CTRL_WORDS, FLAGS_FIELD, PARKED, SLOTS_WORD, type WorkerInit, claimLoop } from './pool-protocol.js';
+import type { Kernels } from './wasm-module.js';
+
+const STALL_MS = 5000;
+const WORKER_URL = new URL('../dist/worker.js', import.meta.url);
+
+
+interface Pending {
+  reject: (error?: Error) => void;
+}
+
+export class WorkerPool {
+  readonly threads: number;
+  private readonly module: WebAssembly.Module;
+  private readonly memory: WebAssembly.Memory;
+  private readonly ctrlBuffer = new SharedArrayBuffer(CTRL_WORDS * 4);
+  private readonly jobBuffer = new SharedArrayBuffer(JOB_FIELDS * 8);
+  private readonly ctrl = new Int32Array(this.ctrlBuffer);
+  private readonly job = new Float64Array(this.jobBuffer);
+  private readonly workers: Array<Worker | undefined> = [];
+  private epoch = 0;
+  private inFlight = false;
+  private suspect = false;
+  private disposed = false;
+  private queue: Promise<unknown> = Promise.resolve();
+  private pending: Pending | undefined;
+  private lastError: unknown;
+
+  constructor(module: WebAssembly.Module, memory: WebAssembly.Memory, threads: number) {
+    this.module = module;
+    this.memory = memory;
+    this.threads = threads;
+    Atomics.store(this.ctrl, C.next, PARKED);
+    for (let slot = 1; slot <= threads; slot++) this.spawn(slot);
+  }
+
+  /** Whether a job is running (a sync call then runs alone on its own thread). */
+  get busy(): boolean {
+    return this.inFlight;
+  }
+
+  private spawn(slot: number): void {
+    // execArgv: [] keeps flags meant for the main script (--input-type, --eval ...) out of the workers;
+    // V8 flags such as --experimental-wasm-relaxed-simd are process-wide and apply to them anyway.
+    const worker = new Worker(WORKER_URL, { execArgv: [] });
+    const init: WorkerInit = { module: this.module, memory: this.memory, ctrl: this.ctrlBuffer, job: this.jobBuffer, slot };
+    worker.postMessage(init);
+    worker.unref();
+    worker.on('error', (e) => { this.lastError = e; }); // the exit handler below reports it
+    worker.on('exit', () => {
+      if (this.workers[slot] !== worker) return;
+      this.workers[slot] = undefined;
+      if (this.disposed) return;
+      this.onWorkerDeath(slot);
+      this.spawn(slot);
+    });
+    this.workers[slot] = worker;
+  }
+
+  private setRef(on: boolean): void {
+    for (const worker of this.workers) {
+      if (on) worker?.ref();
+      else worker?.unref();
+    }
+  }
+
+  /** The slots of the workers, for tests that kill one. @internal */
+  workerAt(slot: number): Worker | undefined {
+    return this.workers[slot];
+  }
+
+  private onWorkerDeath(slot: number): void {
+    const pending = this.pending;
+    if (!pending) return;
+    // Stop new claims, let the live workers leave their items, then fail the call.
+    Atomics.store(this.ctrl, C.next, PARKED);
+    this.pending = undefined;
+    const settle = (): void => {
+      for (let s = 1; s <= this.threads; s++) {
+        if (s !== slot && this.workers[s] && Atomics.load(this.ctrl, C.busy + s) === 1) {
+          setTimeout(settle, 1);
+          return;
+        }
+      }
+      Atomics.store(this.ctrl, C.busy + slot, 0);
+      this.inFlight = false;
+      pending.reject(new AttentionError('WORKER_FAILED', `worker thread ${slot} died while it ran this call (${String(this.lastError ?? "exited")}); the engine has replaced it, the call can be retried`));
+    };
+    settle();
+  }
+
+  private start(job: Float64Array, slots: number): void {
+    if (this.suspect) this.replaceAll();
+    this.inFlight = true;
+    this.job.set(job);
+    Atomics.store(this.ctrl, C.done, 0);
+    Atomics.store(this.ctrl, SLOTS_WORD, slots);
+    Atomics.store(this.ctrl, C.next, 0);
+    this.epoch = (this.epoch + 1) & 0x3fffffff;
+    Atomics.store(this.ctrl, C.epoch, this.epoch);
+    Atomics.notify(this.ctrl, C.epoch);
+  }
+
+  private finish(): void {
+    Atomics.store(this.ctrl, C.next, PARKED);
+    this.inFlight = false;
+  }
+
+  private replaceAll(): void {
+    this.suspect = false;
+    for (let slot = 1; slot <= this.threads; slot++) {
+      const worker = this.workers[slot];
+      this.workers[slot] = undefined;
+      Atomics.store(this.ctrl, C.busy + slot, 0);
+      void worker?.terminate();
+      this.spawn(slot);
+    }
+  }
+
+  /** Runs `job` with the calling thread (slot 0) and threads - 1 workers; returns when it is done. */
+  runSync(kernels: Kernels, job: Float64Array): void {
+    const items = job[J.items];
+    this.start(job, this.threads - 1);
+    try {
+      claimLoop(kernels, this.memory, this.ctrl, this.job, 0);
+      let last = Atomics.load(this.ctrl, C.done);
+      let since = performance.now();
+      while (last < items) {
+        Atomics.wait(this.ctrl, C.done, last, 100);
+        const now = Atomics.load(this.ctrl, C.done);
+        if (now !== last) {
+          last = now;
+          since = performance.now();
+        } else if (performance.now() - since > STALL_MS) {
+          this.recover(kernels, items);
+          break;
+        }
+      }
+    } finally {
+      this.finish();
+    }
+  }
+
+  /** A worker stopped finishing items: run what is left here and replace the workers before the next job. */
+  private recover(kernels: Kernels, items: number): void {
+    this.suspect = true;
+    const flags = new Uint8Array(this.memory.buffer);
+    const base = this.job[FLAGS_FIELD];
+    for (let item = 0; item < items; item++) {
+      if (Atomics.load(flags, base + item) === 0) runItem(kernels, this.job, item, 0, new Int32Array(this.memory.buffer));
+    }
+  }
+
+  /** Runs `job` on the workers alone, after the jobs queued before it; resolves when it is done. */
+  runAsync(job: Float64Array): Promise<void> {
+    const run = (): Promise<void> =>
+      new Promise<void>((resolve, reject) => {
+        if (this.disposed) {
+          reject(new AttentionError('DISPOSED', 'this engine was disposed'));
+          return;
+        }
+        const items = job[J.items];
+        // A pending waitAsync does not keep Node alive: hold the workers referenced while the job runs.
+        this.setRef(true);
+        const settle = (error?: Error): void => {
+          this.setRef(false);
+          if (error) reject(error);
+          else resolve();
+        };
+        this.pending = { reject: settle };
+        this.start(job, this.threads);
+        const poll = (): void => {
+          if (this.pending?.reject !== settle) return; // failed and settled by onWorkerDeath
+          const done = Atomics.load(this.ctrl, C.done);
+          if (done >= items) {
+            this.pending = undefined;
+            this.finish();
+            settle();
+            return;
+          }
+          const wait = Atomics.waitAsync(this.ctrl, C.done, done);
+          if (wait.async) void wait.value.then(poll);
+          else poll();
+        };
+        poll();
+      });
+    const result = this.queue.then(run, run);
+    this.queue = result.catch(() => undefined);
+    return result;
+  }
+
+  /** Ends the workers (the process can exit); queued async calls are rejected. */
+  dispose(): void {
+    this.disposed = true;
+    Atomics.store(this.ctrl, C.epoch, -1);
+    Atomics.notify(this.ctrl, C.epoch);
+    for (const worker of this.workers) void worker?.terminate();
+    this.pending?.reject(new AttentionError('DISPOSED', 'this engine was disposed while the call ran'));
+    this.pending = undefined;
+  }
+}

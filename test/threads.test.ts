@@ -1,0 +1,122 @@
+// The thread pool: every thread count and the async form give the same bits; async calls queue and
+// each gets its own result; a worker that dies fails only the call it held; dispose lets the process exit.
+import { spawnSync } from 'node:child_process';
+import { describe, expect, it } from 'vitest';
+import { AttentionError, createEngineSync, type Engine } from '../src/index.js';
+import { referenceAttention } from '../src/reference.js';
+import { maxError, randomTensor, rng } from './helpers.js';
+
+const bits = (a: Float32Array): Buffer => Buffer.from(a.buffer, a.byteOffset, a.byteLength);
+
+const shapes = [
+  { name: 'bert-like', q: [1, 4, 130, 64], kv: [1, 4, 130, 64], causal: false },
+  { name: 'causal GQA', q: [2, 6, 200, 32], kv: [2, 2, 200, 32], causal: true },
+  { name: 'decode, split-KV', q: [2, 4, 1, 64], kv: [2, 4, 3000, 64], causal: false },
+  { name: 'decode GQA with a mask, split-KV', q: [1, 8, 2, 16], kv: [1, 2, 1500, 16], causal: true },
+];
+
+describe('thread counts and sync/async give identical bits', () => {
+  const engines = [1, 2, 3, 4].map((threads) => createEngineSync({ backend: 'wasm-simd', threads }));
+  it.each(shapes)('attention: $name', async ({ q: qDims, kv, causal }) => {
+    const random = rng(qDims.reduce((a, b) => a * 7 + b, 1));
+    const q = randomTensor(random, qDims);
+    const k = randomTensor(random, kv);
+    const v = randomTensor(random, kv);
+    const mask = { data: Uint8Array.from({ length: kv[2] }, (_, j) => (j % 7 === 3 ? 0 : 1)), dims: [kv[2]] };
+    const options = { causal, mask };
+    const first = engines[0].attention(q, k, v, options).data;
+    expect(maxError(first, referenceAttention(q, k, v, options).data)).toBeLessThan(1e-5);
+    for (const engine of engines) {
+      expect(bits(engine.attention(q, k, v, options).data).equals(bits(first))).toBe(true);
+      expect(bits((await engine.attentionAsync(q, k, v, options)).data).equals(bits(first))).toBe(true);
+    }
+  });
+  it('matmul with broadcast batch dims', async () => {
+    const random = rng(3);
+    const a = randomTensor(random, [3, 150, 300]);
+    const b = randomTensor(random, [300, 520]);
+    const first = engines[0].matmul(a, b).data;
+    for (const engine of engines) {
+      expect(bits(engine.matmul(a, b).data).equals(bits(first))).toBe(true);
+      expect(bits((await engine.matmulAsync(a, b)).data).equals(bits(first))).toBe(true);
+    }
+  });
+  it('softmax with a mask', () => {
+    const random = rng(4);
+    const x = randomTensor(random, [4, 300, 300]);
+    const mask = { data: Float32Array.from({ length: 300 }, (_, j) => (j % 5 === 0 ? -Infinity : 0)), dims: [300] };
+    const first = engines[0].softmax(x, { mask, causal: true }).data;
+    for (const engine of engines) expect(bits(engine.softmax(x, { mask, causal: true }).data).equals(bits(first))).toBe(true);
+  });
+});
+
+describe('async calls', () => {
+  it('queue: 200 concurrent calls each get their own, correct result', async () => {
+    const engine = createEngineSync({ backend: 'wasm-simd', threads: 2 });
+    const random = rng(5);
+    const calls = Array.from({ length: 200 }, (_, i) => {
+      const seq = 8 + (i % 50);
+      return { q: randomTensor(random, [1, 2, seq, 16]), k: randomTensor(random, [1, 2, seq + 3, 16]), v: randomTensor(random, [1, 2, seq + 3, 8]), causal: i % 2 === 0 };
+    });
+    const results = await Promise.all(calls.map((c) => engine.attentionAsync(c.q, c.k, c.v, { causal: c.causal })));
+    results.forEach((y, i) => {
+      const c = calls[i];
+      expect(maxError(y.data, referenceAttention(c.q, c.k, c.v, { causal: c.causal }).data)).toBeLessThan(1e-5);
+    });
+    expect(engine.stats().usedBytes).toBe(0);
+    engine.dispose();
+  });
+
+  it('interleave with sync calls', async () => {
+    const engine = createEngineSync({ backend: 'wasm-simd', threads: 2 });
+    const random = rng(6);
+    const q = randomTensor(random, [1, 4, 256, 64]);
+    const expected = engine.attention(q, q, q, { causal: true }).data;
+    const pending = [engine.attentionAsync(q, q, q, { causal: true }), engine.attentionAsync(q, q, q, { causal: true })];
+    const sync = engine.attention(q, q, q, { causal: true }).data;
+    for (const y of await Promise.all(pending)) expect(bits(y.data).equals(bits(expected))).toBe(true);
+    expect(bits(sync).equals(bits(expected))).toBe(true);
+    engine.dispose();
+  });
+
+  it('reject a bad call before anything runs', async () => {
+    const engine = createEngineSync({ backend: 'wasm-simd', threads: 2 });
+    const q = randomTensor(rng(1), [1, 1, 4, 8]);
+    await expect(engine.attentionAsync(q, q, q, { scale: NaN })).rejects.toBeInstanceOf(AttentionError);
+    engine.dispose();
+  });
+});
+
+describe('faults', () => {
+  it('a worker that dies fails the call it held, and the engine replaces it', async () => {
+    const engine = createEngineSync({ backend: 'wasm-simd', threads: 2 });
+    const pool = (engine as unknown as { wasm: { pool: { workerAt(slot: number): { terminate(): Promise<number> } } } }).wasm.pool;
+    const random = rng(7);
+    const q = randomTensor(random, [1, 8, 2048, 64]);
+    const call = engine.attentionAsync(q, q, q);
+    setTimeout(() => void pool.workerAt(1).terminate(), 20);
+    await expect(call).rejects.toMatchObject({ code: 'WORKER_FAILED' });
+    const small = randomTensor(random, [1, 2, 100, 16]);
+    const expected = referenceAttention(small, small, small).data;
+    expect(maxError((await engine.attentionAsync(small, small, small)).data, expected)).toBeLessThan(1e-5);
+    expect(maxError(engine.attention(small, small, small).data, expected)).toBeLessThan(1e-5);
+    expect(engine.stats().usedBytes).toBe(0);
+    engine.dispose();
+  });
+
+  it('dispose rejects further calls and lets the process exit', () => {
+    const script = `
+      import { createEngineSync } from ${JSON.stringify(new URL('../dist/index.js', import.meta.url).href)};
+      const e = createEngineSync({ backend: 'wasm-simd', threads: 3 });
+      const q = { data: new Float32Array(4 * 300 * 32).fill(0.5), dims: [1, 4, 300, 32] };
+      await e.attentionAsync(q, q, q);
+      e.attention(q, q, q);
+      e.dispose();
+      try { e.attention(q, q, q); } catch (err) { console.log(err.code); }`;
+    const child = spawnSync(process.execPath, ['--input-type=module', '-e', script], { timeout: 20_000, encoding: 'utf8' });
+    expect(child.status).toBe(0);
+    expect(child.stdout.trim()).toBe('DISPOSED');
+  });
+});
+
+export type { Engine };
