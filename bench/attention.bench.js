@@ -1,9 +1,10 @@
 // The main job: attention on the default workload, each backend side by side in one run.
 //   npm run bench                     all shapes, all backends this runtime has
-//   node bench/attention.bench.js --shapes bert-128,decode --json
-// For each shape and backend: median ms per call (inputs copied in and the result copied out),
+//   node bench/attention.bench.js --shapes bert-128,decode --threads 1,2 --backends wasm-simd,js --json
+// For each shape, backend and thread count: median ms per call (inputs copied in and the result copied out),
 // GFLOP/s = 4·B·H·Sq·Skv·D / time (half for causal), the ratio to the js backend, and the max
 // error against the float64 reference.
+import { availableParallelism } from 'node:os';
 import { parseArgs } from 'node:util';
 import { Bench } from 'tinybench';
 import { createEngineSync } from '../dist/index.js';
@@ -18,17 +19,21 @@ export const SHAPES = {
   'bert-512': { batch: 1, heads: 12, seqQ: 512, seqKV: 512, headDim: 64, causal: false },
   'gpt-1024': { batch: 1, heads: 12, seqQ: 1024, seqKV: 1024, headDim: 64, causal: true },
   decode: { batch: 8, heads: 32, seqQ: 1, seqKV: 2048, headDim: 128, causal: false },
+  'long-4096': { batch: 1, heads: 8, seqQ: 4096, seqKV: 4096, headDim: 64, causal: true },
 };
 
 const { values } = parseArgs({
   options: {
-    shapes: { type: 'string', default: Object.keys(SHAPES).join(',') },
+    shapes: { type: 'string', default: 'bert-128,bert-512,gpt-1024,decode' },
     backends: { type: 'string' },
     json: { type: 'boolean', default: false },
     time: { type: 'string', default: '1500' },
+    extras: { type: 'boolean', default: true },
+    threads: { type: 'string', default: `1,${Math.min(4, availableParallelism())}` },
   },
 });
 
+const threadCounts = [...new Set(values.threads.split(',').map(Number))];
 const backends = values.backends?.split(',') ?? ['wasm-relaxed-simd', 'wasm-simd', 'js'].filter((b) => b === 'js' || buildSupported(b));
 const random = (() => {
   let s = 12345;
@@ -48,17 +53,19 @@ for (const name of values.shapes.split(',')) {
   if (!values.json) process.stderr.write(`${name}: reference...`);
   const reference = referenceAttention(q, k, v, options).data;
   for (const backend of backends) {
-    if (!values.json) process.stderr.write(` ${backend}...`);
-    const engine = createEngineSync({ backend });
-    const y = engine.attention(q, k, v, options).data;
-    let maxError = 0;
-    for (let i = 0; i < y.length; i++) maxError = Math.max(maxError, Math.abs(y[i] - reference[i]));
-    const bench = new Bench({ time: Number(values.time), iterations: 3, warmupIterations: 1, warmupTime: 0 });
-    bench.add(`${name} ${backend}`, () => engine.attention(q, k, v, options));
-    await bench.run();
-    const ms = bench.tasks[0].result.latency.p50;
-    rows.push({ shape: name, backend, ms, gflops: flops / ms / 1e6, maxError });
-    engine.dispose();
+    for (const threads of backend === 'js' ? [1] : threadCounts) {
+      if (!values.json) process.stderr.write(` ${backend}/${threads}...`);
+      const engine = createEngineSync({ backend, threads });
+      const y = engine.attention(q, k, v, options).data;
+      let maxError = 0;
+      for (let i = 0; i < y.length; i++) maxError = Math.max(maxError, Math.abs(y[i] - reference[i]));
+      const bench = new Bench({ time: Number(values.time), iterations: 3, warmupIterations: 1, warmupTime: 0 });
+      bench.add(`${name} ${backend}`, () => engine.attention(q, k, v, options));
+      await bench.run();
+      const ms = bench.tasks[0].result.latency.p50;
+      rows.push({ shape: name, backend, threads, ms, gflops: flops / ms / 1e6, maxError });
+      engine.dispose();
+    }
   }
   if (!values.json) process.stderr.write('\n');
 }
@@ -67,13 +74,50 @@ for (const row of rows) {
   row.vsJs = js ? js.ms / row.ms : undefined;
 }
 
+// Decoding with K and V resident in WASM memory (engine.tensor), against memory.copy of the same
+// bytes inside WASM; and the per-call overhead of a tiny call.
+const extras = [];
+if (values.extras) {
+  for (const backend of backends.filter((b) => b !== 'js')) {
+    if (!values.json) process.stderr.write(`resident decode and small calls: ${backend}...\n`);
+    const engine = createEngineSync({ backend, threads: 1 });
+    const s = SHAPES.decode;
+    const [rq, rk, rv, rout] = [[s.batch, s.heads, 1, s.headDim], [s.batch, s.heads, s.seqKV, s.headDim], [s.batch, s.heads, s.seqKV, s.headDim], [s.batch, s.heads, 1, s.headDim]].map((dims) => engine.tensor(dims));
+    for (const t of [rq, rk, rv]) t.data.set(tensor(t.dims).data);
+    const bytes = rk.data.byteLength + rv.data.byteLength;
+    const scratch = engine.tensor([bytes / 4]);
+    const bench = new Bench({ time: Number(values.time), iterations: 5, warmupIterations: 1, warmupTime: 0 });
+    bench.add('decode resident', () => engine.attention(rq, rk, rv, { out: rout.data }));
+    // engine.wasm is internal (the WasmBackend); the bench reaches in for the memory.copy yardstick only
+    bench.add('memory.copy', () => engine.wasm.copyBytes(scratch.data.byteOffset, rk.data.byteOffset, bytes));
+    const q = tensor([1, 1, 1, 64]), k = tensor([1, 1, 16, 64]), v = tensor([1, 1, 16, 64]);
+    const out = new Float32Array(64);
+    // 1000 calls per sample: a single call is too short for the timer
+    bench.add('small call x1000', () => {
+      for (let i = 0; i < 1000; i++) engine.attention(q, k, v, { out });
+    });
+    await bench.run();
+    const [decode, copy, small] = bench.tasks.map((t) => t.result.latency.p50);
+    extras.push({ backend, decodeGBs: bytes / decode / 1e6, copyGBs: bytes / copy / 1e6, smallMicros: small });
+    engine.dispose();
+  }
+}
+
 if (values.json) {
-  console.log(JSON.stringify({ node: process.version, rows }, null, 2));
+  console.log(JSON.stringify({ node: process.version, rows, extras }, null, 2));
 } else {
-  console.log(`\nnode ${process.version}, one thread, median of >= 3 calls\n`);
-  console.log('| shape | backend | median ms | GFLOP/s | vs js | max error |');
-  console.log('|---|---|---:|---:|---:|---:|');
+  console.log(`\nnode ${process.version}, median of >= 3 calls; vs 1 thread: the same backend on one thread\n`);
+  console.log('| shape | backend | threads | median ms | GFLOP/s | vs js | vs 1 thread | max error |');
+  console.log('|---|---|---:|---:|---:|---:|---:|---:|');
   for (const r of rows) {
-    console.log(`| ${r.shape} | ${r.backend} | ${r.ms.toFixed(2)} | ${r.gflops.toFixed(2)} | ${r.vsJs ? r.vsJs.toFixed(1) + 'x' : '-'} | ${r.maxError.toExponential(1)} |`);
+    const one = rows.find((o) => o.shape === r.shape && o.backend === r.backend && o.threads === 1);
+    console.log(`| ${r.shape} | ${r.backend} | ${r.threads} | ${r.ms.toFixed(2)} | ${r.gflops.toFixed(2)} | ${r.vsJs ? r.vsJs.toFixed(1) + 'x' : '-'} | ${one ? (one.ms / r.ms).toFixed(2) + 'x' : '-'} | ${r.maxError.toExponential(1)} |`);
+  }
+}
+if (!values.json && extras.length) {
+  console.log('\n| backend | decode, K/V resident: GB/s of K and V read | memory.copy of those bytes: GB/s | ratio | B1 H1 Sq1 Skv16 D64 call: median µs |');
+  console.log('|---|---:|---:|---:|---:|');
+  for (const e of extras) {
+    console.log(`| ${e.backend} | ${e.decodeGBs.toFixed(2)} | ${e.copyGBs.toFixed(2)} | ${(e.decodeGBs / e.copyGBs * 100).toFixed(0)}% | ${e.smallMicros.toFixed(2)} |`);
   }
 }

@@ -25,6 +25,7 @@ export class WasmHeap {
   private used = 0;
   private f32View: Float32Array;
   private u8View: Uint8Array;
+  private i32View: Int32Array;
   /** Every buffer object memory has had (a shared memory's buffer is replaced, not detached, on growth). */
   private readonly buffers = new WeakSet<ArrayBufferLike>();
   /** Blocks handed out as resident tensors: start -> end. */
@@ -38,30 +39,37 @@ export class WasmHeap {
     if (end > start) this.free.push([start, end]);
     this.f32View = new Float32Array(memory.buffer);
     this.u8View = new Uint8Array(memory.buffer);
+    this.i32View = new Int32Array(memory.buffer);
     this.buffers.add(memory.buffer);
   }
 
+  // Only this allocator grows memory (the kernels never do), so the views are re-created right there.
+
   /** A Float32Array over all of memory, re-created after growth. */
   get f32(): Float32Array {
-    if (this.f32View.buffer.byteLength !== this.memory.buffer.byteLength) this.refreshViews();
     return this.f32View;
   }
 
   /** A Uint8Array over all of memory, re-created after growth. */
   get u8(): Uint8Array {
-    if (this.u8View.buffer.byteLength !== this.memory.buffer.byteLength) this.refreshViews();
     return this.u8View;
+  }
+
+  /** An Int32Array over all of memory, re-created after growth. */
+  get i32(): Int32Array {
+    return this.i32View;
   }
 
   private refreshViews(): void {
     this.f32View = new Float32Array(this.memory.buffer);
     this.u8View = new Uint8Array(this.memory.buffer);
+    this.i32View = new Int32Array(this.memory.buffer);
     this.buffers.add(this.memory.buffer);
   }
 
   /** Whether `view` is a view of this memory (under any of its buffer objects). */
   isView(view: ArrayBufferView): boolean {
-    return this.buffers.has(view.buffer) || (view.buffer === this.memory.buffer && (this.refreshViews(), true));
+    return this.buffers.has(view.buffer);
   }
 
   /** Whether `view` lies inside a live resident block (one from allocResident, not yet released). */
@@ -118,6 +126,7 @@ export class WasmHeap {
     } catch (cause) {
       throw new AttentionError('OUT_OF_MEMORY', `WASM memory could not grow from ${end} to ${end + pages * PAGE} bytes: ${String(cause)}`);
     }
+    this.refreshViews();
     const newEnd = this.memory.buffer.byteLength;
     if (tailFree > 0) last[1] = newEnd;
     else this.free.push([end, newEnd]);

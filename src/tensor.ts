@@ -14,7 +14,9 @@ export interface Tensor {
   dims: number[];
 }
 
-const tag = (x: unknown): string => Object.prototype.toString.call(x).slice(8, -1);
+/** The typed-array (or other built-in) name of x; instanceof first, since it is far cheaper. */
+const tag = (x: unknown): string =>
+  x instanceof Float32Array ? 'Float32Array' : x instanceof Uint8Array ? 'Uint8Array' : Object.prototype.toString.call(x).slice(8, -1);
 
 /** Describes a value for an error message: its type, and its length for arrays. */
 export function describe(x: unknown): string {

@@ -37,6 +37,8 @@ type Alloc = (bytes: number) => number;
 interface Prepared {
   job: Float64Array;
   flops: number;
+  /** Scratch bytes each thread running items needs. */
+  scratchBytes: number;
   outPtr: number;
   size: number;
   into: Float32Array | undefined;
@@ -47,6 +49,8 @@ export class WasmBackend {
   readonly build: WasmBuild;
   readonly heap: WasmHeap;
   readonly pool: WorkerPool | undefined;
+  /** Calls below this many flops skip the pool (the bench lowers it to measure the crossover). */
+  minParallelFlops = MIN_PARALLEL_FLOPS;
   private readonly kernels: Kernels;
 
   constructor(build: WasmBuild, maxMemoryBytes: number, threads = 1, module: WebAssembly.Module = compiledModule(build)) {
@@ -95,33 +99,45 @@ export class WasmBackend {
     return { stage, alloc, owned };
   }
 
-  /** Scratch for every slot that may run items (the calling thread and each worker), and item flags. */
-  private layout(job: Float64Array, scratchBytes: number, alloc: Alloc): void {
-    const slots = 1 + (this.pool?.threads ?? 0);
-    const perSlot = Math.ceil(Math.max(scratchBytes, 64) / 64) * 64;
+  /** Scratch for each slot that may run items (slot 0 is the calling thread), and, on the pool, item flags. */
+  private layout(p: Prepared, slots: number, alloc: Alloc): void {
+    const { job } = p;
+    const perSlot = Math.ceil(Math.max(p.scratchBytes, 64) / 64) * 64;
     job[J.scratch] = alloc(perSlot * slots);
     job[J.scratchBytes] = perSlot;
-    job[FLAGS_FIELD] = alloc(job[J.items]);
-    this.heap.u8.fill(0, job[FLAGS_FIELD], job[FLAGS_FIELD] + job[J.items]);
+    if (slots > 1) {
+      job[FLAGS_FIELD] = alloc(job[J.items]);
+      this.heap.u8.fill(0, job[FLAGS_FIELD], job[FLAGS_FIELD] + job[J.items]);
+    }
   }
 
-  private runHere(job: Float64Array): void {
-    const i32 = new Int32Array(this.heap.memory.buffer);
-    for (let item = 0; item < job[J.items]; item++) runItem(this.kernels, job, item, 0, i32);
+  private runHere(p: Prepared, alloc: Alloc): void {
+    this.layout(p, 1, alloc);
+    const i32 = this.heap.i32;
+    for (let item = 0; item < p.job[J.items]; item++) runItem(this.kernels, p.job, item, 0, i32);
   }
 
-  private execute(p: Prepared): void {
+  private execute(p: Prepared, alloc: Alloc): void {
     if (p.job[J.items] > 0) {
-      if (this.pool && !this.pool.busy && p.flops >= MIN_PARALLEL_FLOPS && p.job[J.items] > 1) this.pool.runSync(this.kernels, p.job);
-      else this.runHere(p.job);
+      const pool = this.pool;
+      if (pool && !pool.busy && p.flops >= this.minParallelFlops && p.job[J.items] > 1) {
+        this.layout(p, 1 + pool.threads, alloc);
+        pool.runSync(this.kernels, p.job);
+      } else {
+        this.runHere(p, alloc);
+      }
     }
     this.finishJob(p);
   }
 
-  private async executeAsync(p: Prepared): Promise<void> {
+  private async executeAsync(p: Prepared, alloc: Alloc): Promise<void> {
     if (p.job[J.items] > 0) {
-      if (this.pool) await this.pool.runAsync(p.job);
-      else this.runHere(p.job);
+      if (this.pool) {
+        this.layout(p, 1 + this.pool.threads, alloc);
+        await this.pool.runAsync(p.job);
+      } else {
+        this.runHere(p, alloc);
+      }
     }
     this.finishJob(p);
   }
@@ -158,18 +174,36 @@ export class WasmBackend {
     job[J.mask] = mask ? stage(mask.data, 'options.mask.data') : 0;
     const outPtr = this.outputBlock(size, plan.outBuffer, alloc);
     job[J.out] = outPtr;
-    [job[J.qB], job[J.qH], job[J.qRow]] = [plan.q.batch, plan.q.head, plan.q.row];
-    [job[J.kB], job[J.kH], job[J.kRow]] = [plan.k.batch, plan.k.head, plan.k.row];
-    [job[J.vB], job[J.vH], job[J.vRow]] = [plan.v.batch, plan.v.head, plan.v.row];
-    [job[J.oB], job[J.oH], job[J.oRow]] = [plan.out.batch, plan.out.head, plan.out.row];
+    job[J.qB] = plan.q.batch;
+    job[J.qH] = plan.q.head;
+    job[J.qRow] = plan.q.row;
+    job[J.kB] = plan.k.batch;
+    job[J.kH] = plan.k.head;
+    job[J.kRow] = plan.k.row;
+    job[J.vB] = plan.v.batch;
+    job[J.vH] = plan.v.head;
+    job[J.vRow] = plan.v.row;
+    job[J.oB] = plan.out.batch;
+    job[J.oH] = plan.out.head;
+    job[J.oRow] = plan.out.row;
     job[J.qHeads] = plan.qHeads;
     job[J.group] = plan.kvHeads === 0 ? 1 : plan.qHeads / plan.kvHeads;
-    [job[J.seqQ], job[J.seqKV], job[J.headDim], job[J.valueDim]] = [plan.seqQ, plan.seqKV, plan.headDim, plan.valueDim];
-    [job[J.scale], job[J.cap]] = [plan.scale, plan.softcap];
+    job[J.seqQ] = plan.seqQ;
+    job[J.seqKV] = plan.seqKV;
+    job[J.headDim] = plan.headDim;
+    job[J.valueDim] = plan.valueDim;
+    job[J.scale] = plan.scale;
+    job[J.cap] = plan.softcap;
     job[J.maskKind] = mask ? MASK_KIND[mask.kind] : 0;
     job[J.maskBytes] = mask?.kind === 'bool' ? 1 : 4;
-    [job[J.mB], job[J.mH], job[J.mRow]] = mask ? [mask.at.batch, mask.at.head, mask.at.row] : [0, 0, 0];
-    [job[J.offset], job[J.left], job[J.right]] = [plan.offset, plan.left, plan.right];
+    if (mask) {
+      job[J.mB] = mask.at.batch;
+      job[J.mH] = mask.at.head;
+      job[J.mRow] = mask.at.row;
+    }
+    job[J.offset] = plan.offset;
+    job[J.left] = plan.left;
+    job[J.right] = plan.right;
     job[J.rowChunk] = ATTENTION_ROW_CHUNK;
     job[J.rowChunks] = Math.ceil(plan.seqQ / ATTENTION_ROW_CHUNK);
     // Split-KV: decided by the shape alone, so every thread count computes the same bits.
@@ -182,15 +216,15 @@ export class WasmBackend {
       job[J.partialOut] = alloc(slots * plan.valueDim * 4);
       job[J.partialStats] = alloc(slots * 8);
     }
-    this.layout(job, this.kernels.f32_attention_scratch_bytes(plan.headDim, plan.valueDim), alloc);
     const flops = 2 * plan.batch * plan.qHeads * plan.seqQ * plan.seqKV * (plan.headDim + plan.valueDim);
-    return { job, flops, outPtr, size, into: plan.outBuffer, splitKV };
+    const scratchBytes = this.kernels.f32_attention_scratch_bytes(plan.headDim, plan.valueDim);
+    return { job, flops, scratchBytes, outPtr, size, into: plan.outBuffer, splitKV };
   }
 
   attention(plan: AttentionPlan, q: Float32Array, k: Float32Array, v: Float32Array): Float32Array {
     return this.withBlocks((stage, alloc) => {
       const p = this.prepareAttention(plan, q, k, v, stage, alloc);
-      this.execute(p);
+      this.execute(p, alloc);
       return this.collect(p);
     });
   }
@@ -198,7 +232,7 @@ export class WasmBackend {
   attentionAsync(plan: AttentionPlan, q: Float32Array, k: Float32Array, v: Float32Array): Promise<Float32Array> {
     return this.withBlocksAsync(async (stage, alloc) => {
       const p = this.prepareAttention(plan, q, k, v, stage, alloc);
-      await this.executeAsync(p);
+      await this.executeAsync(p, alloc);
       return this.collect(p);
     });
   }
@@ -208,7 +242,9 @@ export class WasmBackend {
     const matrices = plan.aOffsets.length;
     const job = new Float64Array(JOB_FIELDS);
     job[J.op] = OP_GEMM;
-    [job[J.gm], job[J.gn], job[J.gk]] = [m, n, k];
+    job[J.gm] = m;
+    job[J.gn] = n;
+    job[J.gk] = k;
     job[J.ga] = stage(a, 'a.data');
     job[J.gb] = stage(b, 'b.data');
     const size = matrices * m * n;
@@ -217,20 +253,24 @@ export class WasmBackend {
     job[J.gTransB] = plan.transposeB ? 1 : 0;
     job[J.gOffsets] = alloc(8 * matrices);
     const offsets = new Int32Array(2 * matrices);
-    for (let i = 0; i < matrices; i++) [offsets[2 * i], offsets[2 * i + 1]] = [plan.aOffsets[i], plan.bOffsets[i]];
-    new Int32Array(this.heap.memory.buffer).set(offsets, job[J.gOffsets] >>> 2);
-    [job[J.gMChunk], job[J.gNChunk]] = [GEMM_M_CHUNK, GEMM_N_CHUNK];
+    for (let i = 0; i < matrices; i++) {
+      offsets[2 * i] = plan.aOffsets[i];
+      offsets[2 * i + 1] = plan.bOffsets[i];
+    }
+    this.heap.i32.set(offsets, job[J.gOffsets] >>> 2);
+    job[J.gMChunk] = GEMM_M_CHUNK;
+    job[J.gNChunk] = GEMM_N_CHUNK;
     job[J.gMChunks] = Math.ceil(m / GEMM_M_CHUNK);
     job[J.gNChunks] = Math.ceil(n / GEMM_N_CHUNK);
     job[J.items] = matrices * job[J.gMChunks] * job[J.gNChunks];
-    this.layout(job, this.kernels.f32_gemm_scratch_bytes(), alloc);
-    return { job, flops: 2 * matrices * m * n * k, outPtr, size, into: plan.outBuffer, splitKV: false };
+    const scratchBytes = this.kernels.f32_gemm_scratch_bytes();
+    return { job, flops: 2 * matrices * m * n * k, scratchBytes, outPtr, size, into: plan.outBuffer, splitKV: false };
   }
 
   matmul(plan: MatmulPlan, a: Float32Array, b: Float32Array): Float32Array {
     return this.withBlocks((stage, alloc) => {
       const p = this.prepareMatmul(plan, a, b, stage, alloc);
-      this.execute(p);
+      this.execute(p, alloc);
       return this.collect(p);
     });
   }
@@ -238,7 +278,7 @@ export class WasmBackend {
   matmulAsync(plan: MatmulPlan, a: Float32Array, b: Float32Array): Promise<Float32Array> {
     return this.withBlocksAsync(async (stage, alloc) => {
       const p = this.prepareMatmul(plan, a, b, stage, alloc);
-      await this.executeAsync(p);
+      await this.executeAsync(p, alloc);
       return this.collect(p);
     });
   }
@@ -251,7 +291,9 @@ export class WasmBackend {
     const size = matrices * rows * cols;
     const outPtr = this.outputBlock(size, plan.outBuffer, alloc);
     job[J.sOut] = outPtr;
-    [job[J.sRows], job[J.sCols], job[J.sScale]] = [rows, cols, plan.scale];
+    job[J.sRows] = rows;
+    job[J.sCols] = cols;
+    job[J.sScale] = plan.scale;
     job[J.sMask] = mask ? stage(mask.data, 'options.mask.data') : 0;
     job[J.sMaskKind] = mask ? MASK_KIND[mask.kind] : 0;
     job[J.sMaskBytes] = mask?.kind === 'bool' ? 1 : 4;
@@ -259,19 +301,18 @@ export class WasmBackend {
     job[J.sCausal] = plan.causal ? 1 : 0;
     if (mask) {
       job[J.sMaskOffsets] = alloc(4 * matrices);
-      new Int32Array(this.heap.memory.buffer).set(plan.maskOffsets, job[J.sMaskOffsets] >>> 2);
+      this.heap.i32.set(plan.maskOffsets, job[J.sMaskOffsets] >>> 2);
     }
     job[J.sRowChunk] = SOFTMAX_ROW_CHUNK;
     job[J.sRowChunks] = Math.ceil(rows / SOFTMAX_ROW_CHUNK);
     job[J.items] = matrices * job[J.sRowChunks];
-    this.layout(job, 0, alloc);
-    return { job, flops: 8 * size, outPtr, size, into: plan.outBuffer, splitKV: false };
+    return { job, flops: 8 * size, scratchBytes: 0, outPtr, size, into: plan.outBuffer, splitKV: false };
   }
 
   softmax(plan: SoftmaxPlan, x: Float32Array): Float32Array {
     return this.withBlocks((stage, alloc) => {
       const p = this.prepareSoftmax(plan, x, stage, alloc);
-      this.execute(p);
+      this.execute(p, alloc);
       return this.collect(p);
     });
   }
