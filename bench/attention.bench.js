@@ -28,7 +28,7 @@ const { values } = parseArgs({
     backends: { type: 'string' },
     json: { type: 'boolean', default: false },
     time: { type: 'string', default: '1500' },
-    extras: { type: 'boolean', default: true },
+    'skip-extras': { type: 'boolean', default: false },
     threads: { type: 'string', default: `1,${Math.min(4, availableParallelism())}` },
   },
 });
@@ -77,7 +77,7 @@ for (const row of rows) {
 // Decoding with K and V resident in WASM memory (engine.tensor), against memory.copy of the same
 // bytes inside WASM; and the per-call overhead of a tiny call.
 const extras = [];
-if (values.extras) {
+if (!values['skip-extras']) {
   for (const backend of backends.filter((b) => b !== 'js')) {
     if (!values.json) process.stderr.write(`resident decode and small calls: ${backend}...\n`);
     const engine = createEngineSync({ backend, threads: 1 });

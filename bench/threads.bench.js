@@ -35,6 +35,7 @@ for (const seq of [8, 16, 32, 64, 96, 128, 192, 256, 512]) {
   const q = tensor([1, 4, seq, 64]);
   const flops = 4 * 4 * seq * seq * 64;
   const repeats = Math.max(15, Math.min(2000, Math.round(2e9 / flops)));
+  for (let i = 0; i < 5; i++) [one, many].forEach((e) => e.attention(q, q, q)); // warm up (tier-up, memory)
   const alone = median(() => one.attention(q, q, q), repeats);
   const forced = median(() => many.attention(q, q, q), repeats);
   console.log(`| B1 H4 S${seq} D64 | ${(flops / 1e6).toFixed(1)} | ${(alone * 1000).toFixed(1)} | ${(forced * 1000).toFixed(1)} | ${(alone / forced).toFixed(2)}x |`);
