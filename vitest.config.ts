@@ -3,14 +3,14 @@ import { defineConfig } from 'vitest/config';
 // Two projects: every test on the simd build and the js backend, and the kernel tests once more in
 // a process started with --experimental-wasm-relaxed-simd (Node 20 needs it; later Nodes ignore it),
 // on the relaxed-SIMD build, whose fused multiply-add rounds differently.
-const kernelTests = ['test/attention.test.ts', 'test/matmul.test.ts', 'test/softmax.test.ts', 'test/onnx-conformance.test.ts', 'test/exp.test.ts'];
+const kernelTests = ['test/attention.test.ts', 'test/matmul.test.ts', 'test/softmax.test.ts', 'test/onnx-conformance.test.ts', 'test/onnx-entry.test.ts', 'test/semantics.test.ts', 'test/exp.test.ts'];
 
 export default defineConfig({
   test: {
     testTimeout: 60_000,
     projects: [
       {
-        test: { name: 'simd+js', include: ['test/**/*.test.ts'], env: { TEST_BACKENDS: 'wasm-simd,js' } },
+        test: { name: 'simd+js', include: ['test/**/*.test.ts'], env: { TEST_BACKENDS: 'wasm-simd,js', WASM_ATTENTION_GUARDS: '1' } },
       },
       {
         test: {
@@ -18,7 +18,7 @@ export default defineConfig({
           include: kernelTests,
           // Node 20 needs the flag; Node 22 and later run relaxed SIMD by default.
           execArgv: Number(process.versions.node.split('.')[0]) < 22 ? ['--experimental-wasm-relaxed-simd'] : [],
-          env: { TEST_BACKENDS: 'wasm-relaxed-simd' },
+          env: { TEST_BACKENDS: 'wasm-relaxed-simd', WASM_ATTENTION_GUARDS: '1' },
         },
       },
     ],

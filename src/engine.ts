@@ -5,13 +5,25 @@ import { availableParallelism } from 'node:os';
 import { AttentionError } from './errors.js';
 import { attentionJs, matmulJs, softmaxJs } from './js-backend.js';
 import {
-  type AttentionOptions, type MatmulOptions, type SoftmaxOptions, planAttention, planMatmul, planSoftmax,
+  type AttentionOptions, type AttentionPlan, type MatmulOptions, type SoftmaxOptions, planAttention, planMatmul, planSoftmax,
 } from './plan.js';
 import { type Tensor, type TensorLike, checkDims, checkOptionsObject, describe, sizeOf } from './tensor.js';
-import { WasmBackend } from './wasm-backend.js';
+import { KVCache, type KVCacheOptions } from './kv-cache.js';
+import { type MultiHeadOptions, type MultiHeadWeights, multiHeadAttention } from './layer.js';
+import { type OnnxAttentionAttributes, type OnnxAttentionInputs, type OnnxAttentionOutputs, onnxAttention } from './onnx.js';
+import { attentionScores } from './scores.js';
+import { type AttentionResult, WasmBackend } from './wasm-backend.js';
 import { type WasmBuild, WASM_BUILDS, bestBuild, buildSupported, compiledModule } from './wasm-module.js';
 
 export type BackendName = WasmBuild | 'js';
+
+/** What attention returns: the output, and what was asked for besides. */
+export interface AttentionOutput extends Tensor {
+  /** With returnWeights: softmax of the scores, [B, Hq, Sq, Skv]. */
+  weights?: Tensor;
+  /** With returnLogSumExp: log(sum_j exp(score_j)) per query row, [B, Hq, Sq]. */
+  logSumExp?: Tensor;
+}
 
 /** A tensor from engine.tensor(): its data is a view of the engine's memory (wasm backends). */
 export interface ResidentTensor {
@@ -105,17 +117,32 @@ export class Engine {
    * q [B, Hq, Sq, Dk], k [B, Hkv, Skv, Dk], v [B, Hkv, Skv, Dv] → [B, Hq, Sq, Dv]. Query head h reads
    * kv head floor(h / (Hq/Hkv)). A query row that sees no key gives zeros.
    */
-  attention(q: TensorLike<Float32Array>, k: TensorLike<Float32Array>, v: TensorLike<Float32Array>, options?: AttentionOptions): Tensor {
+  attention(q: TensorLike<Float32Array>, k: TensorLike<Float32Array>, v: TensorLike<Float32Array>, options?: AttentionOptions): AttentionOutput {
     const wasm = this.live();
-    const plan = planAttention(q, k, v, options);
-    let data: Float32Array;
+    return this.runAttention(planAttention(q, k, v, options), q.data, k.data, v.data, wasm);
+  }
+
+  /** @internal runs a checked plan (also for the KV cache and the ONNX entry point). */
+  runAttention(plan: AttentionPlan, q: Float32Array, k: Float32Array, v: Float32Array, wasm = this.live()): AttentionOutput {
+    let result: AttentionResult;
     if (wasm) {
-      data = wasm.attention(plan, q.data, k.data, v.data);
+      result = wasm.attention(plan, q, k, v);
     } else {
-      data = plan.outBuffer ?? new Float32Array(plan.batch * plan.qHeads * plan.seqQ * plan.valueDim);
-      attentionJs(plan, q.data, k.data, v.data, data);
+      const out = plan.outBuffer ?? new Float32Array(sizeOf(plan.outDims));
+      const logSumExp = plan.returnLogSumExp ? new Float32Array(plan.batch * plan.qHeads * plan.seqQ) : undefined;
+      attentionJs(plan, q, k, v, out, logSumExp);
+      result = { out, logSumExp };
     }
-    return { data, dims: plan.outDims };
+    return this.attentionOutput(plan, q, k, result);
+  }
+
+  private attentionOutput(plan: AttentionPlan, q: Float32Array, k: Float32Array, result: AttentionResult): AttentionOutput {
+    const output: AttentionOutput = { data: result.out, dims: plan.outDims };
+    if (result.logSumExp) output.logSumExp = { data: result.logSumExp, dims: [plan.batch, plan.qHeads, plan.seqQ] };
+    if (plan.returnWeights) {
+      output.weights = { data: attentionScores(plan, q, k, 3), dims: [plan.batch, plan.qHeads, plan.seqQ, plan.seqKV] };
+    }
+    return output;
   }
 
   /**
@@ -124,11 +151,11 @@ export class Engine {
    * call rejected) before anything runs, and inputs are copied in before the call returns its promise,
    * so the caller may reuse its arrays at once.
    */
-  async attentionAsync(q: TensorLike<Float32Array>, k: TensorLike<Float32Array>, v: TensorLike<Float32Array>, options?: AttentionOptions): Promise<Tensor> {
+  async attentionAsync(q: TensorLike<Float32Array>, k: TensorLike<Float32Array>, v: TensorLike<Float32Array>, options?: AttentionOptions): Promise<AttentionOutput> {
     const wasm = this.live();
     const plan = planAttention(q, k, v, options);
-    if (!wasm) return this.attention(q, k, v, options);
-    return { data: await wasm.attentionAsync(plan, q.data, k.data, v.data), dims: plan.outDims };
+    if (!wasm) return this.runAttention(plan, q.data, k.data, v.data, wasm);
+    return this.attentionOutput(plan, q.data, k.data, await wasm.attentionAsync(plan, q.data, k.data, v.data));
   }
 
   /** matmul() on the worker threads; see attentionAsync. */
@@ -185,6 +212,28 @@ export class Engine {
       return { data: type === 'bool' ? new Uint8Array(size) : new Float32Array(size), dims: shape, release: () => {} };
     }
     return { ...wasm.tensor(shape, type === 'bool'), dims: shape };
+  }
+
+  /** ONNX's Attention operator (opsets 23 and 24) with its exact rules; see onnx.ts. */
+  onnxAttention(inputs: OnnxAttentionInputs, attributes?: OnnxAttentionAttributes): OnnxAttentionOutputs {
+    this.live();
+    return onnxAttention(this, inputs, attributes);
+  }
+
+  /**
+   * The multi-head attention layer: projections by wq, wk, wv (+ biases), attention over the heads
+   * (GQA with kvHeads, cross-attention with context, decoding with cache), and the output projection
+   * wo. x [B, S, E] → [B, S, Eout]. See layer.ts.
+   */
+  multiHeadAttention(x: TensorLike<Float32Array>, weights: MultiHeadWeights, options: MultiHeadOptions): Tensor {
+    this.live();
+    return multiHeadAttention(this, x, weights, options);
+  }
+
+  /** A KV cache whose keys and values live in this engine's memory; see KVCache. */
+  kvCache(options: KVCacheOptions): KVCache {
+    this.live();
+    return new KVCache(this, options);
   }
 
   /** Bytes of WASM memory reserved and in use (both 0 on the js backend). */

@@ -8,6 +8,7 @@ export type AttentionErrorCode =
   | 'UNSUPPORTED'
   | 'OUT_OF_MEMORY'
   | 'WORKER_FAILED'
+  | 'CACHE_FULL'
   | 'DISPOSED';
 
 /**

@@ -6,6 +6,14 @@
 import { AttentionError } from './errors.js';
 
 const ALIGN = 64;
+/**
+ * Test aid: with WASM_ATTENTION_GUARDS=1 in the environment (the test suite sets it), every block
+ * gets GUARD bytes of a known pattern before it and after its last requested byte, checked when the
+ * block is freed: a kernel that writes outside a buffer it was handed fails loudly.
+ */
+const GUARD = 64;
+const GUARD_BYTE = 0xa5;
+const guardsOn = (): boolean => typeof process !== 'undefined' && process.env?.WASM_ATTENTION_GUARDS === '1';
 const PAGE = 65536;
 const alignUp = (n: number, a: number): number => Math.ceil(n / a) * a;
 
@@ -21,7 +29,9 @@ export class WasmHeap {
   private readonly maxBytes: number;
   /** Free blocks [start, end), sorted by start, never adjacent. */
   private free: Array<[number, number]> = [];
-  private readonly sizes = new Map<number, number>();
+  /** Live blocks: the address handed out -> [block start, block size, bytes requested]. */
+  private readonly blocks = new Map<number, [number, number, number]>();
+  private readonly guards = guardsOn();
   private used = 0;
   private f32View: Float32Array;
   private u8View: Uint8Array;
@@ -93,23 +103,40 @@ export class WasmHeap {
 
   /** Allocates `bytes` (64-byte aligned, at least 64), growing memory if needed; returns the address. */
   alloc(bytes: number): number {
-    const size = alignUp(Math.max(bytes, 1), ALIGN);
+    const guard = this.guards ? GUARD : 0;
+    const size = alignUp(Math.max(bytes, 1), ALIGN) + 2 * guard;
     for (let i = 0; i < this.free.length; i++) {
       const [start, end] = this.free[i];
-      if (end - start >= size) return this.take(i, size);
+      if (end - start >= size) return this.take(i, size, bytes, guard);
     }
     this.grow(size);
     return this.alloc(bytes);
   }
 
-  private take(index: number, size: number): number {
+  private take(index: number, size: number, bytes: number, guard: number): number {
     const block = this.free[index];
     const start = block[0];
     if (block[1] - start === size) this.free.splice(index, 1);
     else block[0] = start + size;
-    this.sizes.set(start, size);
+    const ptr = start + guard;
+    this.blocks.set(ptr, [start, size, bytes]);
     this.used += size;
-    return start;
+    if (guard) {
+      this.u8View.fill(GUARD_BYTE, start, ptr);
+      this.u8View.fill(GUARD_BYTE, ptr + bytes, start + size);
+    }
+    return ptr;
+  }
+
+  private checkGuards(ptr: number, start: number, size: number, bytes: number): void {
+    const u8 = this.u8View;
+    for (const [from, to] of [[start, ptr], [ptr + bytes, start + size]]) {
+      for (let i = from; i < to; i++) {
+        if (u8[i] !== GUARD_BYTE) {
+          throw new Error(`wasm-attention: memory at ${i} beside the block [${ptr}, ${ptr + bytes}) was overwritten (guard check)`);
+        }
+      }
+    }
   }
 
   /** Grows memory so that a free block of `size` bytes exists at its end. */
@@ -133,11 +160,13 @@ export class WasmHeap {
   }
 
   /** Frees a block returned by alloc. */
-  release(ptr: number): void {
-    const size = this.sizes.get(ptr);
-    if (size === undefined) throw new Error(`wasm-attention internal error: release of unknown block ${ptr}`);
-    this.sizes.delete(ptr);
-    this.resident.delete(ptr);
+  release(handed: number): void {
+    const block = this.blocks.get(handed);
+    if (block === undefined) throw new Error(`wasm-attention internal error: release of unknown block ${handed}`);
+    const [ptr, size, bytes] = block;
+    if (this.guards) this.checkGuards(handed, ptr, size, bytes);
+    this.blocks.delete(handed);
+    this.resident.delete(handed);
     this.used -= size;
     let lo = 0;
     let hi = this.free.length;

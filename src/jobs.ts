@@ -17,7 +17,7 @@ export const J = {
   out: 16, oB: 17, oH: 18, oRow: 19, qHeads: 20, group: 21, seqQ: 22, seqKV: 23, headDim: 24, valueDim: 25,
   scale: 26, cap: 27, mask: 28, maskKind: 29, maskBytes: 30, mB: 31, mH: 32, mRow: 33,
   offset: 34, left: 35, right: 36, rowChunk: 37, rowChunks: 38, kvChunk: 39, kvChunks: 40,
-  partialOut: 41, partialStats: 42,
+  partialOut: 41, partialStats: 42, stats: 43,
   // gemm: m, n, k, a, b, c, transB, per-matrix offsets table (f64 pairs at ptr), mChunk, nChunk
   gm: 4, gn: 5, gk: 6, ga: 7, gb: 8, gc: 9, gTransB: 10, gOffsets: 11, gMChunk: 12, gNChunk: 13, gMChunks: 14, gNChunks: 15,
   // softmax: x, out, rows, cols, scale, mask, maskKind, maskBytes, maskRowStride, causal, mask offsets ptr, rowChunk, rowChunks
@@ -60,7 +60,7 @@ export function runItem(kernels: Kernels, job: Float64Array, item: number, slot:
       const mask = job[J.mask] === 0 ? 0 : job[J.mask] + maskBytes * (b * job[J.mB] + h * job[J.mH] + row0 * job[J.mRow] + j0);
       let out = job[J.out] + 4 * (b * job[J.oB] + h * job[J.oH] + row0 * job[J.oRow]);
       let ldo = job[J.oRow];
-      let stats = 0;
+      let stats = job[J.stats] === 0 ? 0 : job[J.stats] + 8 * (bh * job[J.seqQ] + row0);
       if (kvChunks > 1) {
         // partial outputs [bh][kvChunk][row][valueDim] and stats [bh][kvChunk][row][2]
         const seqQ = job[J.seqQ];
@@ -157,6 +157,12 @@ export function mergeSplitKV(job: Float64Array, f32: Float32Array): void {
       }
       const out = (job[J.out] >>> 2) + b * job[J.oB] + h * job[J.oH] + row * job[J.oRow];
       for (let d = 0; d < valueDim; d++) f32[out + d] = total > 0 || Number.isNaN(total) ? acc[d] / total : 0;
+      if (job[J.stats] !== 0) {
+        // the merged row's [max, sum], as the kernel writes them for an unsplit row
+        const at = (job[J.stats] >>> 2) + 2 * (bh * seqQ + row);
+        f32[at] = max;
+        f32[at + 1] = total;
+      }
     }
   }
 }

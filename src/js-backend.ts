@@ -11,7 +11,7 @@ const BLOCK = 64;
  * the plan (scale, softcap, mask, visible window), streamed over blocks of BLOCK keys with an online
  * softmax: the running max m and sum l, and the output rescaled by exp(m_old - m_new) when m grows.
  */
-export function attentionJs(plan: AttentionPlan, q: Float32Array, k: Float32Array, v: Float32Array, out: Float32Array): void {
+export function attentionJs(plan: AttentionPlan, q: Float32Array, k: Float32Array, v: Float32Array, out: Float32Array, logSumExp?: Float32Array): void {
   const { batch, qHeads, kvHeads, seqQ, seqKV, headDim, valueDim, scale, softcap, offset, left, right, mask } = plan;
   const group = kvHeads === 0 ? 1 : qHeads / kvHeads;
   const scores = new Float32Array(BLOCK);
@@ -71,6 +71,7 @@ export function attentionJs(plan: AttentionPlan, q: Float32Array, k: Float32Arra
         } else {
           out.fill(0, oRow, oRow + valueDim);
         }
+        if (logSumExp) logSumExp[(b * qHeads + h) * seqQ + i] = l > 0 || Number.isNaN(l) ? m + Math.log(l) : -Infinity;
       }
     }
   }

@@ -23,6 +23,16 @@ export interface AttentionOptions {
   causal?: boolean;
   /** Broadcastable to [B, Hq, Sq, Skv]: Uint8Array (1 = may attend) or Float32Array (added to scores). */
   mask?: TensorLike;
+  /**
+   * Sliding window (ONNX Attention-25's left/right window sizes): query i sees key j only when
+   * i - left <= j <= i + right (shifted like causal when a cache aligns queries bottom-right).
+   * Either side left out is unbounded; causal caps right at 0. Key blocks outside are skipped.
+   */
+  window?: { left?: number; right?: number };
+  /** Also return the attention weights softmax(scores) [B, Hq, Sq, Skv]: materialised, by request only. */
+  returnWeights?: boolean;
+  /** Also return log(sum_j exp(score_j)) per query row [B, Hq, Sq] (-Infinity where no key is seen). */
+  returnLogSumExp?: boolean;
   /** Write the result here instead of allocating. */
   out?: Float32Array;
 }
@@ -49,9 +59,17 @@ export interface AttentionPlan {
   mask: (MaskView & { at: HeadStrides }) | undefined;
   outDims: number[];
   outBuffer: Float32Array | undefined;
+  returnWeights: boolean;
+  returnLogSumExp: boolean;
 }
 
-const packed = (heads: number, rows: number, cols: number): HeadStrides => ({ batch: heads * rows * cols, head: rows * cols, row: cols });
+/** The shape and layout part of an attention plan: what a caller with its own layout provides. */
+export type AttentionLayout = Pick<
+  AttentionPlan,
+  'batch' | 'qHeads' | 'kvHeads' | 'seqQ' | 'seqKV' | 'headDim' | 'valueDim' | 'q' | 'k' | 'v' | 'out' | 'outDims' | 'offset'
+>;
+
+export const packed = (heads: number, rows: number, cols: number): HeadStrides => ({ batch: heads * rows * cols, head: rows * cols, row: cols });
 
 /** Checks q [B,Hq,Sq,Dk], k [B,Hkv,Skv,Dk], v [B,Hkv,Skv,Dv] and the options; see AttentionOptions. */
 export function planAttention(q: unknown, k: unknown, v: unknown, options: unknown): AttentionPlan {
@@ -73,6 +91,22 @@ export function planAttention(q: unknown, k: unknown, v: unknown, options: unkno
   if (kvHeads === 0 ? qHeads !== 0 : qHeads % kvHeads !== 0) {
     throw new AttentionError('SHAPE_MISMATCH', `q.dims[1] (query heads) is ${qHeads}, not a multiple of k.dims[1] (kv heads) ${kvHeads}`, 'q.dims[1]');
   }
+  const layout: AttentionLayout = {
+    batch, qHeads, kvHeads, seqQ, seqKV, headDim, valueDim,
+    q: packed(qHeads, seqQ, headDim),
+    k: packed(kvHeads, seqKV, headDim),
+    v: packed(kvHeads, seqKV, valueDim),
+    out: packed(qHeads, seqQ, valueDim),
+    outDims: [batch, qHeads, seqQ, valueDim],
+    offset: 0,
+  };
+  const data = (t: unknown): ArrayBufferView => (t as TensorLike).data as unknown as ArrayBufferView;
+  return planAttentionOptions(layout, options, [[data(q), 'q.data'], [data(k), 'k.data'], [data(v), 'v.data']]);
+}
+
+/** Checks the options of an attention call whose tensors (laid out as `layout`) are already checked. */
+export function planAttentionOptions(layout: AttentionLayout, options: unknown, inputs: Array<[ArrayBufferView, string]>): AttentionPlan {
+  const { batch, qHeads, seqQ, seqKV, headDim } = layout;
   const opts = checkOptionsObject(options, 'options');
   const scale = checkFinite(opts.scale, 'options.scale', headDim > 0 ? 1 / Math.sqrt(headDim) : 1);
   const softcap = checkFinite(opts.softcap, 'options.softcap', 0);
@@ -80,24 +114,28 @@ export function planAttention(q: unknown, k: unknown, v: unknown, options: unkno
     throw new AttentionError('INVALID_OPTION', `options.softcap must be > 0 (leave it out to turn softcapping off), got ${softcap}`, 'options.softcap');
   }
   const causal = checkBoolean(opts.causal, 'options.causal');
-  const outDims = [batch, qHeads, seqQ, valueDim];
-  const outBuffer = checkOut(opts.out, sizeOf(outDims), 'options.out');
+  const window = checkOptionsObject(opts.window, 'options.window');
+  const side = (name: 'left' | 'right'): number => {
+    const value = window[name];
+    if (value === undefined) return -1;
+    if (typeof value !== 'number' || !Number.isInteger(value) || value < 0) {
+      throw new AttentionError('INVALID_OPTION', `options.window.${name} must be a non-negative integer, got ${describe(value)}`, `options.window.${name}`);
+    }
+    return value;
+  };
+  const left = side('left');
+  const windowRight = side('right');
+  const right = causal ? 0 : windowRight;
+  const returnWeights = checkBoolean(opts.returnWeights, 'options.returnWeights');
+  const returnLogSumExp = checkBoolean(opts.returnLogSumExp, 'options.returnLogSumExp');
+  const outBuffer = checkOut(opts.out, sizeOf(layout.outDims), 'options.out');
   let mask: AttentionPlan['mask'];
   if (opts.mask !== undefined) {
     const view = checkMask(opts.mask, [batch, qHeads, seqQ, seqKV], 'options.mask', 'the scores [B, Hq, Sq, Skv]');
     mask = { ...view, at: { batch: view.strides[0], head: view.strides[1], row: view.strides[2] } };
   }
-  const data = (t: unknown): ArrayBufferView => (t as TensorLike).data as unknown as ArrayBufferView;
-  checkNoOverlap(outBuffer, [[data(q), 'q.data'], [data(k), 'k.data'], [data(v), 'v.data'], [mask?.data, 'options.mask.data']]);
-  return {
-    batch, qHeads, kvHeads, seqQ, seqKV, headDim, valueDim,
-    q: packed(qHeads, seqQ, headDim),
-    k: packed(kvHeads, seqKV, headDim),
-    v: packed(kvHeads, seqKV, valueDim),
-    out: packed(qHeads, seqQ, valueDim),
-    scale, softcap, offset: 0, left: -1, right: causal ? 0 : -1,
-    mask, outDims, outBuffer,
-  };
+  checkNoOverlap(outBuffer, [...inputs, [mask?.data, 'options.mask.data']]);
+  return { ...layout, scale, softcap, left, right, mask, outBuffer, returnWeights, returnLogSumExp };
 }
 
 /** Options of `engine.matmul`. */

@@ -3,7 +3,8 @@
 // nothing; give it valid inputs (the engine's ops validate theirs).
 //
 //   attention:  out[b,h,i,:] = sum_j softmax_j(t[b,h,i,j]) · v[b, h/(Hq/Hkv), j, :]
-//               t = softcap(scale · q·k) + mask, -inf where causal hides j (j > i), 0 for rows with no key
+//               t = softcap(scale · q·k) + mask, -inf where causal hides j (j > i + offset) or the
+//               window does (j < i + offset - left, j > i + offset + right); 0 for rows with no key
 //   matmul:     c[..., i, j] = sum_p a[..., i, p] · b[..., p, j]
 //   softmax:    y[..., j] = exp(t_j - max t) / sum exp(t - max t), t = scale · x + mask
 import type { TensorLike } from './tensor.js';
@@ -18,6 +19,17 @@ export interface ReferenceAttentionOptions {
   softcap?: number;
   causal?: boolean;
   mask?: TensorLike;
+  /** Query i sees key j only when i + offset - left <= j <= i + offset + right. */
+  window?: { left?: number; right?: number };
+  /** Shifts causal and the window: query i stands at key position i + offset (a cache: Skv - Sq). */
+  offset?: number;
+}
+
+export interface ReferenceAttention extends ReferenceTensor {
+  /** softmax of the scores, [B, Hq, Sq, Skv] */
+  weights: Float64Array;
+  /** log(sum_j exp(score_j)) per row, [B, Hq, Sq] (-Infinity where no key is seen) */
+  logSumExp: Float64Array;
 }
 
 /** Element of `t` at the multi-index `index` of a (possibly larger) target shape, numpy broadcasting. */
@@ -38,12 +50,15 @@ function maskBias(mask: TensorLike | undefined, index: readonly number[]): numbe
 }
 
 /** Scaled dot-product attention in float64. q [B,Hq,Sq,D], k [B,Hkv,Skv,D], v [B,Hkv,Skv,Dv]. */
-export function referenceAttention(q: TensorLike, k: TensorLike, v: TensorLike, options: ReferenceAttentionOptions = {}): ReferenceTensor {
+export function referenceAttention(q: TensorLike, k: TensorLike, v: TensorLike, options: ReferenceAttentionOptions = {}): ReferenceAttention {
   const [B, Hq, Sq, D] = q.dims;
   const [, Hkv, Skv] = k.dims;
   const Dv = v.dims[3];
   const scale = options.scale ?? 1 / Math.sqrt(D);
+  const offset = options.offset ?? 0;
   const out = new Float64Array(B * Hq * Sq * Dv);
+  const weights = new Float64Array(B * Hq * Sq * Skv);
+  const logSumExp = new Float64Array(B * Hq * Sq).fill(-Infinity);
   const t = new Float64Array(Skv);
   for (let b = 0; b < B; b++) {
     for (let h = 0; h < Hq; h++) {
@@ -56,7 +71,9 @@ export function referenceAttention(q: TensorLike, k: TensorLike, v: TensorLike, 
           let s = dot * scale;
           if (options.softcap) s = options.softcap * Math.tanh(s / options.softcap);
           s += maskBias(options.mask, [b, h, i, j]);
-          if (options.causal && j > i) s = -Infinity;
+          if (options.causal && j > i + offset) s = -Infinity;
+          if (options.window?.left !== undefined && j < i + offset - options.window.left) s = -Infinity;
+          if (options.window?.right !== undefined && j > i + offset + options.window.right) s = -Infinity;
           t[j] = s;
           max = Math.max(max, s);
         }
@@ -64,14 +81,16 @@ export function referenceAttention(q: TensorLike, k: TensorLike, v: TensorLike, 
         if (max === -Infinity) continue; // no visible key: zeros
         let sum = 0;
         for (let j = 0; j < Skv; j++) sum += (t[j] = Math.exp(t[j] - max));
+        logSumExp[(b * Hq + h) * Sq + i] = max + Math.log(sum);
         for (let j = 0; j < Skv; j++) {
           const p = t[j] / sum;
+          weights[((b * Hq + h) * Sq + i) * Skv + j] = p;
           for (let d = 0; d < Dv; d++) out[o + d] += p * v.data[((b * Hkv + g) * Skv + j) * Dv + d];
         }
       }
     }
   }
-  return { data: out, dims: [B, Hq, Sq, Dv] };
+  return { data: out, dims: [B, Hq, Sq, Dv], weights, logSumExp };
 }
 
 /** Batched matrix product in float64, batch dims broadcast; b as [..., N, K] with transposeB. */

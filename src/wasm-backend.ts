@@ -30,12 +30,19 @@ function residentAt(heap: WasmHeap, data: ArrayBufferView, name: string): number
   return data.byteOffset;
 }
 
+export interface AttentionResult {
+  out: Float32Array;
+  logSumExp: Float32Array | undefined;
+}
+
 type Stage = (data: Float32Array | Uint8Array, name: string) => number;
 type Alloc = (bytes: number) => number;
 
 /** A call laid out in memory: its job, where its result is, and what finishing it takes. */
 interface Prepared {
   job: Float64Array;
+  /** Rows whose log-sum-exp was asked for (0: none). */
+  statsRows: number;
   flops: number;
   /** Scratch bytes each thread running items needs. */
   scratchBytes: number;
@@ -216,25 +223,40 @@ export class WasmBackend {
       job[J.partialOut] = alloc(slots * plan.valueDim * 4);
       job[J.partialStats] = alloc(slots * 8);
     }
+    const statsRows = plan.returnLogSumExp ? plan.batch * plan.qHeads * plan.seqQ : 0;
+    if (statsRows > 0) job[J.stats] = alloc(8 * statsRows);
     const flops = 2 * plan.batch * plan.qHeads * plan.seqQ * plan.seqKV * (plan.headDim + plan.valueDim);
     const scratchBytes = this.kernels.f32_attention_scratch_bytes(plan.headDim, plan.valueDim);
-    return { job, flops, scratchBytes, outPtr, size, into: plan.outBuffer, splitKV };
+    return { job, statsRows, flops, scratchBytes, outPtr, size, into: plan.outBuffer, splitKV };
   }
 
-  attention(plan: AttentionPlan, q: Float32Array, k: Float32Array, v: Float32Array): Float32Array {
+  attention(plan: AttentionPlan, q: Float32Array, k: Float32Array, v: Float32Array): AttentionResult {
     return this.withBlocks((stage, alloc) => {
       const p = this.prepareAttention(plan, q, k, v, stage, alloc);
       this.execute(p, alloc);
-      return this.collect(p);
+      return { out: this.collect(p), logSumExp: this.logSumExp(p) };
     });
   }
 
-  attentionAsync(plan: AttentionPlan, q: Float32Array, k: Float32Array, v: Float32Array): Promise<Float32Array> {
+  attentionAsync(plan: AttentionPlan, q: Float32Array, k: Float32Array, v: Float32Array): Promise<AttentionResult> {
     return this.withBlocksAsync(async (stage, alloc) => {
       const p = this.prepareAttention(plan, q, k, v, stage, alloc);
       await this.executeAsync(p, alloc);
-      return this.collect(p);
+      return { out: this.collect(p), logSumExp: this.logSumExp(p) };
     });
+  }
+
+  /** log-sum-exp per row from the kernel's [max, sum] pairs. */
+  private logSumExp(p: Prepared): Float32Array | undefined {
+    if (p.statsRows === 0) return undefined;
+    const f32 = this.heap.f32;
+    const base = p.job[J.stats] >>> 2;
+    const lse = new Float32Array(p.statsRows);
+    for (let r = 0; r < p.statsRows; r++) {
+      const sum = f32[base + 2 * r + 1];
+      lse[r] = sum > 0 || Number.isNaN(sum) ? f32[base + 2 * r] + Math.log(sum) : -Infinity;
+    }
+    return lse;
   }
 
   private prepareMatmul(plan: MatmulPlan, a: Float32Array, b: Float32Array, stage: Stage, alloc: Alloc): Prepared {
@@ -264,7 +286,7 @@ export class WasmBackend {
     job[J.gNChunks] = Math.ceil(n / GEMM_N_CHUNK);
     job[J.items] = matrices * job[J.gMChunks] * job[J.gNChunks];
     const scratchBytes = this.kernels.f32_gemm_scratch_bytes();
-    return { job, flops: 2 * matrices * m * n * k, scratchBytes, outPtr, size, into: plan.outBuffer, splitKV: false };
+    return { job, statsRows: 0, flops: 2 * matrices * m * n * k, scratchBytes, outPtr, size, into: plan.outBuffer, splitKV: false };
   }
 
   matmul(plan: MatmulPlan, a: Float32Array, b: Float32Array): Float32Array {
@@ -306,7 +328,7 @@ export class WasmBackend {
     job[J.sRowChunk] = SOFTMAX_ROW_CHUNK;
     job[J.sRowChunks] = Math.ceil(rows / SOFTMAX_ROW_CHUNK);
     job[J.items] = matrices * job[J.sRowChunks];
-    return { job, flops: 8 * size, scratchBytes: 0, outPtr, size, into: plan.outBuffer, splitKV: false };
+    return { job, statsRows: 0, flops: 8 * size, scratchBytes: 0, outPtr, size, into: plan.outBuffer, splitKV: false };
   }
 
   softmax(plan: SoftmaxPlan, x: Float32Array): Float32Array {
