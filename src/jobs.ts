@@ -33,7 +33,7 @@ export const ATTENTION_ROW_CHUNK = 64;
 export const SPLIT_KV_MIN_KEYS = 1024;
 export const SPLIT_KV_CHUNK = 512;
 export const SPLIT_KV_MAX_ROWS = 4;
-export const GEMM_M_CHUNK = 64;
+export const GEMM_M_CHUNK = 128;
 export const GEMM_N_CHUNK = 256;
 export const SOFTMAX_ROW_CHUNK = 64;
 

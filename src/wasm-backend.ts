@@ -19,7 +19,7 @@ const MASK_KIND = { bool: 1, float: 2 } as const;
  * Calls of fewer floating-point operations than this run on the calling thread alone: below it,
  * waking the workers costs more than they save (measured: see the README's threads section).
  */
-export const MIN_PARALLEL_FLOPS = 1e6;
+export const MIN_PARALLEL_FLOPS = 2e6;
 
 /** Byte offset, in linear memory, of a typed array that already lives there; else -1. */
 function residentAt(heap: WasmHeap, data: ArrayBufferView, name: string): number {
