@@ -52,6 +52,17 @@ describe.each(BACKENDS)('validation on %s', (backend) => {
     ['matmul batch mismatch', () => e.matmul({ data: new Float32Array(12), dims: [2, 2, 3] }, { data: new Float32Array(27), dims: [3, 3, 3] }), 'SHAPE_MISMATCH', 'b.dims'],
     ['softmax causal on rank 1', () => e.softmax({ data: new Float32Array(3), dims: [3] }, { causal: true }), 'INVALID_DIMS', 'x.dims'],
     ['softmax scale a string', () => e.softmax({ data: new Float32Array(3), dims: [3] }, { scale: '2' as never }), 'INVALID_OPTION', 'options.scale'],
+    ['q.data null', () => e.attention({ data: null, dims: [1, 2, 4, 8] } as never, k, v), 'INVALID_DTYPE', 'q.data'],
+    ['q.dims a string', () => e.attention({ data: q.data, dims: '1,2,4,8' } as never, k, v), 'INVALID_DIMS', 'q.dims'],
+    ['window.left negative', () => e.attention(q, k, v, { window: { left: -1 } }), 'INVALID_OPTION', 'options.window.left'],
+    ['window.right fractional', () => e.attention(q, k, v, { window: { right: 1.5 } }), 'INVALID_OPTION', 'options.window.right'],
+    ['window not an object', () => e.attention(q, k, v, { window: 3 as never }), 'INVALID_OPTION', 'options.window'],
+    ['returnWeights a string', () => e.attention(q, k, v, { returnWeights: 'yes' as never }), 'INVALID_OPTION', 'options.returnWeights'],
+    ['kvCache maxSeq 0', () => e.kvCache({ batch: 1, kvHeads: 1, headDim: 8, maxSeq: 0 }), 'INVALID_OPTION', 'options.maxSeq'],
+    ['onnxAttention without Q', () => e.onnxAttention({ K: k, V: v } as never), 'INVALID_TENSOR', 'Q'],
+    ['onnxAttention 3D without q_num_heads', () => e.onnxAttention({ Q: { data: new Float32Array(32), dims: [1, 4, 8] }, K: { data: new Float32Array(48), dims: [1, 6, 8] }, V: { data: new Float32Array(48), dims: [1, 6, 8] } }), 'INVALID_OPTION', 'attributes.q_num_heads'],
+    ['onnxAttention qk mode 4', () => e.onnxAttention({ Q: q, K: k, V: v }, { qk_matmul_output_mode: 4 }), 'INVALID_OPTION', 'attributes.qk_matmul_output_mode'],
+    ['multiHeadAttention heads 0', () => e.multiHeadAttention({ data: new Float32Array(8), dims: [1, 1, 8] }, {} as never, { heads: 0 }), 'INVALID_OPTION', 'options.heads'],
   ] as const)('refuses %s', (_name, call, code, argument) => refused(call, code, argument));
 
   it('names expected and actual values in the message', () => {
