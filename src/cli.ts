@@ -1,0 +1,256 @@
+#!/usr/bin/env node
+// The wasm-attention command line: info, bench, verify. `wasm-attention <command> --help` for each.
+import { readFileSync, writeFileSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
+import { parseArgs } from 'node:util';
+import { type BackendName, createEngineSync } from './engine.js';
+import { halfToFloat } from './float16.js';
+import type { OnnxOutputTensor, OnnxTensor } from './onnx.js';
+import { referenceAttention } from './reference.js';
+import { WASM_BUILDS, buildSupported, sharedMemorySupported } from './wasm-module.js';
+
+const HELP: Record<string, string> = {
+  main: `wasm-attention <command> [options]
+
+Commands:
+  info      runtime, detected WebAssembly features, the build an engine picks, thread count
+  bench     attention GFLOP/s per backend and thread count (progress on stderr, then a table)
+  verify    the 76 ONNX Attention conformance cases and a random differential sample; exit 1 on failure
+
+Run "wasm-attention <command> --help" for a command's options.`,
+  info: `wasm-attention info [--json]
+
+Prints the Node version, whether this runtime validates the simd and relaxed-simd builds and has
+shared memory (threads), the build createEngine() picks, and the default thread count.`,
+  bench: `wasm-attention bench [options]
+
+  --shapes LIST     comma-separated: ${'bert-128,bert-512,gpt-1024,decode,long-4096'} (default: the first four)
+  --backends LIST   comma-separated backends (default: every wasm build this runtime runs, and js)
+  --threads LIST    comma-separated thread counts for the wasm backends (default: 1)
+  --repeats N       timed calls per cell, median reported (default 5; js: at most 2)
+  --json            print JSON instead of a table
+  --svg FILE        also sweep the sequence length (B1 H8 D64, 128..2048) and draw GFLOP/s per backend
+                    as an SVG chart in FILE`,
+  verify: `wasm-attention verify [--backends LIST] [--samples N]
+
+Runs the ONNX conformance cases shipped with the package through engine.onnxAttention, and N random
+attention calls (default 200) against the float64 reference, on each backend. Prints a summary and exits
+with status 1 if anything disagrees.`,
+};
+
+const SHAPES: Record<string, { batch: number; heads: number; seqQ: number; seqKV: number; headDim: number; causal: boolean }> = {
+  'bert-128': { batch: 1, heads: 12, seqQ: 128, seqKV: 128, headDim: 64, causal: false },
+  'bert-512': { batch: 1, heads: 12, seqQ: 512, seqKV: 512, headDim: 64, causal: false },
+  'gpt-1024': { batch: 1, heads: 12, seqQ: 1024, seqKV: 1024, headDim: 64, causal: true },
+  decode: { batch: 8, heads: 32, seqQ: 1, seqKV: 2048, headDim: 128, causal: false },
+  'long-4096': { batch: 1, heads: 8, seqQ: 4096, seqKV: 4096, headDim: 64, causal: true },
+};
+
+function available(): BackendName[] {
+  return [...WASM_BUILDS.filter(buildSupported), 'js'];
+}
+
+let seed = 2026;
+function random(): number {
+  seed = (Math.imul(seed, 1103515245) + 12345) >>> 0;
+  return seed / 2 ** 32 - 0.5;
+}
+const tensor = (dims: number[]) => ({ data: Float32Array.from({ length: dims.reduce((a, b) => a * b, 1) }, random), dims });
+
+function info(argv: string[]): number {
+  const { values } = parseArgs({ args: argv, options: { json: { type: 'boolean' }, help: { type: 'boolean' } } });
+  if (values.help) return print(HELP.info);
+  const engine = createEngineSync({ threads: 1 });
+  const report = {
+    node: process.version,
+    simd: buildSupported('wasm-simd'),
+    relaxedSimd: buildSupported('wasm-relaxed-simd'),
+    threads: sharedMemorySupported(),
+    build: engine.backend,
+    defaultThreads: Math.min(4, availableParallelism()),
+    cores: availableParallelism(),
+  };
+  engine.dispose();
+  if (values.json) return print(JSON.stringify(report, null, 2));
+  return print([
+    `node             ${report.node}`,
+    `WASM SIMD        ${report.simd ? 'yes' : 'no'}`,
+    `relaxed SIMD     ${report.relaxedSimd ? 'yes' : 'no (Node 20: run with --experimental-wasm-relaxed-simd)'}`,
+    `threads          ${report.threads ? 'yes (shared WebAssembly.Memory)' : 'no'}`,
+    `chosen build     ${report.build}`,
+    `default threads  ${report.defaultThreads} of ${report.cores} cores`,
+  ].join('\n'));
+}
+
+function time(run: () => void, repeats: number): number {
+  run();
+  const times: number[] = [];
+  for (let i = 0; i < repeats; i++) {
+    const t0 = performance.now();
+    run();
+    times.push(performance.now() - t0);
+  }
+  return times.sort((a, b) => a - b)[times.length >> 1];
+}
+
+function bench(argv: string[]): number {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      shapes: { type: 'string', default: 'bert-128,bert-512,gpt-1024,decode' }, backends: { type: 'string' }, threads: { type: 'string', default: '1' },
+      repeats: { type: 'string', default: '5' }, json: { type: 'boolean' }, svg: { type: 'string' }, help: { type: 'boolean' },
+    },
+  });
+  if (values.help) return print(HELP.bench);
+  const backends = (values.backends?.split(',') ?? available()) as BackendName[];
+  const threads = values.threads.split(',').map(Number);
+  const repeats = Number(values.repeats);
+  const rows: Array<{ shape: string; backend: string; threads: number; ms: number; gflops: number }> = [];
+  const measure = (name: string, s: (typeof SHAPES)[string]): void => {
+    const q = tensor([s.batch, s.heads, s.seqQ, s.headDim]);
+    const k = tensor([s.batch, s.heads, s.seqKV, s.headDim]);
+    const flops = (4 * s.batch * s.heads * s.seqQ * s.seqKV * s.headDim) / (s.causal ? 2 : 1);
+    for (const backend of backends) {
+      for (const t of backend === 'js' ? [1] : threads) {
+        process.stderr.write(`  ${name} ${backend} x${t}...\n`);
+        const engine = createEngineSync({ backend, threads: t });
+        const ms = time(() => engine.attention(q, k, k, { causal: s.causal }), backend === 'js' ? Math.min(2, repeats) : repeats);
+        engine.dispose();
+        rows.push({ shape: name, backend, threads: t, ms, gflops: flops / ms / 1e6 });
+      }
+    }
+  };
+  for (const name of values.shapes.split(',')) {
+    const shape = SHAPES[name];
+    if (!shape) return fail(`unknown shape ${name}; known: ${Object.keys(SHAPES).join(', ')}`);
+    measure(name, shape);
+  }
+  if (values.svg) {
+    const sweep = [128, 256, 512, 1024, 2048];
+    for (const seq of sweep) measure(`S${seq}`, { batch: 1, heads: 8, seqQ: seq, seqKV: seq, headDim: 64, causal: false });
+    writeFileSync(values.svg, chart(rows.filter((r) => r.shape.startsWith('S') && r.threads === threads[0]), sweep));
+    process.stderr.write(`chart written to ${values.svg}\n`);
+  }
+  if (values.json) return print(JSON.stringify({ node: process.version, rows }, null, 2));
+  const lines = ['| shape | backend | threads | median ms | GFLOP/s |', '|---|---|---:|---:|---:|'];
+  for (const r of rows) lines.push(`| ${r.shape} | ${r.backend} | ${r.threads} | ${r.ms.toFixed(2)} | ${r.gflops.toFixed(2)} |`);
+  return print(lines.join('\n'));
+}
+
+/** A line chart of GFLOP/s against sequence length, one line per backend. */
+function chart(rows: Array<{ shape: string; backend: string; gflops: number }>, sweep: number[]): string {
+  const width = 640, height = 360, left = 60, right = 150, top = 30, bottom = 50;
+  const backends = [...new Set(rows.map((r) => r.backend))];
+  const maxY = Math.max(1, ...rows.map((r) => r.gflops)) * 1.1;
+  const x = (i: number) => left + (i * (width - left - right)) / (sweep.length - 1);
+  const y = (g: number) => height - bottom - (g / maxY) * (height - top - bottom);
+  const colors = ['#1f77b4', '#d62728', '#2ca02c', '#9467bd', '#ff7f0e'];
+  const parts = [
+    `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" font-family="sans-serif" font-size="12">`,
+    `<rect width="100%" height="100%" fill="white"/>`,
+    `<text x="${width / 2}" y="18" text-anchor="middle" font-size="14">attention, B1 H8 D64: GFLOP/s against sequence length</text>`,
+    `<line x1="${left}" y1="${height - bottom}" x2="${width - right}" y2="${height - bottom}" stroke="black"/>`,
+    `<line x1="${left}" y1="${top}" x2="${left}" y2="${height - bottom}" stroke="black"/>`,
+  ];
+  sweep.forEach((s, i) => parts.push(`<text x="${x(i)}" y="${height - bottom + 18}" text-anchor="middle">${s}</text>`));
+  for (let t = 0; t <= 4; t++) {
+    const g = (maxY * t) / 4;
+    parts.push(`<text x="${left - 8}" y="${y(g) + 4}" text-anchor="end">${g.toFixed(0)}</text>`, `<line x1="${left}" y1="${y(g)}" x2="${width - right}" y2="${y(g)}" stroke="#ddd"/>`);
+  }
+  parts.push(`<text x="${(left + width - right) / 2}" y="${height - 12}" text-anchor="middle">sequence length (Sq = Skv)</text>`);
+  backends.forEach((backend, b) => {
+    const points = sweep.map((s, i) => [x(i), y(rows.find((r) => r.backend === backend && r.shape === `S${s}`)?.gflops ?? 0)]);
+    parts.push(`<polyline fill="none" stroke="${colors[b % colors.length]}" stroke-width="2" points="${points.map((p) => p.join(',')).join(' ')}"/>`);
+    parts.push(`<text x="${width - right + 10}" y="${top + 20 + b * 18}" fill="${colors[b % colors.length]}">${backend}</text>`);
+  });
+  parts.push('</svg>');
+  return parts.join('\n') + '\n';
+}
+
+function verify(argv: string[]): number {
+  const { values } = parseArgs({ args: argv, options: { backends: { type: 'string' }, samples: { type: 'string', default: '200' }, help: { type: 'boolean' } } });
+  if (values.help) return print(HELP.verify);
+  const dir = new URL('../test/vectors/onnx-attention/', import.meta.url);
+  const index = JSON.parse(readFileSync(new URL('index.json', dir), 'utf8')) as { cases: Array<{ name: string }> };
+  const roles = ['Q', 'K', 'V', 'attn_mask', 'past_key', 'past_value', 'nonpad_kv_seqlen'];
+  const outRoles = ['Y', 'present_key', 'present_value', 'qk_matmul_output'];
+  type Entry = { dtype: string; shape: number[]; file: string } | null;
+  const load = (e: NonNullable<Entry>): OnnxTensor => {
+    const bytes = new Uint8Array(readFileSync(new URL(e.file, dir))).buffer;
+    const data = e.dtype === 'float32' ? new Float32Array(bytes) : e.dtype === 'float16' ? new Uint16Array(bytes) : e.dtype === 'int64' ? new BigInt64Array(bytes) : new Uint8Array(bytes);
+    return { type: e.dtype, data, dims: e.shape };
+  };
+  const values32 = (t: OnnxTensor | OnnxOutputTensor): number[] => (t.data instanceof Uint16Array ? Array.from(t.data, halfToFloat) : Array.from(t.data as Float32Array));
+  let failures = 0;
+  for (const backend of (values.backends?.split(',') ?? available()) as BackendName[]) {
+    const engine = createEngineSync({ backend, threads: 1 });
+    let passed = 0;
+    for (const { name } of index.cases) {
+      const c = JSON.parse(readFileSync(new URL(`${name}.json`, dir), 'utf8')) as { attributes: Record<string, number>; inputs: Entry[]; outputs: Entry[] };
+      const inputs: Record<string, OnnxTensor> = {};
+      c.inputs.forEach((e, i) => e && (inputs[roles[i]] = load(e)));
+      const attributes = c.outputs[3] && c.attributes.qk_matmul_output_mode === undefined ? { ...c.attributes, qk_matmul_output_mode: 0 } : c.attributes;
+      let ok = true;
+      try {
+        const result = engine.onnxAttention(inputs as never, attributes) as unknown as Record<string, OnnxOutputTensor>;
+        c.outputs.forEach((e, i) => {
+          if (!e) return;
+          const want = values32(load(e));
+          const got = result[outRoles[i]] ? values32(result[outRoles[i]]) : [];
+          if (got.length !== want.length) ok = false;
+          for (let j = 0; ok && j < want.length; j++) {
+            if (Number.isFinite(want[j]) ? !(Math.abs(got[j] - want[j]) <= 1e-7 + 1e-3 * Math.abs(want[j])) : got[j] !== want[j]) ok = false;
+          }
+        });
+      } catch (error) {
+        ok = false;
+        process.stderr.write(`  ${name}: ${String(error)}\n`);
+      }
+      if (ok) passed++;
+      else process.stderr.write(`  FAIL ${backend} ${name}\n`);
+    }
+    let agreed = 0;
+    const samples = Number(values.samples);
+    for (let i = 0; i < samples; i++) {
+      const dims = [1 + (i % 2), 1 + (i % 3), 1 + Math.floor((random() + 0.5) * 40), 1 + Math.floor((random() + 0.5) * 70), 1 + Math.floor((random() + 0.5) * 64)];
+      const [b, h, sq, skv, d] = dims;
+      const q = tensor([b, h, sq, d]);
+      const k = tensor([b, h, skv, d]);
+      const v = tensor([b, h, skv, d]);
+      const options = { causal: i % 2 === 0, softcap: i % 5 === 0 ? 5 : undefined };
+      const y = engine.attention(q, k, v, options).data;
+      const r = referenceAttention(q, k, v, options).data;
+      let err = 0;
+      for (let j = 0; j < r.length; j++) err = Math.max(err, Math.abs(y[j] - r[j]));
+      if (err < 1e-5) agreed++;
+      else process.stderr.write(`  FAIL ${backend} random case ${i} [${dims}]: max error ${err}\n`);
+    }
+    engine.dispose();
+    failures += index.cases.length - passed + samples - agreed;
+    console.log(`${backend}: ONNX conformance ${passed}/${index.cases.length} passed; random differential ${agreed}/${samples} agreed with the float64 reference`);
+  }
+  console.log(failures === 0 ? 'verify: all passed' : `verify: ${failures} failed`);
+  return failures === 0 ? 0 : 1;
+}
+
+function print(text: string): number {
+  console.log(text);
+  return 0;
+}
+
+function fail(text: string): number {
+  console.error(text);
+  return 2;
+}
+
+const [command, ...rest] = process.argv.slice(2);
+const commands: Record<string, (argv: string[]) => number> = { info, bench, verify };
+if (!command || command === '--help' || command === '-h' || command === 'help') process.exitCode = print(HELP.main);
+else if (!commands[command]) process.exitCode = fail(`unknown command "${command}"\n\n${HELP.main}`);
+else {
+  try {
+    process.exitCode = commands[command](rest);
+  } catch (error) {
+    process.exitCode = fail(String(error instanceof Error ? error.message : error));
+  }
+}
