@@ -136,6 +136,13 @@ export class Engine {
     return this.attentionOutput(plan, q, k, result);
   }
 
+  /** @internal runAttention on the workers (the KV cache's attentionAsync). */
+  async runAttentionAsync(plan: AttentionPlan, q: Float32Array, k: Float32Array, v: Float32Array): Promise<AttentionOutput> {
+    const wasm = this.live();
+    if (!wasm) return this.runAttention(plan, q, k, v, wasm);
+    return this.attentionOutput(plan, q, k, await wasm.attentionAsync(plan, q, k, v));
+  }
+
   private attentionOutput(plan: AttentionPlan, q: Float32Array, k: Float32Array, result: AttentionResult): AttentionOutput {
     const output: AttentionOutput = { data: result.out, dims: plan.outDims };
     if (result.logSumExp) output.logSumExp = { data: result.logSumExp, dims: [plan.batch, plan.qHeads, plan.seqQ] };
@@ -152,10 +159,8 @@ export class Engine {
    * so the caller may reuse its arrays at once.
    */
   async attentionAsync(q: TensorLike<Float32Array>, k: TensorLike<Float32Array>, v: TensorLike<Float32Array>, options?: AttentionOptions): Promise<AttentionOutput> {
-    const wasm = this.live();
-    const plan = planAttention(q, k, v, options);
-    if (!wasm) return this.runAttention(plan, q.data, k.data, v.data, wasm);
-    return this.attentionOutput(plan, q.data, k.data, await wasm.attentionAsync(plan, q.data, k.data, v.data));
+    this.live();
+    return this.runAttentionAsync(planAttention(q, k, v, options), q.data, k.data, v.data);
   }
 
   /** matmul() on the worker threads; see attentionAsync. */

@@ -11,3 +11,4 @@ export { KVCache } from './kv-cache.js';
 export type { CacheAttentionOptions, KVCacheOptions } from './kv-cache.js';
 export type { OnnxAttentionAttributes, OnnxAttentionInputs, OnnxAttentionOutputs, OnnxOutputTensor, OnnxTensor } from './onnx.js';
 export type { MultiHeadOptions, MultiHeadWeights } from './layer.js';
+export { floatsToHalves, halvesToFloats } from './float16.js';

@@ -135,6 +135,23 @@ export class KVCache {
    * A mask broadcasts to [B, Hq, n, length] (length: the longest sequence).
    */
   attention(q: TensorLike<Float32Array>, options?: CacheAttentionOptions): AttentionOutput {
+    const { plan, kData, vData, lengths, layout } = this.plan(q, options);
+    if (lengths.every((l) => l === plan.seqKV)) return this.engine.runAttention(plan, q.data, kData, vData);
+    return this.ragged(plan, q.data, kData, vData, lengths, layout);
+  }
+
+  /**
+   * attention() on the engine's worker threads, leaving the event loop free (a ragged batch runs its
+   * sequences one after another on the calling thread). Append this step's keys first; do not append
+   * to the cache while the call runs.
+   */
+  async attentionAsync(q: TensorLike<Float32Array>, options?: CacheAttentionOptions): Promise<AttentionOutput> {
+    const { plan, kData, vData, lengths, layout } = this.plan(q, options);
+    if (lengths.every((l) => l === plan.seqKV)) return this.engine.runAttentionAsync(plan, q.data, kData, vData);
+    return this.ragged(plan, q.data, kData, vData, lengths, layout);
+  }
+
+  private plan(q: TensorLike<Float32Array>, options: CacheAttentionOptions | undefined) {
     const [keys, values] = this.live();
     const qDims = checkFloatTensor(q, 'q');
     if (qDims.length !== 3 && qDims.length !== 4) throw new AttentionError('INVALID_DIMS', `q must be [B, Hq, n, D] or [B, n, Hq·D], got dims [${qDims}]`, 'q.dims');
@@ -173,8 +190,7 @@ export class KVCache {
     if (plan.outBuffer && (plan.outBuffer.buffer === kData.buffer || plan.outBuffer.buffer === vData.buffer)) {
       throw new AttentionError('INVALID_OPTION', 'options.out must not be a view of the cache', 'options.out');
     }
-    if (lengths.every((l) => l === length)) return this.engine.runAttention(plan, q.data, kData, vData);
-    return this.ragged(plan, q.data, kData, vData, lengths, layout);
+    return { plan, kData, vData, lengths, layout };
   }
 
   /** Sequences at different lengths: one call per sequence, each over its own keys. */
