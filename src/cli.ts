@@ -1,8 +1,9 @@
 #!/usr/bin/env node
 // The wasm-attention command line: info, bench, verify. `wasm-attention <command> --help` for each.
-import { readFileSync, writeFileSync } from 'node:fs';
+import { writeFileSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { parseArgs } from 'node:util';
+import { OUTPUT_ROLES, conformanceCall, conformanceCases, conformanceTensor } from './conformance.js';
 import { type BackendName, createEngineSync } from './engine.js';
 import { halfToFloat } from './float16.js';
 import type { OnnxOutputTensor, OnnxTensor } from './onnx.js';
@@ -170,33 +171,22 @@ function chart(rows: Array<{ shape: string; backend: string; gflops: number }>, 
 function verify(argv: string[]): number {
   const { values } = parseArgs({ args: argv, options: { backends: { type: 'string' }, samples: { type: 'string', default: '200' }, help: { type: 'boolean' } } });
   if (values.help) return print(HELP.verify);
-  const dir = new URL('../test/vectors/onnx-attention/', import.meta.url);
-  const index = JSON.parse(readFileSync(new URL('index.json', dir), 'utf8')) as { cases: Array<{ name: string }> };
-  const roles = ['Q', 'K', 'V', 'attn_mask', 'past_key', 'past_value', 'nonpad_kv_seqlen'];
-  const outRoles = ['Y', 'present_key', 'present_value', 'qk_matmul_output'];
-  type Entry = { dtype: string; shape: number[]; file: string } | null;
-  const load = (e: NonNullable<Entry>): OnnxTensor => {
-    const bytes = new Uint8Array(readFileSync(new URL(e.file, dir))).buffer;
-    const data = e.dtype === 'float32' ? new Float32Array(bytes) : e.dtype === 'float16' ? new Uint16Array(bytes) : e.dtype === 'int64' ? new BigInt64Array(bytes) : new Uint8Array(bytes);
-    return { type: e.dtype, data, dims: e.shape };
-  };
-  const values32 = (t: OnnxTensor | OnnxOutputTensor): number[] => (t.data instanceof Uint16Array ? Array.from(t.data, halfToFloat) : Array.from(t.data as Float32Array));
+  const cases = conformanceCases();
+  const values32 = (t: OnnxOutputTensor | OnnxTensor): number[] => (t.data instanceof Uint16Array ? Array.from(t.data, halfToFloat) : Array.from(t.data as Float32Array));
   let failures = 0;
   for (const backend of (values.backends?.split(',') ?? available()) as BackendName[]) {
     const engine = createEngineSync({ backend, threads: 1 });
     let passed = 0;
-    for (const { name } of index.cases) {
-      const c = JSON.parse(readFileSync(new URL(`${name}.json`, dir), 'utf8')) as { attributes: Record<string, number>; inputs: Entry[]; outputs: Entry[] };
-      const inputs: Record<string, OnnxTensor> = {};
-      c.inputs.forEach((e, i) => e && (inputs[roles[i]] = load(e)));
-      const attributes = c.outputs[3] && c.attributes.qk_matmul_output_mode === undefined ? { ...c.attributes, qk_matmul_output_mode: 0 } : c.attributes;
+    for (const c of cases) {
+      const { name } = c;
+      const { inputs, attributes } = conformanceCall(c);
       let ok = true;
       try {
         const result = engine.onnxAttention(inputs as never, attributes) as unknown as Record<string, OnnxOutputTensor>;
         c.outputs.forEach((e, i) => {
           if (!e) return;
-          const want = values32(load(e));
-          const got = result[outRoles[i]] ? values32(result[outRoles[i]]) : [];
+          const want = values32(conformanceTensor(e));
+          const got = result[OUTPUT_ROLES[i]] ? values32(result[OUTPUT_ROLES[i]]) : [];
           if (got.length !== want.length) ok = false;
           for (let j = 0; ok && j < want.length; j++) {
             if (Number.isFinite(want[j]) ? !(Math.abs(got[j] - want[j]) <= 1e-7 + 1e-3 * Math.abs(want[j])) : got[j] !== want[j]) ok = false;
@@ -226,8 +216,8 @@ function verify(argv: string[]): number {
       else process.stderr.write(`  FAIL ${backend} random case ${i} [${dims}]: max error ${err}\n`);
     }
     engine.dispose();
-    failures += index.cases.length - passed + samples - agreed;
-    console.log(`${backend}: ONNX conformance ${passed}/${index.cases.length} passed; random differential ${agreed}/${samples} agreed with the float64 reference`);
+    failures += cases.length - passed + samples - agreed;
+    console.log(`${backend}: ONNX conformance ${passed}/${cases.length} passed; random differential ${agreed}/${samples} agreed with the float64 reference`);
   }
   console.log(failures === 0 ? 'verify: all passed' : `verify: ${failures} failed`);
   return failures === 0 ? 0 : 1;

@@ -2,33 +2,11 @@
 // see its README and licence), run through engine.attention: the cases this API expresses directly
 // (4D, float32, no past/present, no nonpad_kv_seqlen, no qk output). The rest run through the ONNX
 // entry point. Checked at ONNX's tolerance and, tighter, at ours.
-import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
+import { conformanceCases, conformanceTensor } from '../src/conformance.js';
 import { BACKENDS, engineFor, maxError, tolerance } from './helpers.js';
 
-const DIR = new URL('./vectors/onnx-attention/', import.meta.url);
-
-interface Entry {
-  role: string;
-  dtype: string;
-  shape: number[];
-  file: string;
-}
-interface Case {
-  name: string;
-  attributes: Record<string, number>;
-  inputs: Array<Entry | null>;
-  outputs: Array<Entry | null>;
-}
-
-function load(entry: Entry): Float32Array | Uint8Array {
-  const buf = readFileSync(new URL(entry.file, DIR));
-  const bytes = new Uint8Array(buf.buffer, buf.byteOffset, buf.byteLength).slice();
-  return entry.dtype === 'float32' ? new Float32Array(bytes.buffer) : bytes;
-}
-
-const index = JSON.parse(readFileSync(new URL('index.json', DIR), 'utf8')) as { cases: Array<{ name: string }> };
-const all: Case[] = index.cases.map(({ name }) => JSON.parse(readFileSync(new URL(`${name}.json`, DIR), 'utf8')));
+const all = conformanceCases();
 const direct = all.filter((c) => {
   const roles = c.inputs.filter(Boolean).map((e) => e!.role);
   return (
@@ -50,9 +28,9 @@ describe('ONNX conformance vectors', () => {
 
 describe.each(BACKENDS)('ONNX Attention cases through attention() on %s', (backend) => {
   it.each(direct.map((c) => [c.name, c] as const))('%s', (_name, c) => {
-    const tensor = (i: number) => (c.inputs[i] ? { data: load(c.inputs[i]!), dims: c.inputs[i]!.shape } : undefined);
+    const tensor = (i: number) => (c.inputs[i] ? conformanceTensor(c.inputs[i]!) : undefined);
     const [q, k, v, mask] = [0, 1, 2, 3].map(tensor);
-    const expected = load(c.outputs[0]!) as Float32Array;
+    const expected = conformanceTensor(c.outputs[0]!).data as Float32Array;
     const y = engineFor(backend).attention(q as never, k as never, v as never, {
       causal: c.attributes.is_causal === 1,
       scale: c.attributes.scale,

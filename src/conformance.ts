@@ -1,0 +1,54 @@
+// Reading the ONNX Attention conformance vectors shipped in test/vectors/onnx-attention (see its
+// README): each case is a JSON description plus raw little-endian tensors. Used by `wasm-attention
+// verify` and by the tests.
+import { readFileSync } from 'node:fs';
+import type { OnnxTensor } from './onnx.js';
+
+/** The folder of the vectors, inside the installed package. */
+export const CONFORMANCE_DIR = new URL('../test/vectors/onnx-attention/', import.meta.url);
+
+export const INPUT_ROLES = ['Q', 'K', 'V', 'attn_mask', 'past_key', 'past_value', 'nonpad_kv_seqlen'] as const;
+export const OUTPUT_ROLES = ['Y', 'present_key', 'present_value', 'qk_matmul_output'] as const;
+
+export interface ConformanceEntry {
+  role: string;
+  dtype: 'float32' | 'float16' | 'bool' | 'int64';
+  shape: number[];
+  file: string;
+}
+
+export interface ConformanceCase {
+  name: string;
+  attributes: Record<string, number>;
+  /** In the operator's input order; null for an omitted optional input. */
+  inputs: Array<ConformanceEntry | null>;
+  outputs: Array<ConformanceEntry | null>;
+}
+
+/** Every case listed in the folder's index.json. */
+export function conformanceCases(dir: URL = CONFORMANCE_DIR): ConformanceCase[] {
+  const index = JSON.parse(readFileSync(new URL('index.json', dir), 'utf8')) as { cases: Array<{ name: string }> };
+  return index.cases.map(({ name }) => JSON.parse(readFileSync(new URL(`${name}.json`, dir), 'utf8')) as ConformanceCase);
+}
+
+/** One tensor of a case, typed as onnxruntime would hand it over (float16 as Uint16Array bits). */
+export function conformanceTensor(entry: ConformanceEntry, dir: URL = CONFORMANCE_DIR): OnnxTensor {
+  const bytes = new Uint8Array(readFileSync(new URL(entry.file, dir))).buffer;
+  const data =
+    entry.dtype === 'float32' ? new Float32Array(bytes)
+    : entry.dtype === 'float16' ? new Uint16Array(bytes)
+    : entry.dtype === 'int64' ? new BigInt64Array(bytes)
+    : new Uint8Array(bytes);
+  return { type: entry.dtype, data, dims: entry.shape };
+}
+
+/** The inputs of a case by role, and its attributes with the qk output asked for when the case checks it
+ * (ONNX returns it when requested as an output; our API asks through qk_matmul_output_mode, default 0). */
+export function conformanceCall(c: ConformanceCase, dir: URL = CONFORMANCE_DIR): { inputs: Record<string, OnnxTensor>; attributes: Record<string, number> } {
+  const inputs: Record<string, OnnxTensor> = {};
+  c.inputs.forEach((entry, i) => {
+    if (entry) inputs[INPUT_ROLES[i]] = conformanceTensor(entry, dir);
+  });
+  const attributes = c.outputs[3] && c.attributes.qk_matmul_output_mode === undefined ? { ...c.attributes, qk_matmul_output_mode: 0 } : c.attributes;
+  return { inputs, attributes };
+}
