@@ -13,7 +13,7 @@
 //  - float16 tensors ({ type: 'float16', data: Uint16Array }) are computed in float32; Y,
 //    present_* and qk output are float16 when Q is. softmax_precision is accepted; we always run
 //    the softmax in float32, at least the precision any float16 model asks for.
-import type { AttentionOutput, Engine } from './engine.js';
+import type { Engine } from './engine.js';
 import { AttentionError } from './errors.js';
 import { floatsToHalves, halvesToFloats } from './float16.js';
 import { type AttentionLayout, type AttentionPlan, packed, planAttentionOptions } from './plan.js';
@@ -225,4 +225,3 @@ export function onnxAttention(engine: Engine, inputs: OnnxAttentionInputs, attri
   return result;
 }
 
-export type { AttentionOutput };

@@ -276,4 +276,3 @@ export function planSoftmax(x: unknown, options: unknown): SoftmaxPlan {
   return { matrices, rows, cols, scale, causal, mask, maskOffsets, maskRowStride, outDims: dims, outBuffer };
 }
 
-export { describe };

@@ -2,7 +2,7 @@
 // each gets its own result; a worker that dies fails only the call it held; dispose lets the process exit.
 import { spawnSync } from 'node:child_process';
 import { describe, expect, it } from 'vitest';
-import { AttentionError, createEngineSync, type Engine } from '../src/index.js';
+import { AttentionError, createEngineSync } from '../src/index.js';
 import { referenceAttention } from '../src/reference.js';
 import { maxError, randomTensor, rng } from './helpers.js';
 
@@ -119,4 +119,3 @@ describe('faults', () => {
   });
 });
 
-export type { Engine };
