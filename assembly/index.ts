@@ -19,3 +19,5 @@ export { exp1 as f32_exp } from './f32-vmath-simd';
 export function copy_bytes(dst: usize, src: usize, bytes: usize): void {
   memory.copy(dst, src, bytes);
 }
+
+export { f32_flush_subnormals } from './f32-flush-subnormals-simd';

@@ -99,8 +99,12 @@ export class WasmBackend {
       const at = residentAt(this.heap, data, name);
       if (at >= 0) return at;
       const ptr = alloc(data.byteLength);
-      if (data instanceof Float32Array) this.heap.f32.set(data, ptr >>> 2);
-      else this.heap.u8.set(data, ptr);
+      if (data instanceof Float32Array) {
+        this.heap.f32.set(data, ptr >>> 2);
+        this.kernels.f32_flush_subnormals(ptr, data.length);
+      } else {
+        this.heap.u8.set(data, ptr);
+      }
       return ptr;
     };
     return { stage, alloc, owned };
@@ -355,6 +359,11 @@ export class WasmBackend {
         released = true;
       },
     };
+  }
+
+  /** Flushes subnormal floats of a view of this memory to zero (see f32-flush-subnormals-simd.ts). */
+  flushSubnormals(view: Float32Array): void {
+    this.kernels.f32_flush_subnormals(view.byteOffset, view.length);
   }
 
   /** Copies `bytes` inside linear memory with memory.copy (the bandwidth yardstick of the bench). */

@@ -27,6 +27,7 @@ export interface Kernels {
   f32_attention_scratch_bytes(headDim: number, valueDim: number): number;
   f32_exp(x: number): number;
   copy_bytes(dst: number, src: number, bytes: number): void;
+  f32_flush_subnormals(x: number, n: number): void;
 }
 
 const FILES: Record<WasmBuild, string> = {
