@@ -1,6 +1,7 @@
 // wasm-attention: transformer attention for Node.js on WebAssembly SIMD kernels, with a pure-JS path.
 export { createEngine, createEngineSync, Engine } from './engine.js';
 export type { AttentionOutput, BackendName, EngineOptions, ResidentTensor } from './engine.js';
+export type { WasmBuild } from './wasm-module.js';
 export { AttentionError } from './errors.js';
 export type { AttentionErrorCode } from './errors.js';
 export type { AttentionOptions, MatmulOptions, SoftmaxOptions } from './plan.js';

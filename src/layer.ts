@@ -33,7 +33,7 @@ export interface MultiHeadOptions {
   scale?: number;
   softcap?: number;
   window?: { left?: number; right?: number };
-  /** [B, Skv, E]: keys and values from this sequence (cross-attention). */
+  /** `[B, Skv, E]`: keys and values from this sequence (cross-attention). */
   context?: TensorLike<Float32Array>;
   /** Append this step's keys and values here and attend over everything cached (decoding). */
   cache?: KVCache;
