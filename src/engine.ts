@@ -1,8 +1,8 @@
 // The public engine: validates every call into a plan (plan.ts), then runs it on the backend it was
 // created with, the wasm kernels or the pure-JS path. Both produce the same numbers within float32
 // rounding; the float64 reference (reference.ts) is the oracle for both.
-import { availableParallelism } from 'node:os';
 import { AttentionError } from './errors.js';
+import { cores, isNode } from './platform.js';
 import { attentionJs, matmulJs, softmaxJs } from './js-backend.js';
 import {
   type AttentionOptions, type AttentionPlan, type MatmulOptions, type SoftmaxOptions, planAttention, planMatmul, planSoftmax,
@@ -13,7 +13,7 @@ import { type MultiHeadOptions, type MultiHeadWeights, multiHeadAttention } from
 import { type OnnxAttentionAttributes, type OnnxAttentionInputs, type OnnxAttentionOutputs, onnxAttention } from './onnx.js';
 import { attentionScores } from './scores.js';
 import { type AttentionResult, WasmBackend } from './wasm-backend.js';
-import { type WasmBuild, WASM_BUILDS, bestBuild, buildSupported, compiledModule } from './wasm-module.js';
+import { type WasmBuild, WASM_BUILDS, bestBuild, buildSupported, buildsLoaded, compiledModule, loadBuilds, sharedMemorySupported } from './wasm-module.js';
 
 export type BackendName = WasmBuild | 'js';
 
@@ -53,12 +53,15 @@ export interface EngineOptions {
 const MAX_WASM_BYTES = 65536 * 65536;
 
 function chooseBackend(requested: unknown): BackendName {
+  if (requested !== 'js' && !buildsLoaded()) {
+    throw new AttentionError('UNSUPPORTED', 'in a browser the .wasm builds are fetched asynchronously: create the engine with createEngine()', 'options.backend');
+  }
   switch (requested ?? 'auto') {
     case 'auto':
       return bestBuild() ?? 'js';
     case 'wasm': {
       const build = bestBuild();
-      if (!build) throw new AttentionError('UNSUPPORTED', 'backend "wasm" needs WebAssembly SIMD and shared memory, which this runtime lacks', 'options.backend');
+      if (!build) throw new AttentionError('UNSUPPORTED', 'backend "wasm" needs WebAssembly SIMD, which this runtime lacks', 'options.backend');
       return build;
     }
     case 'js':
@@ -80,10 +83,12 @@ function checkEngineOptions(options: unknown): { backend: BackendName; threads: 
     throw new AttentionError('INVALID_OPTION', `options must be an object, got ${describe(options)}`, 'options');
   }
   const opts = (options ?? {}) as EngineOptions;
-  const threads = opts.threads ?? Math.min(4, availableParallelism());
-  if (!Number.isInteger(threads) || threads < 1) {
+  const requested = opts.threads ?? Math.min(4, cores());
+  if (!Number.isInteger(requested) || requested < 1) {
     throw new AttentionError('INVALID_OPTION', `options.threads must be an integer >= 1, got ${describe(opts.threads)}`, 'options.threads');
   }
+  // worker threads need a shared memory and Node's worker_threads (no pool in browsers yet)
+  const threads = isNode && sharedMemorySupported() ? requested : 1;
   const maxMemoryBytes = opts.maxMemoryBytes ?? MAX_WASM_BYTES;
   if (typeof maxMemoryBytes !== 'number' || !Number.isFinite(maxMemoryBytes) || maxMemoryBytes < 65536 * 32 || maxMemoryBytes > MAX_WASM_BYTES) {
     throw new AttentionError('INVALID_OPTION', `options.maxMemoryBytes must be between 2 MiB and 4 GiB, got ${describe(opts.maxMemoryBytes)}`, 'options.maxMemoryBytes');
@@ -269,6 +274,7 @@ export function createEngineSync(options?: EngineOptions): Engine {
 
 /** Creates an engine on the fastest backend this runtime supports (see EngineOptions.backend). */
 export async function createEngine(options?: EngineOptions): Promise<Engine> {
+  await loadBuilds();
   const { backend, threads, maxMemoryBytes } = checkEngineOptions(options);
   if (backend === 'js') return new Engine(backend, threads, undefined);
   const module = await compileAsync(backend);

@@ -11,9 +11,10 @@
 // items (so no one writes into the call's memory afterwards), and the worker is replaced. A sync
 // job cannot see the death event while it blocks, so if no item finishes for STALL_MS it runs the
 // unfinished items itself, and the pool replaces every worker before its next job.
-import { Worker } from 'node:worker_threads';
+import type { Worker } from 'node:worker_threads';
 import { AttentionError } from './errors.js';
 import { J, JOB_FIELDS, runItem } from './jobs.js';
+import { nodeWorkers } from './platform.js';
 import { C, CTRL_WORDS, FLAGS_FIELD, PARKED, SLOTS_WORD, type WorkerInit, claimLoop } from './pool-protocol.js';
 import type { Kernels } from './wasm-module.js';
 
@@ -58,7 +59,7 @@ export class WorkerPool {
   private spawn(slot: number): void {
     // execArgv: [] keeps flags meant for the main script (--input-type, --eval ...) out of the workers;
     // V8 flags such as --experimental-wasm-relaxed-simd are process-wide and apply to them anyway.
-    const worker = new Worker(WORKER_URL, { execArgv: [] });
+    const worker = new nodeWorkers!.Worker(WORKER_URL, { execArgv: [] });
     const init: WorkerInit = { module: this.module, memory: this.memory, ctrl: this.ctrlBuffer, job: this.jobBuffer, slot };
     worker.postMessage(init);
     worker.unref();

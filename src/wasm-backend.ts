@@ -11,7 +11,7 @@ import {
 import type { AttentionPlan, MatmulPlan, SoftmaxPlan } from './plan.js';
 import { FLAGS_FIELD } from './pool-protocol.js';
 import { WorkerPool } from './pool.js';
-import { type Kernels, type WasmBuild, compiledModule, instantiateKernels } from './wasm-module.js';
+import { type Kernels, type WasmBuild, compiledModule, instantiateKernels, sharedMemorySupported } from './wasm-module.js';
 
 const MASK_KIND = { bool: 1, float: 2 } as const;
 
@@ -63,7 +63,7 @@ export class WasmBackend {
   constructor(build: WasmBuild, maxMemoryBytes: number, threads = 1, module: WebAssembly.Module = compiledModule(build)) {
     this.build = build;
     const maximum = Math.max(1, Math.floor(maxMemoryBytes / 65536));
-    const memory = new WebAssembly.Memory({ initial: Math.min(maximum, 32), maximum, shared: true });
+    const memory = new WebAssembly.Memory({ initial: Math.min(maximum, 32), maximum, shared: sharedMemorySupported() });
     this.kernels = instantiateKernels(module, memory);
     this.heap = new WasmHeap(memory, this.kernels.heap_base(), maximum * 65536);
     this.pool = threads > 1 ? new WorkerPool(module, memory, threads) : undefined;

@@ -3,9 +3,9 @@
 // this runtime validates, compiles each at most once per process, and instantiates it over a memory
 // that the caller owns: every build imports one shared WebAssembly.Memory, so worker threads can run
 // the same kernels over the same bytes.
-import { readFileSync } from 'node:fs';
 import { instantiateSync } from '@assemblyscript/loader';
 import { AttentionError } from './errors.js';
+import { isNode, nodeFs } from './platform.js';
 
 export type WasmBuild = 'wasm-relaxed-simd' | 'wasm-simd';
 
@@ -31,30 +31,51 @@ export interface Kernels {
 }
 
 const FILES: Record<WasmBuild, string> = {
-  'wasm-relaxed-simd': 'attention-relaxed-simd.wasm',
-  'wasm-simd': 'attention-simd.wasm',
+  'wasm-relaxed-simd': 'attention-relaxed-simd',
+  'wasm-simd': 'attention-simd',
 };
 
 /** Fastest first. */
 export const WASM_BUILDS: readonly WasmBuild[] = ['wasm-relaxed-simd', 'wasm-simd'];
 
-const bytesCache = new Map<WasmBuild, Uint8Array<ArrayBuffer>>();
-const moduleCache = new Map<WasmBuild, WebAssembly.Module>();
+// Each build comes twice: over a shared memory (threads), and over an unshared one for runtimes
+// without SharedArrayBuffer (a browser page that is not cross-origin isolated).
+const bytesCache = new Map<string, Uint8Array<ArrayBuffer>>();
+const moduleCache = new Map<string, WebAssembly.Module>();
+const fileOf = (build: WasmBuild): string => `${FILES[build]}${sharedMemorySupported() ? '' : '-unshared'}.wasm`;
+const urlOf = (build: WasmBuild): URL => new URL(`../build/${fileOf(build)}`, import.meta.url);
 
-function buildBytes(build: WasmBuild): Uint8Array<ArrayBuffer> {
-  let bytes = bytesCache.get(build);
-  if (!bytes) {
-    bytes = new Uint8Array(readFileSync(new URL(`../build/${FILES[build]}`, import.meta.url)));
-    bytesCache.set(build, bytes);
+/** The bytes of a build: read from disk on Node; in a browser only once loadBuilds() fetched them. */
+function buildBytes(build: WasmBuild): Uint8Array<ArrayBuffer> | undefined {
+  const file = fileOf(build);
+  let bytes = bytesCache.get(file);
+  if (!bytes && nodeFs) {
+    bytes = new Uint8Array(nodeFs.readFileSync(urlOf(build)));
+    bytesCache.set(file, bytes);
   }
   return bytes;
+}
+
+/** Fetches the builds' bytes where they cannot be read synchronously (browsers; a no-op on Node). */
+export async function loadBuilds(): Promise<void> {
+  if (isNode) return;
+  await Promise.all(WASM_BUILDS.map(async (build) => {
+    if (bytesCache.has(fileOf(build))) return;
+    const response = await fetch(urlOf(build));
+    if (response.ok) bytesCache.set(fileOf(build), new Uint8Array(await response.arrayBuffer()));
+  }));
+}
+
+/** Whether the builds' bytes are at hand (always on Node; after loadBuilds() in a browser). */
+export function buildsLoaded(): boolean {
+  return isNode || WASM_BUILDS.some((build) => bytesCache.has(fileOf(build)));
 }
 
 /** Whether this runtime can create a shared WebAssembly.Memory (the threads feature). */
 export function sharedMemorySupported(): boolean {
   try {
     new WebAssembly.Memory({ initial: 1, maximum: 1, shared: true });
-    return true;
+    return typeof SharedArrayBuffer !== 'undefined';
   } catch {
     return false;
   }
@@ -62,7 +83,8 @@ export function sharedMemorySupported(): boolean {
 
 /** Whether this runtime validates the given build (relaxed SIMD: Node 22+, or Node 20 with a flag). */
 export function buildSupported(build: WasmBuild): boolean {
-  return sharedMemorySupported() && WebAssembly.validate(buildBytes(build));
+  const bytes = buildBytes(build);
+  return bytes !== undefined && WebAssembly.validate(bytes);
 }
 
 /** The fastest build this runtime validates, or undefined. */
@@ -72,13 +94,14 @@ export function bestBuild(): WasmBuild | undefined {
 
 /** The compiled module of a build, compiled once per process. */
 export function compiledModule(build: WasmBuild): WebAssembly.Module {
-  let module = moduleCache.get(build);
+  const file = fileOf(build);
+  let module = moduleCache.get(file);
   if (!module) {
     if (!buildSupported(build)) {
-      throw new AttentionError('UNSUPPORTED', `this runtime cannot run the ${build} build (WebAssembly SIMD and shared memory are needed)`);
+      throw new AttentionError('UNSUPPORTED', `this runtime cannot run the ${build} build (WebAssembly SIMD is needed)`);
     }
-    module = new WebAssembly.Module(buildBytes(build));
-    moduleCache.set(build, module);
+    module = new WebAssembly.Module(buildBytes(build)!);
+    moduleCache.set(file, module);
   }
   return module;
 }
