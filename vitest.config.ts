@@ -10,7 +10,7 @@ export default defineConfig({
     testTimeout: 60_000,
     projects: [
       {
-        test: { name: 'simd+js', include: ['test/**/*.test.ts'], env: { TEST_BACKENDS: 'wasm-simd,js', WASM_ATTENTION_GUARDS: '1' } },
+        test: { name: 'simd+js', include: ['test/**/*.test.ts'], exclude: ['test/browser/**'], env: { TEST_BACKENDS: 'wasm-simd,js', WASM_ATTENTION_GUARDS: '1' } },
       },
       {
         test: {
