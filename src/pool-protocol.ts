@@ -37,10 +37,15 @@ export const SLOTS_WORD = 3;
 export function claimLoop(kernels: Kernels, memory: WebAssembly.Memory, ctrl: Int32Array, job: Float64Array, slot: number): void {
   if (slot > Atomics.load(ctrl, SLOTS_WORD)) return;
   for (;;) {
+    // busy is raised before the claim, so that whoever parks `next` and then waits for every busy
+    // word to drop knows no one still holds (or is about to take) an item of the stopped job
+    Atomics.store(ctrl, C.busy + slot, 1);
     const item = Atomics.add(ctrl, C.next, 1);
     const items = job[J.items];
-    if (item >= items) return;
-    Atomics.store(ctrl, C.busy + slot, 1);
+    if (item >= items) {
+      Atomics.store(ctrl, C.busy + slot, 0);
+      return;
+    }
     const buffer = memory.buffer;
     runItem(kernels, job, item, slot, new Int32Array(buffer));
     Atomics.store(new Uint8Array(buffer), job[FLAGS_FIELD] + item, 1);

@@ -21,7 +21,6 @@ import type { Kernels } from './wasm-module.js';
 const STALL_MS = 5000;
 const WORKER_URL = new URL('../dist/worker.js', import.meta.url);
 
-
 interface Pending {
   reject: (error?: Error) => void;
 }
@@ -62,7 +61,7 @@ export class WorkerPool {
     const worker = new nodeWorkers!.Worker(WORKER_URL, { execArgv: [] });
     const init: WorkerInit = { module: this.module, memory: this.memory, ctrl: this.ctrlBuffer, job: this.jobBuffer, slot };
     worker.postMessage(init);
-    worker.unref();
+    if (!this.pending) worker.unref(); // referenced only while an async job waits on it
     worker.on('error', (e) => { this.lastError = e; }); // the exit handler below reports it
     worker.on('exit', () => {
       if (this.workers[slot] !== worker) return;
