@@ -48,7 +48,12 @@ export class KVCache {
     this.maxSeq = int('maxSeq', 1);
     this.engine = engine;
     this.keys = engine.tensor([this.batch, this.kvHeads, this.maxSeq, this.headDim]);
-    this.values = engine.tensor([this.batch, this.kvHeads, this.maxSeq, this.valueDim]);
+    try {
+      this.values = engine.tensor([this.batch, this.kvHeads, this.maxSeq, this.valueDim]);
+    } catch (error) {
+      this.keys.release();
+      throw error;
+    }
     this.seqLengths = new Int32Array(this.batch);
   }
 

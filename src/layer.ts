@@ -83,6 +83,10 @@ export function multiHeadAttention(engine: Engine, x: TensorLike<Float32Array>, 
   const attentionOptions = { causal: opts.causal, mask: opts.mask, scale: opts.scale, softcap: opts.softcap, window: opts.window };
   let attended: AttentionOutput;
   if (opts.cache) {
+    const c = opts.cache;
+    if (c.kvHeads !== kvHeads || c.headDim !== headDim || c.valueDim !== valueDim || c.batch !== batch) {
+      throw new AttentionError('SHAPE_MISMATCH', `options.cache holds batch ${c.batch}, ${c.kvHeads} kv heads of ${c.headDim}/${c.valueDim}; this layer needs batch ${batch}, ${kvHeads} of ${headDim}/${valueDim}`, 'options.cache');
+    }
     opts.cache.append(k, v);
     attended = opts.cache.attention(q, attentionOptions);
   } else {

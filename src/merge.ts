@@ -15,9 +15,13 @@ export interface AttentionChunk {
 /** Merges attention over key chunks into attention over all their keys; see the file header. */
 export function mergeAttention(chunks: readonly AttentionChunk[]): { output: Tensor; logSumExp: Tensor } {
   if (!Array.isArray(chunks) || chunks.length === 0) throw new AttentionError('INVALID_TENSOR', 'mergeAttention needs a non-empty array of chunks', 'chunks');
+  chunks.forEach((c, i) => {
+    if (!c?.output?.data || !c?.logSumExp?.data) throw new AttentionError('INVALID_TENSOR', `chunks[${i}] needs { output, logSumExp } (attention with returnLogSumExp)`, `chunks[${i}]`);
+  });
   const rows = chunks[0].logSumExp.data.length;
   const outSize = chunks[0].output.data.length;
   const valueDim = rows === 0 ? 0 : outSize / rows;
+  if (!Number.isInteger(valueDim)) throw new AttentionError('SHAPE_MISMATCH', `chunks[0] has ${outSize} outputs for ${rows} rows: not a whole number per row`, 'chunks[0]');
   chunks.forEach((c, i) => {
     if (c.logSumExp.data.length !== rows || c.output.data.length !== outSize) {
       throw new AttentionError('SHAPE_MISMATCH', `chunks[${i}] has ${c.logSumExp.data.length} rows and ${c.output.data.length} outputs; chunks[0] has ${rows} and ${outSize}`, `chunks[${i}]`);

@@ -159,6 +159,17 @@ export function onnxAttention(engine: Engine, inputs: OnnxAttentionInputs, attri
   const pastKey = inputs.past_key ? floatInput(inputs.past_key, 'past_key') : undefined;
   const pastValue = inputs.past_value ? floatInput(inputs.past_value, 'past_value') : undefined;
   if (!pastKey !== !pastValue) throw new AttentionError('INVALID_TENSOR', 'past_key and past_value come together', pastKey ? 'past_value' : 'past_key');
+  if (pastKey && pastValue) {
+    const p = pastKey.dims[2];
+    const want = (t: Float, name: string, width: number): void => {
+      const expected = [batch, kvHeads, p, width];
+      if (t.dims.length !== 4 || t.dims.some((d, i) => d !== expected[i])) {
+        throw new AttentionError('SHAPE_MISMATCH', `${name} is [${t.dims}] but must be [${expected}] ([B, Hkv, past, head size])`, `${name}.dims`);
+      }
+    };
+    want(pastKey, 'past_key', headDim);
+    want(pastValue, 'past_value', valueDim);
+  }
   const past = pastKey ? pastKey.dims[2] : 0;
   const total = past + seqNew;
   // K and V: read in place, or the present concatenation when there is a past

@@ -69,6 +69,9 @@ export type AttentionLayout = Pick<
   'batch' | 'qHeads' | 'kvHeads' | 'seqQ' | 'seqKV' | 'headDim' | 'valueDim' | 'q' | 'k' | 'v' | 'out' | 'outDims' | 'offset'
 >;
 
+/** Largest head (and value) dim: keeps the kernels' scratch and i32 arithmetic well inside range. */
+export const MAX_HEAD_DIM = 16384;
+
 export const packed = (heads: number, rows: number, cols: number): HeadStrides => ({ batch: heads * rows * cols, head: rows * cols, row: cols });
 
 /** Checks q [B,Hq,Sq,Dk], k [B,Hkv,Skv,Dk], v [B,Hkv,Skv,Dv] and the options; see AttentionOptions. */
@@ -106,12 +109,17 @@ export function planAttention(q: unknown, k: unknown, v: unknown, options: unkno
 
 /** Checks the options of an attention call whose tensors (laid out as `layout`) are already checked. */
 export function planAttentionOptions(layout: AttentionLayout, options: unknown, inputs: Array<[ArrayBufferView, string]>): AttentionPlan {
-  const { batch, qHeads, seqQ, seqKV, headDim } = layout;
+  const { batch, qHeads, seqQ, seqKV, headDim, valueDim } = layout;
+  for (const [size, name] of [[headDim, 'head dim'], [valueDim, 'value dim']] as const) {
+    if (size > MAX_HEAD_DIM) throw new AttentionError('UNSUPPORTED', `the ${name} is ${size}; at most ${MAX_HEAD_DIM} is supported`, 'q.dims');
+  }
   const opts = checkOptionsObject(options, 'options');
+  // the kernels take scale and softcap as float32: refuse values that float32 turns into 0 or infinity
   const scale = checkFinite(opts.scale, 'options.scale', headDim > 0 ? 1 / Math.sqrt(headDim) : 1);
+  if (!Number.isFinite(Math.fround(scale))) throw new AttentionError('INVALID_OPTION', `options.scale ${scale} overflows float32`, 'options.scale');
   const softcap = checkFinite(opts.softcap, 'options.softcap', 0);
-  if (opts.softcap !== undefined && softcap <= 0) {
-    throw new AttentionError('INVALID_OPTION', `options.softcap must be > 0 (leave it out to turn softcapping off), got ${softcap}`, 'options.softcap');
+  if (opts.softcap !== undefined && !(Math.fround(softcap) > 0 && Number.isFinite(Math.fround(softcap)))) {
+    throw new AttentionError('INVALID_OPTION', `options.softcap must be > 0 and within float32 range (leave it out to turn softcapping off), got ${softcap}`, 'options.softcap');
   }
   const causal = checkBoolean(opts.causal, 'options.causal');
   const window = checkOptionsObject(opts.window, 'options.window');
@@ -123,8 +131,10 @@ export function planAttentionOptions(layout: AttentionLayout, options: unknown, 
     }
     return value;
   };
-  const left = side('left');
-  const windowRight = side('right');
+  // a window wider than the whole sequence is no window (and keeps the kernels' i32 sums in range)
+  const unbounded = (value: number): number => (value > seqQ + seqKV + Math.abs(layout.offset) ? -1 : value);
+  const left = unbounded(side('left'));
+  const windowRight = unbounded(side('right'));
   const right = causal ? 0 : windowRight;
   const returnWeights = checkBoolean(opts.returnWeights, 'options.returnWeights');
   const returnLogSumExp = checkBoolean(opts.returnLogSumExp, 'options.returnLogSumExp');

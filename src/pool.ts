@@ -19,6 +19,9 @@ import { C, CTRL_WORDS, FLAGS_FIELD, PARKED, SLOTS_WORD, type WorkerInit, claimL
 import type { Kernels } from './wasm-module.js';
 
 const STALL_MS = 5000;
+/** How long start() waits for the workers of the previous job to leave it. */
+const IDLE_MS = 2000;
+const MAX_SLOTS = CTRL_WORDS - C.busy - 1;
 const WORKER_URL = new URL('../dist/worker.js', import.meta.url);
 
 interface Pending {
@@ -43,6 +46,7 @@ export class WorkerPool {
   private lastError: unknown;
 
   constructor(module: WebAssembly.Module, memory: WebAssembly.Memory, threads: number) {
+    if (threads > MAX_SLOTS) throw new AttentionError('INVALID_OPTION', `options.threads is ${threads}; at most ${MAX_SLOTS} are supported`, 'options.threads');
     this.module = module;
     this.memory = memory;
     this.threads = threads;
@@ -105,8 +109,22 @@ export class WorkerPool {
     settle();
   }
 
+  /** Waits (blocking, bounded) until no worker holds or is about to take an item; false on timeout. */
+  private waitIdle(): boolean {
+    const sleeper = new Int32Array(this.ctrlBuffer, C.epoch * 4, 1);
+    const deadline = performance.now() + IDLE_MS;
+    for (;;) {
+      let busy = false;
+      for (let slot = 1; slot <= this.threads; slot++) busy ||= Atomics.load(this.ctrl, C.busy + slot) === 1;
+      if (!busy) return true;
+      if (performance.now() > deadline) return false;
+      Atomics.wait(sleeper, 0, Atomics.load(sleeper, 0), 0.05);
+    }
+  }
+
   private start(job: Float64Array, slots: number): void {
-    if (this.suspect) this.replaceAll();
+    // A worker late to leave the previous job must not read this one's descriptor half written.
+    if (this.suspect || !this.waitIdle()) this.replaceAll();
     this.inFlight = true;
     this.job.set(job);
     Atomics.store(this.ctrl, C.done, 0);
@@ -133,10 +151,15 @@ export class WorkerPool {
     }
   }
 
-  /** Runs `job` with the calling thread (slot 0) and threads - 1 workers; returns when it is done. */
-  runSync(kernels: Kernels, job: Float64Array): void {
+  /**
+   * Runs `job` with the calling thread (slot 0) and threads - 1 workers; returns when it is done.
+   * Returns true when the call's memory must not be reused: a worker stalled and its items were run
+   * here, or this thread failed, while a worker may still be writing.
+   */
+  runSync(kernels: Kernels, job: Float64Array): boolean {
     const items = job[J.items];
     this.start(job, this.threads - 1);
+    let settled = false;
     try {
       claimLoop(kernels, this.memory, this.ctrl, this.job, 0);
       let last = Atomics.load(this.ctrl, C.done);
@@ -149,11 +172,14 @@ export class WorkerPool {
           since = performance.now();
         } else if (performance.now() - since > STALL_MS) {
           this.recover(kernels, items);
-          break;
+          return true;
         }
       }
+      settled = true;
+      return false;
     } finally {
       this.finish();
+      if (!settled) this.suspect = true;
     }
   }
 

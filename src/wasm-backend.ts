@@ -56,6 +56,8 @@ export class WasmBackend {
   readonly build: WasmBuild;
   readonly heap: WasmHeap;
   readonly pool: WorkerPool | undefined;
+  /** Set when a call's blocks must never be reused (see WorkerPool.runSync): they are left allocated. */
+  private quarantine = false;
   /** Calls below this many flops skip the pool (the bench lowers it to measure the crossover). */
   minParallelFlops = MIN_PARALLEL_FLOPS;
   private readonly kernels: Kernels;
@@ -75,7 +77,9 @@ export class WasmBackend {
     try {
       return body(stage, alloc);
     } finally {
-      for (const ptr of owned) this.heap.release(ptr);
+      // a worker that stalled may still write into this call's blocks: those stay allocated for good
+      if (!this.quarantine) for (const ptr of owned) this.heap.release(ptr);
+      this.quarantine = false;
     }
   }
 
@@ -133,7 +137,12 @@ export class WasmBackend {
       const pool = this.pool;
       if (pool && !pool.busy && p.flops >= this.minParallelFlops && p.job[J.items] > 1) {
         this.layout(p, 1 + pool.threads, alloc);
-        pool.runSync(this.kernels, p.job);
+        try {
+          this.quarantine = pool.runSync(this.kernels, p.job);
+        } catch (error) {
+          this.quarantine = true;
+          throw error;
+        }
       } else {
         this.runHere(p, alloc);
       }

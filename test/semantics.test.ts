@@ -231,5 +231,8 @@ describe.each(BACKENDS)('multiHeadAttention on %s', (backend) => {
     const x = randomTensor(rng(1), [1, 3, E]);
     expect(() => engine.multiHeadAttention(x, w, { heads: 5 })).toThrow(expect.objectContaining({ argument: 'weights.wq.dims[1]' }));
     expect(() => engine.multiHeadAttention(x, { ...w, wo: randomTensor(rng(1), [7, 20]) }, { heads: 4 })).toThrow(expect.objectContaining({ argument: 'weights.wo.dims[0]' }));
+    const cache = engine.kvCache({ batch: 1, kvHeads: 2, headDim: 6, maxSeq: 8 });
+    expect(() => engine.multiHeadAttention(x, w, { heads: 4, cache })).toThrow(expect.objectContaining({ code: 'SHAPE_MISMATCH', argument: 'options.cache' }));
+    cache.dispose();
   });
 });

@@ -1,7 +1,7 @@
 // Malformed calls are refused with an AttentionError that names the argument, before any kernel
 // runs, and leave the engine working and its memory as it was.
 import { describe, expect, it } from 'vitest';
-import { AttentionError, createEngine, createEngineSync } from '../src/index.js';
+import { AttentionError, createEngine, createEngineSync, mergeAttention } from '../src/index.js';
 import { BACKENDS, engineFor, randomTensor, rng } from './helpers.js';
 
 const random = rng(5);
@@ -62,6 +62,10 @@ describe.each(BACKENDS)('validation on %s', (backend) => {
     ['onnxAttention without Q', () => e.onnxAttention({ K: k, V: v } as never), 'INVALID_TENSOR', 'Q'],
     ['onnxAttention 3D without q_num_heads', () => e.onnxAttention({ Q: { data: new Float32Array(32), dims: [1, 4, 8] }, K: { data: new Float32Array(48), dims: [1, 6, 8] }, V: { data: new Float32Array(48), dims: [1, 6, 8] } }), 'INVALID_OPTION', 'attributes.q_num_heads'],
     ['onnxAttention qk mode 4', () => e.onnxAttention({ Q: q, K: k, V: v }, { qk_matmul_output_mode: 4 }), 'INVALID_OPTION', 'attributes.qk_matmul_output_mode'],
+    ['softcap that float32 makes 0', () => e.attention(q, k, v, { softcap: 1e-46 }), 'INVALID_OPTION', 'options.softcap'],
+    ['scale that float32 makes infinite', () => e.attention(q, k, v, { scale: 1e39 }), 'INVALID_OPTION', 'options.scale'],
+    ['past_value shorter than past_key', () => e.onnxAttention({ Q: q, K: k, V: v, past_key: { data: new Float32Array(2 * 4 * 8), dims: [1, 2, 4, 8] }, past_value: { data: new Float32Array(2 * 8), dims: [1, 2, 1, 8] } }), 'SHAPE_MISMATCH', 'past_value.dims'],
+    ['mergeAttention with a ragged output', () => mergeAttention([{ output: { data: new Float32Array(5), dims: [5] }, logSumExp: { data: new Float32Array(2), dims: [2] } }]), 'SHAPE_MISMATCH', 'chunks[0]'],
     ['multiHeadAttention heads 0', () => e.multiHeadAttention({ data: new Float32Array(8), dims: [1, 1, 8] }, {} as never, { heads: 0 }), 'INVALID_OPTION', 'options.heads'],
   ] as const)('refuses %s', (_name, call, code, argument) => refused(call, code, argument));
 
@@ -85,10 +89,21 @@ describe('engines', () => {
     expect((await createEngine({ backend: 'js' })).backend).toBe('js');
     expect(createEngineSync({ backend: 'wasm' }).backend).toBe(auto.backend);
   });
+  it('treats a window wider than the sequence as no window', () => {
+    const e = engineFor(BACKENDS[0]);
+    const expected = e.attention(q, k, v, { causal: true }).data;
+    expect(Array.from(e.attention(q, k, v, { causal: true, window: { left: 2 ** 32, right: 2 ** 31 - 1 } }).data)).toEqual(Array.from(expected));
+  });
+  it('gives the keys block back when a KV cache cannot get its values block', () => {
+    const e = createEngineSync({ backend: 'wasm-simd', threads: 1, maxMemoryBytes: 8 << 20 });
+    refused(() => e.kvCache({ batch: 1, kvHeads: 1, headDim: 1024, maxSeq: 1500 }), 'OUT_OF_MEMORY', undefined);
+    expect(e.stats().usedBytes).toBe(0);
+  });
   it('refuses unknown options', () => {
     refused(() => createEngineSync({ backend: 'gpu' as never }), 'INVALID_OPTION', 'options.backend');
     refused(() => createEngineSync({ threads: 0 }), 'INVALID_OPTION', 'options.threads');
     refused(() => createEngineSync({ maxMemoryBytes: 1 }), 'INVALID_OPTION', 'options.maxMemoryBytes');
+    refused(() => createEngineSync({ backend: 'wasm-simd', threads: 300 }), 'INVALID_OPTION', 'options.threads');
   });
   it('refuses every call after dispose', () => {
     for (const backend of BACKENDS) {
