@@ -82,8 +82,17 @@ export class WasmHeap {
     return this.buffers.has(view.buffer);
   }
 
+  /** Views of resident blocks that were released (their address may have been handed out again). */
+  private readonly released = new WeakSet<ArrayBufferView>();
+
+  /** Records that `view` belongs to a released resident block. */
+  markReleased(view: ArrayBufferView): void {
+    this.released.add(view);
+  }
+
   /** Whether `view` lies inside a live resident block (one from allocResident, not yet released). */
   isLiveResident(view: ArrayBufferView): boolean {
+    if (this.released.has(view)) return false;
     const start = view.byteOffset;
     const end = start + view.byteLength;
     for (const [blockStart, blockEnd] of this.resident) if (start >= blockStart && end <= blockEnd) return true;

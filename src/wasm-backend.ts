@@ -364,7 +364,10 @@ export class WasmBackend {
     return {
       data,
       release: () => {
-        if (!released) this.heap.release(ptr);
+        if (!released) {
+          this.heap.release(ptr);
+          this.heap.markReleased(data);
+        }
         released = true;
       },
     };

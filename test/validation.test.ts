@@ -145,7 +145,12 @@ describe.each(BACKENDS)('resident tensors on %s', (backend) => {
     expect(Array.from(e.attention(rq as never, rk as never, rv as never, { causal: true }).data)).toEqual(Array.from(y.data));
     for (const t of [rq, rk, rv, rout]) t.release();
     expect(e.stats().usedBytes).toBe(0);
-    if (backend !== 'js') refused(() => e.attention(rq as never, k, v), 'INVALID_TENSOR', 'q.data');
+    if (backend !== 'js') {
+      refused(() => e.attention(rq as never, k, v), 'INVALID_TENSOR', 'q.data');
+      const reuse = e.tensor(q.dims); // may land on the released address
+      refused(() => e.attention(rq as never, k, v), 'INVALID_TENSOR', 'q.data');
+      reuse.release();
+    }
   });
   it('refuses an out that overlaps an input, allows softmax in place', () => {
     const e = engineFor(backend);
