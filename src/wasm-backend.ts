@@ -8,7 +8,7 @@ import {
   ATTENTION_ROW_CHUNK, GEMM_M_CHUNK, GEMM_N_CHUNK, J, JOB_FIELDS, OP_ATTENTION, OP_GEMM, OP_SOFTMAX, SOFTMAX_ROW_CHUNK,
   SPLIT_KV_CHUNK, SPLIT_KV_MAX_ROWS, SPLIT_KV_MIN_KEYS, mergeSplitKV, runItem,
 } from './jobs.js';
-import type { AttentionPlan, MatmulPlan, SoftmaxPlan } from './plan.js';
+import type { AttentionPlan, HeadStrides, MatmulPlan, SoftmaxPlan } from './plan.js';
 import { FLAGS_FIELD } from './pool-protocol.js';
 import { WorkerPool } from './pool.js';
 import { type Kernels, type WasmBuild, compiledModule, instantiateKernels, sharedMemorySupported } from './wasm-module.js';
@@ -194,18 +194,14 @@ export class WasmBackend {
     job[J.mask] = mask ? stage(mask.data, 'options.mask.data') : 0;
     const outPtr = this.outputBlock(size, plan.outBuffer, alloc);
     job[J.out] = outPtr;
-    job[J.qB] = plan.q.batch;
-    job[J.qH] = plan.q.head;
-    job[J.qRow] = plan.q.row;
-    job[J.kB] = plan.k.batch;
-    job[J.kH] = plan.k.head;
-    job[J.kRow] = plan.k.row;
-    job[J.vB] = plan.v.batch;
-    job[J.vH] = plan.v.head;
-    job[J.vRow] = plan.v.row;
-    job[J.oB] = plan.out.batch;
-    job[J.oH] = plan.out.head;
-    job[J.oRow] = plan.out.row;
+    // each tensor's strides sit in three consecutive fields: batch, head, row
+    const strides: Array<[number, HeadStrides]> = [[J.qB, plan.q], [J.kB, plan.k], [J.vB, plan.v], [J.oB, plan.out]];
+    if (mask) strides.push([J.mB, mask.at]);
+    for (const [at, { batch, head, row }] of strides) {
+      job[at] = batch;
+      job[at + 1] = head;
+      job[at + 2] = row;
+    }
     job[J.qHeads] = plan.qHeads;
     job[J.group] = plan.kvHeads === 0 ? 1 : plan.qHeads / plan.kvHeads;
     job[J.seqQ] = plan.seqQ;
@@ -216,11 +212,6 @@ export class WasmBackend {
     job[J.cap] = plan.softcap;
     job[J.maskKind] = mask ? MASK_KIND[mask.kind] : 0;
     job[J.maskBytes] = mask?.kind === 'bool' ? 1 : 4;
-    if (mask) {
-      job[J.mB] = mask.at.batch;
-      job[J.mH] = mask.at.head;
-      job[J.mRow] = mask.at.row;
-    }
     job[J.offset] = plan.offset;
     job[J.left] = plan.left;
     job[J.right] = plan.right;
