@@ -40,8 +40,8 @@ export const fuzzCase: fc.Arbitrary<FuzzCase> = fc.record({
   seed: fc.integer({ min: 1, max: 2 ** 31 - 1 }),
 });
 
-/** Runs one case on `backend`; returns an error message, or undefined when it agrees with the reference. */
-export function checkFuzzCase(backend: BackendName, c: FuzzCase): string | undefined {
+/** The tensors and options of a case. */
+export function fuzzInputs(c: FuzzCase) {
   const random = rng(c.seed);
   const qHeads = c.kvHeads * c.group;
   const q = randomTensor(random, [c.batch, qHeads, c.seqQ, c.headDim]);
@@ -56,7 +56,12 @@ export function checkFuzzCase(backend: BackendName, c: FuzzCase): string | undef
       ? { data: Uint8Array.from({ length: size }, () => (random() < 0.8 ? 1 : 0)), dims }
       : { data: Float32Array.from({ length: size }, () => (random() < 0.15 ? -Infinity : random() * 4 - 2)), dims };
   }
-  const options = { causal: c.causal, scale: c.scale, softcap: c.softcap, window: c.window, mask };
+  return { q, k, v, options: { causal: c.causal, scale: c.scale, softcap: c.softcap, window: c.window, mask } };
+}
+
+/** Runs one case on `backend`; returns an error message, or undefined when it agrees with the reference. */
+export function checkFuzzCase(backend: BackendName, c: FuzzCase): string | undefined {
+  const { q, k, v, options } = fuzzInputs(c);
   const actual = engineFor(backend).attention(q, k, v, options);
   const expected = referenceAttention(q, k, v, options);
   const scale = c.scale ?? 1 / Math.sqrt(c.headDim);
