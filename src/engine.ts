@@ -2,7 +2,7 @@
 // created with, the wasm kernels or the pure-JS path. Both produce the same numbers within float32
 // rounding; the float64 reference (reference.ts) is the oracle for both.
 import { AttentionError } from './errors.js';
-import { cores, isNode } from './platform.js';
+import { cores } from './platform.js';
 import { attentionJs, matmulJs, softmaxJs } from './js-backend.js';
 import {
   type AttentionOptions, type AttentionPlan, type MatmulOptions, type SoftmaxOptions, planAttention, planMatmul, planSoftmax,
@@ -42,8 +42,9 @@ export interface EngineOptions {
   backend?: 'auto' | 'wasm' | BackendName;
   /**
    * Threads that large calls run on (default: the machine's cores, at most 4, like onnxruntime-web).
-   * Sync calls use the calling thread plus threads - 1 workers; async calls use `threads` workers and
-   * leave the calling thread free. 1: no workers at all (async calls then run on the calling thread).
+   * Sync calls use the calling thread plus threads - 1 workers (on Node; a browser's main thread may
+   * not block, so there sync calls run alone); async calls use `threads` workers and leave the
+   * calling thread free. 1: no workers at all (async calls then run on the calling thread).
    */
   threads?: number;
   /** Cap on the WASM linear memory this engine may grow to, in bytes (default 4 GiB). */
@@ -87,8 +88,8 @@ function checkEngineOptions(options: unknown): { backend: BackendName; threads: 
   if (!Number.isInteger(requested) || requested < 1) {
     throw new AttentionError('INVALID_OPTION', `options.threads must be an integer >= 1, got ${describe(opts.threads)}`, 'options.threads');
   }
-  // worker threads need a shared memory and Node's worker_threads (no pool in browsers yet)
-  const threads = isNode && sharedMemorySupported() ? requested : 1;
+  // worker threads need a shared memory (in a browser: a cross-origin-isolated page)
+  const threads = sharedMemorySupported() ? requested : 1;
   const maxMemoryBytes = opts.maxMemoryBytes ?? MAX_WASM_BYTES;
   if (typeof maxMemoryBytes !== 'number' || !Number.isFinite(maxMemoryBytes) || maxMemoryBytes < 65536 * 32 || maxMemoryBytes > MAX_WASM_BYTES) {
     throw new AttentionError('INVALID_OPTION', `options.maxMemoryBytes must be between 2 MiB and 4 GiB, got ${describe(opts.maxMemoryBytes)}`, 'options.maxMemoryBytes');

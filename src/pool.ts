@@ -11,7 +11,6 @@
 // items (so no one writes into the call's memory afterwards), and the worker is replaced. A sync
 // job cannot see the death event while it blocks, so if no item finishes for STALL_MS it runs the
 // unfinished items itself, and the pool replaces every worker before its next job.
-import type { Worker } from 'node:worker_threads';
 import { AttentionError } from './errors.js';
 import { J, JOB_FIELDS, runItem } from './jobs.js';
 import { nodeWorkers } from './platform.js';
@@ -23,6 +22,30 @@ const STALL_MS = 5000;
 const IDLE_MS = 2000;
 const MAX_SLOTS = CTRL_WORDS - C.busy - 1;
 const WORKER_URL = new URL('../dist/worker.js', import.meta.url);
+
+/** What the pool needs of a worker: Node's worker_threads Worker, or a browser's module Worker. */
+interface PoolWorker {
+  postMessage(message: unknown): void;
+  terminate(): void;
+  ref(): void;
+  unref(): void;
+}
+
+/** Starts a worker running dist/worker.js; `onDeath` runs once if it exits or fails. */
+function startWorker(onDeath: (error: unknown) => void): PoolWorker {
+  if (nodeWorkers) {
+    // execArgv: [] keeps flags meant for the main script (--input-type, --eval ...) out of the workers;
+    // V8 flags such as --experimental-wasm-relaxed-simd are process-wide and apply to them anyway.
+    const worker = new nodeWorkers.Worker(WORKER_URL, { execArgv: [] });
+    let error: unknown;
+    worker.on('error', (e) => (error = e));
+    worker.on('exit', () => onDeath(error));
+    return { postMessage: (m) => worker.postMessage(m), terminate: () => void worker.terminate(), ref: () => worker.ref(), unref: () => worker.unref() };
+  }
+  const worker = new Worker(WORKER_URL, { type: 'module' });
+  worker.addEventListener('error', (e) => onDeath(e.message), { once: true });
+  return { postMessage: (m) => worker.postMessage(m), terminate: () => worker.terminate(), ref: () => {}, unref: () => {} };
+}
 
 interface Pending {
   reject: (error?: Error) => void;
@@ -36,7 +59,7 @@ export class WorkerPool {
   private readonly jobBuffer = new SharedArrayBuffer(JOB_FIELDS * 8);
   private readonly ctrl = new Int32Array(this.ctrlBuffer);
   private readonly job = new Float64Array(this.jobBuffer);
-  private readonly workers: Array<Worker | undefined> = [];
+  private readonly workers: Array<PoolWorker | undefined> = [];
   private epoch = 0;
   private inFlight = false;
   private suspect = false;
@@ -60,20 +83,17 @@ export class WorkerPool {
   }
 
   private spawn(slot: number): void {
-    // execArgv: [] keeps flags meant for the main script (--input-type, --eval ...) out of the workers;
-    // V8 flags such as --experimental-wasm-relaxed-simd are process-wide and apply to them anyway.
-    const worker = new nodeWorkers!.Worker(WORKER_URL, { execArgv: [] });
-    const init: WorkerInit = { module: this.module, memory: this.memory, ctrl: this.ctrlBuffer, job: this.jobBuffer, slot };
-    worker.postMessage(init);
-    if (!this.pending) worker.unref(); // referenced only while an async job waits on it
-    worker.on('error', (e) => { this.lastError = e; }); // the exit handler below reports it
-    worker.on('exit', () => {
+    const worker = startWorker((error) => {
       if (this.workers[slot] !== worker) return;
       this.workers[slot] = undefined;
       if (this.disposed) return;
+      this.lastError = error;
       this.onWorkerDeath(slot);
       this.spawn(slot);
     });
+    const init: WorkerInit = { module: this.module, memory: this.memory, ctrl: this.ctrlBuffer, job: this.jobBuffer, slot };
+    worker.postMessage(init);
+    if (!this.pending) worker.unref(); // referenced only while an async job waits on it
     this.workers[slot] = worker;
   }
 
@@ -85,7 +105,7 @@ export class WorkerPool {
   }
 
   /** The slots of the workers, for tests that kill one. @internal */
-  workerAt(slot: number): Worker | undefined {
+  workerAt(slot: number): PoolWorker | undefined {
     return this.workers[slot];
   }
 
@@ -118,7 +138,8 @@ export class WorkerPool {
       for (let slot = 1; slot <= this.threads; slot++) busy ||= Atomics.load(this.ctrl, C.busy + slot) === 1;
       if (!busy) return true;
       if (performance.now() > deadline) return false;
-      Atomics.wait(sleeper, 0, Atomics.load(sleeper, 0), 0.05);
+      // a browser's main thread may not block in Atomics.wait: it spins on the loads instead
+      if (nodeWorkers) Atomics.wait(sleeper, 0, Atomics.load(sleeper, 0), 0.05);
     }
   }
 
@@ -146,7 +167,7 @@ export class WorkerPool {
       const worker = this.workers[slot];
       this.workers[slot] = undefined;
       Atomics.store(this.ctrl, C.busy + slot, 0);
-      void worker?.terminate();
+      worker?.terminate();
       this.spawn(slot);
     }
   }
@@ -236,7 +257,7 @@ export class WorkerPool {
     this.disposed = true;
     Atomics.store(this.ctrl, C.epoch, -1);
     Atomics.notify(this.ctrl, C.epoch);
-    for (const worker of this.workers) void worker?.terminate();
+    for (const worker of this.workers) worker?.terminate();
     this.pending?.reject(new AttentionError('DISPOSED', 'this engine was disposed while the call ran'));
     this.pending = undefined;
   }

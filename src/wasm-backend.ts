@@ -9,6 +9,7 @@ import {
   SPLIT_KV_CHUNK, SPLIT_KV_MAX_ROWS, SPLIT_KV_MIN_KEYS, mergeSplitKV, runItem,
 } from './jobs.js';
 import type { AttentionPlan, HeadStrides, MatmulPlan, SoftmaxPlan } from './plan.js';
+import { isNode } from './platform.js';
 import { FLAGS_FIELD } from './pool-protocol.js';
 import { WorkerPool } from './pool.js';
 import { type Kernels, type WasmBuild, compiledModule, instantiateKernels, sharedMemorySupported } from './wasm-module.js';
@@ -135,7 +136,8 @@ export class WasmBackend {
   private execute(p: Prepared, alloc: Alloc): void {
     if (p.job[J.items] > 0) {
       const pool = this.pool;
-      if (pool && !pool.busy && p.flops >= this.minParallelFlops && p.job[J.items] > 1) {
+      // a sync call blocks in Atomics.wait, which a browser's main thread may not do
+      if (pool && isNode && !pool.busy && p.flops >= this.minParallelFlops && p.job[J.items] > 1) {
         this.layout(p, 1 + pool.threads, alloc);
         try {
           this.quarantine = pool.runSync(this.kernels, p.job);

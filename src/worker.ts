@@ -1,18 +1,19 @@
-// A pool worker: instantiates the engine's compiled kernels over the engine's shared memory, then
-// waits for jobs (pool.ts) and runs items until none is left. It never allocates WASM memory: inputs,
-// outputs, scratch and the job itself are laid out by the engine's thread.
-import { parentPort } from 'node:worker_threads';
+// A pool worker (a Node worker thread, or a module Web Worker in a browser): instantiates the
+// engine's compiled kernels over the engine's shared memory, then waits for jobs (pool.ts) and runs
+// items until none is left. It never allocates WASM memory: inputs, outputs, scratch and the job
+// itself are laid out by the engine's thread.
+import { nodeWorkers } from './platform.js';
 import { C, type WorkerInit, claimLoop } from './pool-protocol.js';
 import { instantiateKernels } from './wasm-module.js';
 
-if (!parentPort) throw new Error('wasm-attention: worker.js runs only as a worker thread');
-const port = parentPort;
+const port = nodeWorkers?.parentPort;
 
-port.once('message', (init: WorkerInit) => {
+function run(init: WorkerInit): void {
   const kernels = instantiateKernels(init.module, init.memory);
   const ctrl = new Int32Array(init.ctrl);
   const job = new Float64Array(init.job);
-  port.postMessage('ready');
+  if (port) port.postMessage('ready');
+  else postMessage('ready');
   let seen = 0;
   for (;;) {
     Atomics.wait(ctrl, C.epoch, seen);
@@ -21,5 +22,8 @@ port.once('message', (init: WorkerInit) => {
     seen = epoch;
     claimLoop(kernels, init.memory, ctrl, job, init.slot);
   }
-  port.close();
-});
+  port?.close();
+}
+
+if (port) port.once('message', run);
+else addEventListener('message', (event) => run((event as MessageEvent<WorkerInit>).data), { once: true });

@@ -31,11 +31,13 @@ async function runPage(isolated: boolean): Promise<Record<string, unknown>> {
 }
 
 describe('in Chromium', () => {
-  it('a cross-origin-isolated page runs the shared-memory build and agrees with js', async () => {
+  it('a cross-origin-isolated page runs the shared-memory build on worker threads and agrees with js', async () => {
     const result = await runPage(true);
     expect(result.error).toBeUndefined();
     expect(result.crossOriginIsolated).toBe(true);
     expect(result.sharedMemory).toBe(true);
+    expect(result.pooledThreads).toBe(2);
+    expect(result.sameBits).toBe(true);
     expect(['wasm-simd', 'wasm-relaxed-simd']).toContain(result.backend);
     expect(result.maxError as number).toBeLessThan(1e-5);
   });
@@ -47,6 +49,8 @@ describe('in Chromium', () => {
     expect(result.sharedMemory).toBe(false);
     expect(['wasm-simd', 'wasm-relaxed-simd']).toContain(result.backend);
     expect(result.threads).toBe(1);
+    expect(result.pooledThreads).toBe(1);
+    expect(result.sameBits).toBe(true);
     expect(result.maxError as number).toBeLessThan(1e-5);
   });
 });

@@ -11,7 +11,9 @@ export function serve(root, isolated) {
     const path = normalize(decodeURIComponent(new URL(req.url, 'http://localhost').pathname));
     if (path.includes('..')) return res.writeHead(403).end();
     try {
-      const body = await readFile(join(root, path));
+      let body = await readFile(join(root, path));
+      // what a bundler does: resolve the one bare import the package has (workers see no import map)
+      if (extname(path) === '.js') body = Buffer.from(String(body).replaceAll("from '@assemblyscript/loader'", "from '/node_modules/@assemblyscript/loader/index.js'"));
       const headers = { 'content-type': TYPES[extname(path)] ?? 'application/octet-stream' };
       if (isolated) Object.assign(headers, { 'cross-origin-opener-policy': 'same-origin', 'cross-origin-embedder-policy': 'require-corp' });
       res.writeHead(200, headers).end(body);
