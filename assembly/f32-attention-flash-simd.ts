@@ -23,6 +23,7 @@ import { f32_pack_panels } from './f32-pack-panels-simd';
 import { scoreRow, expRow, scaleRow, MASK_BOOL } from './f32-softmax-scale-mask-simd';
 import { exp1 } from './f32-vmath-simd';
 import { dotScores, addWeighted } from './f32-attention-rows-simd';
+import { f32_flush_subnormals } from './f32-flush-subnormals-simd';
 
 export const ATT_BR: i32 = 8 * GEMM_MR;
 export const ATT_BC: i32 = 128;
@@ -66,6 +67,7 @@ export function f32_attention(
       memory.copy(dst, src, (<usize>headDim) << 2);
       scaleRow(dst, headDim, scale);
     }
+    f32_flush_subnormals(qTileRows, br * headDim); // no multiply below sees a subnormal q
     for (let i = 0; i < br; i++) {
       store<f32>(mRow + (<usize>i << 2), -Infinity);
       store<f32>(lRow + (<usize>i << 2), 0);

@@ -2,6 +2,8 @@
 //   dst[p][k][j] = B(k, 8p + j)   for p < ceil(nc/8), k < kc, j < 8; zero where 8p + j >= nc.
 // B(k, n) = src[k*ld + n] when transposed is false, src[n*ld + k] when it is true (B given as Bᵀ,
 // as K is in Q·Kᵀ). Each panel is kc*8 contiguous floats, the ldb = 8 layout the micro-kernels read.
+// Subnormal values are packed as 0 (daz4): the micro-kernel then never multiplies a subnormal.
+import { daz1, daz4 } from './f32-vmath-simd';
 
 /** Packs B (or Bᵀ) into 8-wide, zero-padded panels; see the file header. */
 export function f32_pack_panels(src: usize, ld: i32, transposed: bool, kc: i32, nc: i32, dst: usize): void {
@@ -12,14 +14,14 @@ export function f32_pack_panels(src: usize, ld: i32, transposed: bool, kc: i32, 
       let s = src + ((<usize>n0) << 2);
       if (width == 8) {
         for (let k = 0; k < kc; k++) {
-          v128.store(dst, v128.load(s));
-          v128.store(dst, v128.load(s, 16), 16);
+          v128.store(dst, daz4(v128.load(s)));
+          v128.store(dst, daz4(v128.load(s, 16)), 16);
           s += ldBytes;
           dst += 32;
         }
       } else {
         for (let k = 0; k < kc; k++) {
-          for (let j = 0; j < 8; j++) store<f32>(dst + (<usize>j << 2), j < width ? load<f32>(s + (<usize>j << 2)) : 0);
+          for (let j = 0; j < 8; j++) store<f32>(dst + (<usize>j << 2), j < width ? daz1(load<f32>(s + (<usize>j << 2))) : 0);
           s += ldBytes;
           dst += 32;
         }
@@ -41,7 +43,7 @@ export function f32_pack_panels(src: usize, ld: i32, transposed: bool, kc: i32, 
       for (; k < kc; k++) {
         const off = (<usize>k) << 2;
         for (let j = 0; j < 8; j++) {
-          store<f32>(dst + (<usize>j << 2), j < width ? load<f32>(row0 + <usize>j * ldBytes + off) : 0);
+          store<f32>(dst + (<usize>j << 2), j < width ? daz1(load<f32>(row0 + <usize>j * ldBytes + off)) : 0);
         }
         dst += 32;
       }
@@ -56,8 +58,8 @@ export function f32_pack_panels(src: usize, ld: i32, transposed: bool, kc: i32, 
   const t1 = v128.shuffle<f32>(r0, r1, 2, 6, 3, 7);
   const t2 = v128.shuffle<f32>(r2, r3, 0, 4, 1, 5);
   const t3 = v128.shuffle<f32>(r2, r3, 2, 6, 3, 7);
-  v128.store(dst, v128.shuffle<f32>(t0, t2, 0, 1, 4, 5));
-  v128.store(dst, v128.shuffle<f32>(t0, t2, 2, 3, 6, 7), 32);
-  v128.store(dst, v128.shuffle<f32>(t1, t3, 0, 1, 4, 5), 64);
-  v128.store(dst, v128.shuffle<f32>(t1, t3, 2, 3, 6, 7), 96);
+  v128.store(dst, daz4(v128.shuffle<f32>(t0, t2, 0, 1, 4, 5)));
+  v128.store(dst, daz4(v128.shuffle<f32>(t0, t2, 2, 3, 6, 7)), 32);
+  v128.store(dst, daz4(v128.shuffle<f32>(t1, t3, 0, 1, 4, 5)), 64);
+  v128.store(dst, daz4(v128.shuffle<f32>(t1, t3, 2, 3, 6, 7)), 96);
 }

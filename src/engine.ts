@@ -142,11 +142,6 @@ export class Engine {
     return this.attentionOutput(plan, q, k, result);
   }
 
-  /** @internal inputs written into resident memory (the KV cache) get the staging treatment: subnormals flushed. */
-  flushSubnormals(view: Float32Array): void {
-    this.live()?.flushSubnormals(view);
-  }
-
   /** @internal runAttention on the workers (the KV cache's attentionAsync). */
   async runAttentionAsync(plan: AttentionPlan, q: Float32Array, k: Float32Array, v: Float32Array): Promise<AttentionOutput> {
     const wasm = this.live();

@@ -114,7 +114,6 @@ export class KVCache {
             const src = b * input.strides.batch + h * input.strides.head + t * input.strides.row;
             store.set(input.data.subarray(src, src + width), dst + t * width);
           }
-          this.engine.flushSubnormals((store as Float32Array).subarray(dst, dst + counts[b] * width));
         }
       }
     }

@@ -104,12 +104,8 @@ export class WasmBackend {
       const at = residentAt(this.heap, data, name);
       if (at >= 0) return at;
       const ptr = alloc(data.byteLength);
-      if (data instanceof Float32Array) {
-        this.heap.f32.set(data, ptr >>> 2);
-        this.kernels.f32_flush_subnormals(ptr, data.length);
-      } else {
-        this.heap.u8.set(data, ptr);
-      }
+      if (data instanceof Float32Array) this.heap.f32.set(data, ptr >>> 2);
+      else this.heap.u8.set(data, ptr);
       return ptr;
     };
     return { stage, alloc, owned };
@@ -274,6 +270,9 @@ export class WasmBackend {
     job[J.gn] = n;
     job[J.gk] = k;
     job[J.ga] = stage(a, 'a.data');
+    // the micro-kernel reads A in place: no subnormal may reach its multiplies (B is flushed as it is
+    // packed); a staged copy is flushed, a resident tensor is used as it is
+    if (!this.heap.isView(a)) this.kernels.f32_flush_subnormals(job[J.ga], a.length);
     job[J.gb] = stage(b, 'b.data');
     const size = matrices * m * n;
     const outPtr = this.outputBlock(size, plan.outBuffer, alloc);
@@ -364,11 +363,6 @@ export class WasmBackend {
         released = true;
       },
     };
-  }
-
-  /** Flushes subnormal floats of a view of this memory to zero (see f32-flush-subnormals-simd.ts). */
-  flushSubnormals(view: Float32Array): void {
-    this.kernels.f32_flush_subnormals(view.byteOffset, view.length);
   }
 
   /** Copies `bytes` inside linear memory with memory.copy (the bandwidth yardstick of the bench). */
