@@ -36,6 +36,13 @@ export interface AttentionResult {
   logSumExp: Float32Array | undefined;
 }
 
+/** Each tensor's strides sit in three consecutive job fields: batch, head, row. */
+function putStrides(job: Float64Array, at: number, strides: HeadStrides): void {
+  job[at] = strides.batch;
+  job[at + 1] = strides.head;
+  job[at + 2] = strides.row;
+}
+
 type Stage = (data: Float32Array | Uint8Array, name: string) => number;
 type Alloc = (bytes: number) => number;
 
@@ -192,14 +199,11 @@ export class WasmBackend {
     job[J.mask] = mask ? stage(mask.data, 'options.mask.data') : 0;
     const outPtr = this.outputBlock(size, plan.outBuffer, alloc);
     job[J.out] = outPtr;
-    // each tensor's strides sit in three consecutive fields: batch, head, row
-    const strides: Array<[number, HeadStrides]> = [[J.qB, plan.q], [J.kB, plan.k], [J.vB, plan.v], [J.oB, plan.out]];
-    if (mask) strides.push([J.mB, mask.at]);
-    for (const [at, { batch, head, row }] of strides) {
-      job[at] = batch;
-      job[at + 1] = head;
-      job[at + 2] = row;
-    }
+    putStrides(job, J.qB, plan.q);
+    putStrides(job, J.kB, plan.k);
+    putStrides(job, J.vB, plan.v);
+    putStrides(job, J.oB, plan.out);
+    if (mask) putStrides(job, J.mB, mask.at);
     job[J.qHeads] = plan.qHeads;
     job[J.group] = plan.kvHeads === 0 ? 1 : plan.qHeads / plan.kvHeads;
     job[J.seqQ] = plan.seqQ;
