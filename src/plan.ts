@@ -147,7 +147,7 @@ export function planAttentionOptions(layout: AttentionLayout, options: unknown, 
   let mask: AttentionPlan['mask'];
   if (opts.mask !== undefined) {
     const view = checkMask(opts.mask, [batch, qHeads, seqQ, seqKV], 'options.mask', 'the scores [B, Hq, Sq, Skv]');
-    mask = { ...view, at: { batch: view.strides[0], head: view.strides[1], row: view.strides[2] } };
+    mask = { kind: view.kind, data: view.data, strides: view.strides, at: { batch: view.strides[0], head: view.strides[1], row: view.strides[2] } };
   }
   checkNoOverlap(outBuffer, [...inputs, [mask?.data, 'options.mask.data']]);
   // built field by field: an object spread of this many fields costs microseconds, per call
