@@ -8,7 +8,7 @@
 //
 // Two passes per row: scoreRow (transform + max) and expRow (exp + sum), then one scaling pass.
 
-import { expNegv, exp1, hmax, hsum, softcapv, softcap1 } from './f32-vmath-simd';
+import { daz1, daz4, expNegv, exp1, hmax, hsum, softcapv, softcap1 } from './f32-vmath-simd';
 
 export const MASK_NONE: i32 = 0;
 export const MASK_BOOL: i32 = 1;
@@ -16,7 +16,7 @@ export const MASK_FLOAT: i32 = 2;
 
 // @ts-ignore: decorator
 @inline function transform4(x: v128, scale: f32, cap: f32, invCap: f32, mask: usize, maskKind: i32): v128 {
-  let t = f32x4.mul(x, f32x4.splat(scale));
+  let t = f32x4.mul(daz4(x), f32x4.splat(scale)); // a subnormal x would take x86's slow multiply path
   if (cap > 0) t = softcapv(t, cap, invCap);
   if (maskKind == MASK_FLOAT) {
     t = f32x4.add(t, v128.load(mask));
@@ -29,7 +29,7 @@ export const MASK_FLOAT: i32 = 2;
 
 // @ts-ignore: decorator
 @inline function transform1(x: f32, scale: f32, cap: f32, invCap: f32, mask: usize, maskKind: i32): f32 {
-  let t = x * scale;
+  let t = daz1(x) * scale;
   if (cap > 0) t = softcap1(t, cap, invCap);
   if (maskKind == MASK_FLOAT) t += load<f32>(mask);
   else if (maskKind == MASK_BOOL && load<u8>(mask) == 0) t = -Infinity;
