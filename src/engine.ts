@@ -5,7 +5,7 @@ import { AttentionError } from './errors.js';
 import { cores } from './platform.js';
 import { attentionJs, matmulJs, softmaxJs } from './js-backend.js';
 import {
-  type AttentionOptions, type AttentionPlan, type MatmulOptions, type SoftmaxOptions, planAttention, planMatmul, planSoftmax,
+  type AttentionOptions, type AttentionPlan, type MatmulOptions, type MatmulPlan, type SoftmaxOptions, planAttention, planMatmul, planSoftmax,
 } from './plan.js';
 import { type Tensor, type TensorLike, checkDims, checkOptionsObject, describe, sizeOf } from './tensor.js';
 import { KVCache, type KVCacheOptions } from './kv-cache.js';
@@ -173,21 +173,20 @@ export class Engine {
   async matmulAsync(a: TensorLike<Float32Array>, b: TensorLike<Float32Array>, options?: MatmulOptions): Promise<Tensor> {
     const wasm = this.live();
     const plan = planMatmul(a, b, options);
-    if (!wasm) return this.matmul(a, b, options);
+    if (!wasm) return this.runMatmul(plan, a.data, b.data, wasm);
     return { data: await wasm.matmulAsync(plan, a.data, b.data), dims: plan.outDims };
   }
 
   /** [..., M, K] · [..., K, N] → [..., M, N] (b as [..., N, K] with transposeB), batch dims broadcast. */
   matmul(a: TensorLike<Float32Array>, b: TensorLike<Float32Array>, options?: MatmulOptions): Tensor {
     const wasm = this.live();
-    const plan = planMatmul(a, b, options);
-    let data: Float32Array;
-    if (wasm) {
-      data = wasm.matmul(plan, a.data, b.data);
-    } else {
-      data = plan.outBuffer ?? new Float32Array(plan.aOffsets.length * plan.m * plan.n);
-      matmulJs(plan, a.data, b.data, data);
-    }
+    return this.runMatmul(planMatmul(a, b, options), a.data, b.data, wasm);
+  }
+
+  private runMatmul(plan: MatmulPlan, a: Float32Array, b: Float32Array, wasm: WasmBackend | undefined): Tensor {
+    if (wasm) return { data: wasm.matmul(plan, a, b), dims: plan.outDims };
+    const data = plan.outBuffer ?? new Float32Array(plan.aOffsets.length * plan.m * plan.n);
+    matmulJs(plan, a, b, data);
     return { data, dims: plan.outDims };
   }
 

@@ -4,7 +4,7 @@
 // so a batch may hold sequences at different positions (ragged decoding).
 import type { AttentionOutput, Engine, ResidentTensor } from './engine.js';
 import { AttentionError } from './errors.js';
-import { type AttentionLayout, type AttentionOptions, type AttentionPlan, type HeadStrides, packed, planAttentionOptions } from './plan.js';
+import { type AttentionLayout, type AttentionOptions, type AttentionPlan, type HeadStrides, batchSlice, packed, planAttentionOptions } from './plan.js';
 import { type TensorLike, checkFloatTensor, checkOptionsObject, describe } from './tensor.js';
 
 export interface KVCacheOptions {
@@ -140,9 +140,9 @@ export class KVCache {
    * A mask broadcasts to [B, Hq, n, length] (length: the longest sequence).
    */
   attention(q: TensorLike<Float32Array>, options?: CacheAttentionOptions): AttentionOutput {
-    const { plan, kData, vData, lengths, layout } = this.plan(q, options);
+    const { plan, kData, vData, lengths } = this.plan(q, options);
     if (lengths.every((l) => l === plan.seqKV)) return this.engine.runAttention(plan, q.data, kData, vData);
-    return this.ragged(plan, q.data, kData, vData, lengths, layout);
+    return this.ragged(plan, q.data, kData, vData, lengths);
   }
 
   /**
@@ -151,9 +151,9 @@ export class KVCache {
    * to the cache while the call runs.
    */
   async attentionAsync(q: TensorLike<Float32Array>, options?: CacheAttentionOptions): Promise<AttentionOutput> {
-    const { plan, kData, vData, lengths, layout } = this.plan(q, options);
+    const { plan, kData, vData, lengths } = this.plan(q, options);
     if (lengths.every((l) => l === plan.seqKV)) return this.engine.runAttentionAsync(plan, q.data, kData, vData);
-    return this.ragged(plan, q.data, kData, vData, lengths, layout);
+    return this.ragged(plan, q.data, kData, vData, lengths);
   }
 
   private plan(q: TensorLike<Float32Array>, options: CacheAttentionOptions | undefined) {
@@ -195,25 +195,17 @@ export class KVCache {
     if (plan.outBuffer && (plan.outBuffer.buffer === kData.buffer || plan.outBuffer.buffer === vData.buffer)) {
       throw new AttentionError('INVALID_OPTION', 'options.out must not be a view of the cache', 'options.out');
     }
-    return { plan, kData, vData, lengths, layout };
+    return { plan, kData, vData, lengths };
   }
 
   /** Sequences at different lengths: one call per sequence, each over its own keys. */
-  private ragged(
-    plan: AttentionPlan, q: Float32Array, kData: Float32Array, vData: Float32Array, lengths: number[],
-    layout: (seqKV: number, batches: number) => AttentionLayout,
-  ): AttentionOutput {
+  private ragged(plan: AttentionPlan, q: Float32Array, kData: Float32Array, vData: Float32Array, lengths: number[]): AttentionOutput {
     const out = plan.outBuffer ?? new Float32Array(plan.batch * plan.qHeads * plan.seqQ * plan.valueDim);
     const lse = plan.returnLogSumExp ? new Float32Array(plan.batch * plan.qHeads * plan.seqQ) : undefined;
     const weights = plan.returnWeights ? new Float32Array(plan.batch * plan.qHeads * plan.seqQ * plan.seqKV) : undefined;
-    const qSize = plan.q.batch;
-    const oSize = plan.out.batch;
     for (let b = 0; b < plan.batch; b++) {
-      const mask = plan.mask && { ...plan.mask, data: plan.mask.data.subarray(b * plan.mask.at.batch) };
-      const sub: AttentionPlan = { ...plan, ...layout(lengths[b], 1), mask, outBuffer: out.subarray(b * oSize, (b + 1) * oSize) };
-      const result = this.engine.runAttention(
-        sub, q.subarray(b * qSize, (b + 1) * qSize), kData.subarray(b * plan.k.batch), vData.subarray(b * plan.v.batch),
-      );
+      const one = batchSlice(plan, b, lengths[b], lengths[b] - plan.seqQ, q, kData, vData, out);
+      const result = this.engine.runAttention(one.plan, one.q, one.k, one.v);
       lse?.set(result.logSumExp!.data, b * plan.qHeads * plan.seqQ);
       if (weights) {
         // this sequence's weights into the [.., length] rows, zero past its own length

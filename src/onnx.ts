@@ -16,7 +16,7 @@
 import type { Engine } from './engine.js';
 import { AttentionError } from './errors.js';
 import { floatsToHalves, halvesToFloats } from './float16.js';
-import { type AttentionLayout, type AttentionPlan, packed, planAttentionOptions } from './plan.js';
+import { type AttentionLayout, batchSlice, packed, planAttentionOptions } from './plan.js';
 import { attentionScores } from './scores.js';
 import { checkDims, describe, sizeOf } from './tensor.js';
 
@@ -207,21 +207,11 @@ export function onnxAttention(engine: Engine, inputs: OnnxAttentionInputs, attri
   if (!nonpad) {
     y = engine.runAttention(plan, Q.data, k, v).data;
   } else {
-    // per batch: keys past nonpad[b] are padding; causal offset nonpad[b] - Sq
+    // per batch: keys past nonpad[b] are padding; causal offset nonpad[b] - Sq; each writes its part of y
     y = new Float32Array(sizeOf(yDims));
     for (let b = 0; b < batch; b++) {
-      const sub: AttentionPlan = {
-        ...plan, batch: 1, seqKV: nonpad[b], offset: nonpad[b] - seqQ,
-        mask: plan.mask && { ...plan.mask, data: plan.mask.data.subarray(b * plan.mask.at.batch) },
-        outBuffer: undefined,
-      };
-      const part = engine.runAttention(sub, Q.data.subarray(b * plan.q.batch), k.subarray(b * plan.k.batch), v.subarray(b * plan.v.batch)).data;
-      for (let h = 0; h < qHeads; h++) {
-        for (let i = 0; i < seqQ; i++) {
-          const src = h * plan.out.head + i * plan.out.row;
-          y.set(part.subarray(src, src + valueDim), b * plan.out.batch + h * plan.out.head + i * plan.out.row);
-        }
-      }
+      const one = batchSlice(plan, b, nonpad[b], nonpad[b] - seqQ, Q.data, k, v, y);
+      engine.runAttention(one.plan, one.q, one.k, one.v);
     }
   }
   const result: OnnxAttentionOutputs = { Y: output(y, yDims, Q.half) };

@@ -158,6 +158,24 @@ export function planAttentionOptions(layout: AttentionLayout, options: unknown, 
   };
 }
 
+/**
+ * Batch b of an attention call on its own, for calls whose batches differ in key count or causal
+ * offset (a ragged KV cache, ONNX's nonpad_kv_seqlen): batch 1, the mask rows of b, and b's views of
+ * q, k, v (and out). Strides stay those of the whole tensors.
+ */
+export function batchSlice(
+  plan: AttentionPlan, b: number, seqKV: number, offset: number, q: Float32Array, k: Float32Array, v: Float32Array, out?: Float32Array,
+): { plan: AttentionPlan; q: Float32Array; k: Float32Array; v: Float32Array } {
+  const mask = plan.mask && { ...plan.mask, data: plan.mask.data.subarray(b * plan.mask.at.batch) };
+  const outBuffer = out?.subarray(b * plan.out.batch, (b + 1) * plan.out.batch);
+  return {
+    plan: { ...plan, batch: 1, seqKV, offset, mask, outBuffer, outDims: [1, ...plan.outDims.slice(1)] },
+    q: q.subarray(b * plan.q.batch, (b + 1) * plan.q.batch),
+    k: k.subarray(b * plan.k.batch),
+    v: v.subarray(b * plan.v.batch),
+  };
+}
+
 /** Options of `engine.matmul`. */
 export interface MatmulOptions {
   /** b is given as [..., N, K] and used transposed. */

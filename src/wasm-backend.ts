@@ -237,18 +237,28 @@ export class WasmBackend {
   }
 
   attention(plan: AttentionPlan, q: Float32Array, k: Float32Array, v: Float32Array): AttentionResult {
-    return this.withBlocks((stage, alloc) => {
-      const p = this.prepareAttention(plan, q, k, v, stage, alloc);
-      this.execute(p, alloc);
-      return { out: this.collect(p), logSumExp: this.logSumExp(p) };
-    });
+    return this.call((stage, alloc) => this.prepareAttention(plan, q, k, v, stage, alloc), (p) => ({ out: this.collect(p), logSumExp: this.logSumExp(p) }));
   }
 
   attentionAsync(plan: AttentionPlan, q: Float32Array, k: Float32Array, v: Float32Array): Promise<AttentionResult> {
+    return this.callAsync((stage, alloc) => this.prepareAttention(plan, q, k, v, stage, alloc), (p) => ({ out: this.collect(p), logSumExp: this.logSumExp(p) }));
+  }
+
+  /** One op call: lay it out, run it here or on the pool, read its result, free its blocks. */
+  private call<T>(prepare: (stage: Stage, alloc: Alloc) => Prepared, result: (p: Prepared) => T): T {
+    return this.withBlocks((stage, alloc) => {
+      const p = prepare(stage, alloc);
+      this.execute(p, alloc);
+      return result(p);
+    });
+  }
+
+  /** call(), with the items on the workers and the calling thread free. */
+  private callAsync<T>(prepare: (stage: Stage, alloc: Alloc) => Prepared, result: (p: Prepared) => T): Promise<T> {
     return this.withBlocksAsync(async (stage, alloc) => {
-      const p = this.prepareAttention(plan, q, k, v, stage, alloc);
+      const p = prepare(stage, alloc);
       await this.executeAsync(p, alloc);
-      return { out: this.collect(p), logSumExp: this.logSumExp(p) };
+      return result(p);
     });
   }
 
@@ -299,19 +309,11 @@ export class WasmBackend {
   }
 
   matmul(plan: MatmulPlan, a: Float32Array, b: Float32Array): Float32Array {
-    return this.withBlocks((stage, alloc) => {
-      const p = this.prepareMatmul(plan, a, b, stage, alloc);
-      this.execute(p, alloc);
-      return this.collect(p);
-    });
+    return this.call((stage, alloc) => this.prepareMatmul(plan, a, b, stage, alloc), (p) => this.collect(p));
   }
 
   matmulAsync(plan: MatmulPlan, a: Float32Array, b: Float32Array): Promise<Float32Array> {
-    return this.withBlocksAsync(async (stage, alloc) => {
-      const p = this.prepareMatmul(plan, a, b, stage, alloc);
-      await this.executeAsync(p, alloc);
-      return this.collect(p);
-    });
+    return this.callAsync((stage, alloc) => this.prepareMatmul(plan, a, b, stage, alloc), (p) => this.collect(p));
   }
 
   private prepareSoftmax(plan: SoftmaxPlan, x: Float32Array, stage: Stage, alloc: Alloc): Prepared {
@@ -341,11 +343,7 @@ export class WasmBackend {
   }
 
   softmax(plan: SoftmaxPlan, x: Float32Array): Float32Array {
-    return this.withBlocks((stage, alloc) => {
-      const p = this.prepareSoftmax(plan, x, stage, alloc);
-      this.execute(p, alloc);
-      return this.collect(p);
-    });
+    return this.call((stage, alloc) => this.prepareSoftmax(plan, x, stage, alloc), (p) => this.collect(p));
   }
 
   /** A tensor whose data is a view of this engine's memory: ops read and write it in place. */
