@@ -8,11 +8,15 @@ const kernelTests = ['test/attention.test.ts', 'test/matmul.test.ts', 'test/soft
 export default defineConfig({
   test: {
     testTimeout: 60_000,
+    // dist/ and build/ made current first: workers and the CLI run the compiled code
+    globalSetup: ['test/global-setup.ts'],
     projects: [
       {
+        extends: true,
         test: { name: 'simd+js', include: ['test/**/*.test.ts'], exclude: ['test/browser/**'], env: { TEST_BACKENDS: 'wasm-simd,js', WASM_ATTENTION_GUARDS: '1' } },
       },
       {
+        extends: true,
         test: {
           name: 'relaxed-simd',
           include: kernelTests,

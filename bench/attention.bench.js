@@ -9,7 +9,7 @@ import { parseArgs } from 'node:util';
 import { Bench } from 'tinybench';
 import { createEngineSync } from '../dist/index.js';
 import { referenceAttention } from '../dist/reference.js';
-import { buildSupported } from '../dist/wasm-module.js';
+import { buildSupported } from '../dist/backends/wasm-module.js';
 import { relaunchWithRelaxedSimd } from './relaxed-flag.js';
 
 relaunchWithRelaxedSimd();
@@ -88,8 +88,8 @@ if (!values['skip-extras']) {
     const scratch = engine.tensor([bytes / 4]);
     const bench = new Bench({ time: Number(values.time), iterations: 5, warmupIterations: 1, warmupTime: 0 });
     bench.add('decode resident', () => engine.attention(rq, rk, rv, { out: rout.data }));
-    // engine.wasm is internal (the WasmBackend); the bench reaches in for the memory.copy yardstick only
-    bench.add('memory.copy', () => engine.wasm.copyBytes(scratch.data.byteOffset, rk.data.byteOffset, bytes));
+    // engine.runtime is internal (the WasmBackend); the bench reaches in for the memory.copy yardstick only
+    bench.add('memory.copy', () => engine.runtime.copyBytes(scratch.data.byteOffset, rk.data.byteOffset, bytes));
     const q = tensor([1, 1, 1, 64]), k = tensor([1, 1, 16, 64]), v = tensor([1, 1, 16, 64]);
     const out = new Float32Array(64);
     // 1000 calls per sample: a single call is too short for the timer

@@ -8,7 +8,7 @@ import { availableParallelism } from 'node:os';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { parseArgs } from 'node:util';
 import { createEngineSync } from '../dist/index.js';
-import { MIN_PARALLEL_FLOPS } from '../dist/wasm-backend.js';
+import { MIN_PARALLEL_FLOPS } from '../dist/pool/pool.js';
 
 const { values } = parseArgs({ options: { threads: { type: 'string', default: String(Math.min(4, availableParallelism())) } } });
 const threads = Number(values.threads);
@@ -27,7 +27,7 @@ function median(run, repeats) {
 
 const one = createEngineSync({ threads: 1 });
 const many = createEngineSync({ threads });
-many.wasm.minParallelFlops = 0; // internal: force the pool for every size
+many.runtime.pool.minParallelFlops = 0; // internal: force the pool for every size
 console.log(`node ${process.version}, ${one.backend}, pool of ${threads} threads; MIN_PARALLEL_FLOPS now ${MIN_PARALLEL_FLOPS.toExponential(1)}\n`);
 console.log('| attention shape | MFLOP | 1 thread µs | pool (forced) µs | speed-up |');
 console.log('|---|---:|---:|---:|---:|');

@@ -6,9 +6,9 @@ import { parseArgs } from 'node:util';
 import { OUTPUT_ROLES, conformanceCall, conformanceCases, conformanceTensor } from './conformance.js';
 import { type BackendName, createEngineSync } from './engine.js';
 import { halfToFloat } from './float16.js';
-import type { OnnxOutputTensor, OnnxTensor } from './onnx.js';
+import type { OnnxOutputTensor, OnnxTensor } from './features/onnx.js';
 import { referenceAttention } from './reference.js';
-import { WASM_BUILDS, buildSupported, sharedMemorySupported } from './wasm-module.js';
+import { WASM_BUILDS, buildSupported, sharedMemorySupported } from './backends/wasm-module.js';
 
 const HELP: Record<string, string> = {
   main: `wasm-attention <command> [options]

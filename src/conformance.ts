@@ -2,7 +2,7 @@
 // README): each case is a JSON description plus raw little-endian tensors. Used by `wasm-attention
 // verify` and by the tests.
 import { readFileSync } from 'node:fs';
-import type { OnnxTensor } from './onnx.js';
+import type { OnnxTensor } from './features/onnx.js';
 
 /** The folder of the vectors, inside the installed package. */
 export const CONFORMANCE_DIR = new URL('../test/vectors/onnx-attention/', import.meta.url);

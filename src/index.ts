@@ -1,15 +1,19 @@
 // wasm-attention: transformer attention for Node.js on WebAssembly SIMD kernels, with a pure-JS path.
 export { createEngine, createEngineSync, Engine } from './engine.js';
-export type { AttentionOutput, BackendName, EngineOptions, ResidentTensor } from './engine.js';
-export type { WasmBuild } from './wasm-module.js';
+export type { BackendName, EngineOptions, WasmBuild } from './engine.js';
 export { AttentionError } from './errors.js';
 export type { AttentionErrorCode } from './errors.js';
-export type { AttentionOptions, MatmulOptions, SoftmaxOptions } from './plan.js';
+export { ResidentTensor } from './memory/resident.js';
+export type { AttentionOptions, AttentionOutput } from './ops/attention/plan.js';
+export type { MatmulOptions } from './ops/matmul/plan.js';
+export type { SoftmaxOptions } from './ops/softmax/plan.js';
 export type { Tensor, TensorLike } from './tensor.js';
-export { mergeAttention } from './merge.js';
-export type { AttentionChunk } from './merge.js';
-export { KVCache } from './kv-cache.js';
-export type { CacheAttentionOptions, KVCacheOptions } from './kv-cache.js';
-export type { OnnxAttentionAttributes, OnnxAttentionInputs, OnnxAttentionOutputs, OnnxOutputTensor, OnnxTensor } from './onnx.js';
-export type { MultiHeadOptions, MultiHeadWeights } from './layer.js';
+export { mergeAttention } from './ops/attention/merge.js';
+export type { AttentionChunk } from './ops/attention/merge.js';
+export { KVCache } from './features/kv-cache.js';
+export type { CacheAttentionOptions, KVCacheOptions } from './features/kv-cache.js';
+export type {
+  OnnxAttentionAttributes, OnnxAttentionInputs, OnnxAttentionOutputs, OnnxAttentionRequest, OnnxOutputTensor, OnnxTensor,
+} from './features/onnx.js';
+export type { MultiHeadOptions, MultiHeadWeights } from './features/layer.js';
 export { floatsToHalves, halvesToFloats } from './float16.js';

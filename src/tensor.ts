@@ -1,6 +1,15 @@
 // Tensors as users hand them to us, and the checks every op runs on them before any kernel.
-// A tensor is any { data, dims } object, row-major: onnxruntime's Tensor fits as it is.
+// A tensor is any { data, dims } object, row-major: onnxruntime's Tensor fits as it is, and so does
+// a ResidentTensor from engine.tensor().
+//
+// Every input is read exactly once. A plan function first reads each tensor's `data` and `dims`
+// and each option (user getters and proxies may run then, and only then), and only afterwards
+// checks what it read: typed arrays through the built-in %TypedArray% getters (a subclass that lies
+// about its length, or a Proxy, cannot fool them) into plain views that no user code can reach. So
+// what was checked is exactly what the kernels get.
+import type { Operand, OperandResolver } from './backend.js';
 import { AttentionError } from './errors.js';
+import { ResidentTensor } from './memory/resident.js';
 
 /** Any object with row-major data and integer dims (onnxruntime's Tensor fits as it is). */
 export interface TensorLike<T extends ArrayLike<number> = Float32Array | Uint8Array> {
@@ -14,30 +23,55 @@ export interface Tensor {
   dims: number[];
 }
 
-/** The typed-array (or other built-in) name of x; instanceof first, since it is far cheaper. */
-const tag = (x: unknown): string =>
-  x instanceof Float32Array ? 'Float32Array' : x instanceof Uint8Array ? 'Uint8Array' : Object.prototype.toString.call(x).slice(8, -1);
+// The built-in getters of every typed array, taken once: they read the internal slots, never a
+// user's override, and throw or give undefined for anything that is not a real typed array.
+const TypedArrayPrototype = Object.getPrototypeOf(Uint8Array.prototype) as object;
+const intrinsic = (key: PropertyKey): ((this: unknown) => unknown) =>
+  Object.getOwnPropertyDescriptor(TypedArrayPrototype, key)!.get as (this: unknown) => unknown;
+const tagGetter = intrinsic(Symbol.toStringTag);
+const lengthGetter = intrinsic('length');
+const bufferGetter = intrinsic('buffer');
+const byteOffsetGetter = intrinsic('byteOffset');
+
+/** 'Float32Array', 'Uint8Array', ... for a real typed array; undefined for anything else (a Proxy too). */
+export const typedArrayName = (x: unknown): string | undefined =>
+  typeof x === 'object' && x !== null ? (tagGetter.call(x) as string | undefined) : undefined;
+
+/** A plain view of exactly the elements `x` has now (x a real typed array of that kind). */
+function plainView<T extends Float32Array | Uint8Array>(x: T, kind: 'Float32Array' | 'Uint8Array'): { view: T; buffer: ArrayBufferLike } {
+  const buffer = bufferGetter.call(x) as ArrayBufferLike;
+  const offset = byteOffsetGetter.call(x) as number;
+  const length = lengthGetter.call(x) as number;
+  const view = (kind === 'Float32Array' ? new Float32Array(buffer, offset, length) : new Uint8Array(buffer, offset, length)) as T;
+  return { view, buffer };
+}
 
 /** Describes a value for an error message: its type, and its length for arrays. */
 export function describe(x: unknown): string {
   if (x === null) return 'null';
   if (x === undefined) return 'undefined';
-  if (ArrayBuffer.isView(x)) return `${tag(x)}(${(x as unknown as ArrayLike<number>).length})`;
+  const name = typedArrayName(x);
+  if (name) return `${name}(${lengthGetter.call(x) as number})`;
   if (Array.isArray(x)) return `an Array(${x.length})`;
-  if (typeof x === 'object') return tag(x) === 'Object' ? 'an object' : tag(x);
+  if (typeof x === 'object') {
+    const tag = Object.prototype.toString.call(x).slice(8, -1);
+    return tag === 'Object' ? 'an object' : tag;
+  }
   return `${typeof x} ${String(x)}`;
 }
 
-/** Checks `dims` and returns them as a fresh number[]; `name` is the argument, e.g. 'q'. */
+/** Copies `dims` (read once) into a fresh number[]; `name` is the tensor, e.g. 'q'. */
 export function checkDims(dims: unknown, name: string): number[] {
-  if (!Array.isArray(dims) && !ArrayBuffer.isView(dims)) {
+  const array = Array.isArray(dims);
+  if (!array && typedArrayName(dims) === undefined) {
     throw new AttentionError('INVALID_DIMS', `${name}.dims must be an array of integers, got ${describe(dims)}`, `${name}.dims`);
   }
+  // a plain snapshot first: each element is read once, even from a Proxy
+  const list: unknown[] = array ? Array.from(dims as unknown[]) : Array.from(dims as ArrayLike<number>);
   const out: number[] = [];
-  const list = dims as ArrayLike<unknown>;
   for (let i = 0; i < list.length; i++) {
     const d = list[i];
-    if (typeof d !== 'number' || !Number.isInteger(d) || d < 0) {
+    if (typeof d !== 'number' || !Number.isSafeInteger(d) || d < 0) {
       throw new AttentionError('INVALID_DIMS', `${name}.dims[${i}] must be a non-negative integer, got ${describe(d)}`, `${name}.dims[${i}]`);
     }
     out.push(d);
@@ -45,30 +79,81 @@ export function checkDims(dims: unknown, name: string): number[] {
   return out;
 }
 
-export const sizeOf = (dims: readonly number[]): number => dims.reduce((a, b) => a * b, 1);
+export const sizeOf = (dims: readonly number[]): number => {
+  let size = 1;
+  for (let i = 0; i < dims.length; i++) size *= dims[i];
+  return size;
+};
 
-/** Checks a float32 tensor (data a Float32Array of the dims' size, rank as given) and returns its dims. */
-export function checkFloatTensor(t: unknown, name: string, rank?: number): number[] {
-  if (t === null || typeof t !== 'object') {
-    throw new AttentionError('INVALID_TENSOR', `${name} must be a tensor { data: Float32Array, dims }, got ${describe(t)}`, name);
-  }
-  const { data } = t as { data: unknown };
-  if (tag(data) !== 'Float32Array') {
-    throw new AttentionError('INVALID_DTYPE', `${name}.data must be a Float32Array, got ${describe(data)}`, `${name}.data`);
-  }
-  return checkShape(t as TensorLike, name, rank);
+/** A caller's tensor after its one read: the `data` reference (not yet checked) and its dims. */
+export interface TensorRead {
+  readonly name: string;
+  readonly data: unknown;
+  readonly dims: number[];
+  /** Set when the caller passed a ResidentTensor itself. */
+  readonly resident: ResidentTensor | undefined;
 }
 
-function checkShape(t: TensorLike, name: string, rank?: number): number[] {
-  const dims = checkDims(t.dims, name);
+/** Reads `t.data` and `t.dims`, once each. `expect` describes the tensor for the error message. */
+export function readTensor(t: unknown, name: string, expect = '{ data: Float32Array, dims }'): TensorRead {
+  if (t instanceof ResidentTensor) {
+    if (t.released) throw new AttentionError('INVALID_TENSOR', `${name} is a tensor from engine.tensor() that was released`, `${name}.data`);
+    return { name, data: undefined, dims: t.dims, resident: t };
+  }
+  if (t === null || typeof t !== 'object') {
+    throw new AttentionError('INVALID_TENSOR', `${name} must be a tensor ${expect}, got ${describe(t)}`, name);
+  }
+  if (typedArrayName(t) !== undefined || Array.isArray(t)) {
+    throw new AttentionError('INVALID_TENSOR', `${name} is a bare ${describe(t)}; pass a tensor ${expect}, e.g. { data, dims: [...] }`, name);
+  }
+  let data: unknown;
+  let dims: unknown;
+  try {
+    data = (t as { data: unknown }).data;
+    dims = (t as { dims: unknown }).dims;
+  } catch (cause) {
+    throw new AttentionError('INVALID_TENSOR', `${name}: reading its data or dims threw (${String(cause)})`, name);
+  }
+  return { name, data, dims: checkDims(dims, name), resident: undefined };
+}
+
+/** A checked tensor: its operand and dims. */
+export interface Checked<T extends Float32Array | Uint8Array> {
+  operand: Operand<T>;
+  dims: number[];
+}
+
+/** The operand of `data` (of the given kind and `size` elements): resident, or a plain view. */
+function operandOf<T extends Float32Array | Uint8Array>(
+  read: TensorRead, kind: 'Float32Array' | 'Uint8Array', size: number, resolver: OperandResolver, at: string,
+): Operand<T> {
+  const resident = read.resident;
+  if (resident) {
+    if (resident.released) throw new AttentionError('INVALID_TENSOR', `${read.name} is a tensor from engine.tensor() that was released`, at);
+    const want = kind === 'Float32Array' ? 'float32' : 'bool';
+    if (resident.type !== want) throw new AttentionError('INVALID_DTYPE', `${at} must be ${kind}, got a resident ${resident.type} tensor`, at);
+    if (resident.length !== size) throw new AttentionError('SHAPE_MISMATCH', `${at} has ${resident.length} elements but dims [${read.dims}] need ${size}`, at);
+    return { resident, offset: 0, length: size };
+  }
+  const { view, buffer } = plainView(read.data as T, kind);
+  if (view.length !== size) {
+    throw new AttentionError('SHAPE_MISMATCH', `${at} has ${view.length} elements but dims [${read.dims}] need ${size}`, at);
+  }
+  const owner = resolver.residentOf(read.data as ArrayBufferView, buffer, at);
+  if (owner) return { resident: owner, offset: 0, length: size };
+  return { array: view, offset: 0, length: size };
+}
+
+/** Checks a read tensor as float32 data of its dims' size (and rank, when given). */
+export function floatTensor(read: TensorRead, resolver: OperandResolver, rank?: number): Checked<Float32Array> {
+  const { name, dims } = read;
+  if (!read.resident && typedArrayName(read.data) !== 'Float32Array') {
+    throw new AttentionError('INVALID_DTYPE', `${name}.data must be a Float32Array, got ${describe(read.data)}`, `${name}.data`);
+  }
   if (rank !== undefined && dims.length !== rank) {
     throw new AttentionError('INVALID_DIMS', `${name} must have rank ${rank}, got dims [${dims}]`, `${name}.dims`);
   }
-  const size = sizeOf(dims);
-  if (t.data.length !== size) {
-    throw new AttentionError('SHAPE_MISMATCH', `${name}.data has ${t.data.length} elements but dims [${dims}] need ${size}`, `${name}.data`);
-  }
-  return dims;
+  return { operand: operandOf(read, 'Float32Array', sizeOf(dims), resolver, `${name}.data`), dims };
 }
 
 export type MaskKind = 'bool' | 'float';
@@ -76,25 +161,23 @@ export type MaskKind = 'bool' | 'float';
 /** A mask after checking: its kind and its strides (elements, 0 where broadcast) over the target dims. */
 export interface MaskView {
   kind: MaskKind;
-  data: Float32Array | Uint8Array;
+  operand: Operand;
   /** One stride per target dim; the last is always 1 (a mask broadcast along the last dim is expanded). */
   strides: number[];
 }
 
 /**
- * Checks that `mask` broadcasts (numpy rules, right-aligned) to `target` and returns its strides.
- * A Uint8Array mask is boolean (nonzero = may attend); a Float32Array is added to the scores.
+ * Checks that a read mask broadcasts (numpy rules, right-aligned) to `target` and returns its
+ * strides. A Uint8Array mask is boolean (nonzero = may attend); a Float32Array is added to the scores.
  */
-export function checkMask(mask: unknown, target: readonly number[], name: string, targetName: string): MaskView {
-  if (mask === null || typeof mask !== 'object') {
-    throw new AttentionError('INVALID_TENSOR', `${name} must be a tensor { data: Uint8Array | Float32Array, dims }, got ${describe(mask)}`, name);
-  }
-  const data = (mask as { data: unknown }).data;
-  const kind: MaskKind | undefined = tag(data) === 'Uint8Array' ? 'bool' : tag(data) === 'Float32Array' ? 'float' : undefined;
+export function checkMask(read: TensorRead, target: readonly number[], resolver: OperandResolver, targetName: string): MaskView {
+  const { name, dims } = read;
+  const tag = read.resident ? (read.resident.type === 'bool' ? 'Uint8Array' : 'Float32Array') : typedArrayName(read.data);
+  const kind: MaskKind | undefined = tag === 'Uint8Array' ? 'bool' : tag === 'Float32Array' ? 'float' : undefined;
   if (kind === undefined) {
-    throw new AttentionError('INVALID_DTYPE', `${name}.data must be a Uint8Array (boolean) or a Float32Array (additive), got ${describe(data)}`, `${name}.data`);
+    throw new AttentionError('INVALID_DTYPE', `${name}.data must be a Uint8Array (boolean) or a Float32Array (additive), got ${describe(read.data)}`, `${name}.data`);
   }
-  const dims = checkShape(mask as TensorLike, name);
+  const operand = operandOf(read, tag as 'Float32Array' | 'Uint8Array', sizeOf(dims), resolver, `${name}.data`);
   if (dims.length > target.length) {
     throw new AttentionError('SHAPE_MISMATCH', `${name} has rank ${dims.length}, more than the ${target.length} of ${targetName} [${target}]`, `${name}.dims`);
   }
@@ -111,44 +194,71 @@ export function checkMask(mask: unknown, target: readonly number[], name: string
     stride *= d;
   }
   const last = target.length - 1;
-  if (last >= 0 && strides[last] === 0 && target[last] > 1) return expandLastDim(kind, data as Float32Array | Uint8Array, dims, strides, target[last]);
+  if (last >= 0 && strides[last] === 0 && target[last] > 1) return expandLastDim(kind, operand, resolver, dims, strides, target[last]);
   if (last >= 0) strides[last] = 1;
-  return { kind, data: data as Float32Array | Uint8Array, strides };
+  return { kind, operand, strides };
 }
 
 /** A mask whose last dim broadcasts gets that dim materialised, so kernels always read it with stride 1. */
-function expandLastDim(kind: MaskKind, data: Float32Array | Uint8Array, dims: number[], strides: number[], width: number): MaskView {
+function expandLastDim(kind: MaskKind, operand: Operand, resolver: OperandResolver, dims: number[], strides: number[], width: number): MaskView {
   const rows = sizeOf(dims);
+  const data = operand.array ?? operand.resident.data;
   const expanded = kind === 'bool' ? new Uint8Array(rows * width) : new Float32Array(rows * width);
-  for (let r = 0; r < rows; r++) expanded.fill(data[r], r * width, (r + 1) * width);
-  return { kind, data: expanded, strides: strides.map((s, i) => (i === strides.length - 1 ? 1 : s * width)) };
-}
-
-/** Checks an optional output buffer; returns it, or undefined when none was given. */
-export function checkOut(out: unknown, size: number, name: string): Float32Array | undefined {
-  if (out === undefined) return undefined;
-  if (tag(out) !== 'Float32Array') {
-    throw new AttentionError('INVALID_DTYPE', `${name} must be a Float32Array, got ${describe(out)}`, name);
-  }
-  if ((out as Float32Array).length !== size) {
-    throw new AttentionError('SHAPE_MISMATCH', `${name} has ${(out as Float32Array).length} elements but the result needs ${size}`, name);
-  }
-  return out as Float32Array;
+  for (let r = 0; r < rows; r++) expanded.fill(data[operand.offset + r], r * width, (r + 1) * width);
+  void resolver;
+  return { kind, operand: { array: expanded, offset: 0, length: expanded.length }, strides: strides.map((s, i) => (i === strides.length - 1 ? 1 : s * width)) };
 }
 
 /**
- * Refuses an `out` buffer that shares memory with an input (the kernels would read what they have
- * already overwritten). `exactAliasOk`: an out that is exactly the input is fine (softmax in place).
+ * Checks an optional output (read once from the options): a Float32Array or a float32
+ * ResidentTensor of `size` elements.
  */
-export function checkNoOverlap(out: Float32Array | undefined, inputs: Array<[ArrayBufferView | undefined, string]>, exactAliasOk = false): void {
+export function checkOut(out: unknown, size: number, resolver: OperandResolver, name: string): Operand<Float32Array> | undefined {
+  if (out === undefined) return undefined;
+  if (!(out instanceof ResidentTensor) && typedArrayName(out) !== 'Float32Array') {
+    throw new AttentionError('INVALID_DTYPE', `${name} must be a Float32Array or a float32 tensor from engine.tensor(), got ${describe(out)}`, name);
+  }
+  const read: TensorRead = out instanceof ResidentTensor
+    ? { name, data: undefined, dims: out.dims, resident: out }
+    : { name, data: out, dims: [lengthGetter.call(out) as number], resident: undefined };
+  if (read.resident?.released) throw new AttentionError('INVALID_TENSOR', `${name} is a tensor from engine.tensor() that was released`, name);
+  const length = read.resident ? read.resident.length : read.dims[0];
+  if (length !== size) throw new AttentionError('SHAPE_MISMATCH', `${name} has ${length} elements but the result needs ${size}`, name);
+  const operand = operandOf<Float32Array>(read, 'Float32Array', size, resolver, name);
+  // the result is returned in the caller's own array (written through the plain view)
+  return operand.array ? { ...operand, user: out as Float32Array } : operand;
+}
+
+const BYTES = (operand: Operand): number => (operand.resident ? (operand.resident.type === 'bool' ? 1 : 4) : operand.array.BYTES_PER_ELEMENT);
+
+/** The [start, end) of an operand's bytes, and what they are bytes of (a buffer, or a resident tensor's memory). */
+function extent(operand: Operand): [unknown, number, number] {
+  const bytes = BYTES(operand);
+  if (operand.resident) {
+    const r = operand.resident;
+    // on the js backend (ptr -1) every tensor is its own memory
+    const space = r.ptr < 0 ? r : 'wasm';
+    const start = Math.max(r.ptr, 0) + operand.offset * bytes;
+    return [space, start, start + operand.length * bytes];
+  }
+  const a = operand.array;
+  return [a.buffer, a.byteOffset, a.byteOffset + a.byteLength];
+}
+
+/**
+ * Refuses an `out` that shares memory with an input (the kernels would read what they have already
+ * overwritten), by address ranges. `exactAliasOk`: an out that is exactly the input is fine
+ * (softmax in place).
+ */
+export function checkNoOverlap(out: Operand | undefined, inputs: ReadonlyArray<readonly [Operand | undefined, string]>, exactAliasOk = false): void {
   if (!out) return;
+  const [space, start, end] = extent(out);
   for (const [input, name] of inputs) {
-    if (!input || input.buffer !== out.buffer) continue;
-    const same = input.byteOffset === out.byteOffset && input.byteLength === out.byteLength;
-    if (same && exactAliasOk) continue;
-    if (out.byteOffset < input.byteOffset + input.byteLength && input.byteOffset < out.byteOffset + out.byteLength) {
-      throw new AttentionError('INVALID_OPTION', `options.out shares memory with ${name}; give a separate output buffer`, 'options.out');
-    }
+    if (!input) continue;
+    const [inSpace, inStart, inEnd] = extent(input);
+    if (inSpace !== space || inEnd <= start || end <= inStart) continue;
+    if (exactAliasOk && inStart === start && inEnd === end) continue;
+    throw new AttentionError('INVALID_OPTION', `options.out shares memory with ${name}; give a separate output buffer`, 'options.out');
   }
 }
 
@@ -166,10 +276,60 @@ export function checkFinite(x: unknown, name: string, fallback: number): number 
   return x;
 }
 
-export function checkOptionsObject(options: unknown, name: string): Record<string, unknown> {
+/** A finite number whose float32 value is finite too (and nonzero where the kernels divide by it). */
+export function checkFloat32(x: unknown, name: string, fallback: number): number {
+  const value = checkFinite(x, name, fallback);
+  if (!Number.isFinite(Math.fround(value))) throw new AttentionError('INVALID_OPTION', `${name} ${value} overflows float32`, name);
+  return value;
+}
+
+/**
+ * Reads an options object once: each known key's value, in one pass; any other own key is refused
+ * (a misspelt option must never be ignored silently). Returns a plain object of the values.
+ */
+export function readOptions<K extends string>(options: unknown, name: string, keys: readonly K[]): Partial<Record<K, unknown>> {
   if (options === undefined) return {};
-  if (options === null || typeof options !== 'object') {
+  if (options === null || typeof options !== 'object' || Array.isArray(options)) {
     throw new AttentionError('INVALID_OPTION', `${name} must be an object, got ${describe(options)}`, name);
   }
-  return options as Record<string, unknown>;
+  const values: Partial<Record<K, unknown>> = {};
+  for (const key of keys) {
+    let value: unknown;
+    try {
+      value = (options as Record<string, unknown>)[key];
+    } catch (cause) {
+      throw new AttentionError('INVALID_OPTION', `${name}.${key}: reading it threw (${String(cause)})`, `${name}.${key}`);
+    }
+    if (value !== undefined) values[key] = value;
+  }
+  for (const key of Object.keys(options)) {
+    if (!(keys as readonly string[]).includes(key)) {
+      const near = nearest(key, keys);
+      throw new AttentionError('INVALID_OPTION', `${name}.${key} is not an option${near ? ` (did you mean ${near}?)` : ''}; known: ${keys.join(', ')}`, `${name}.${key}`);
+    }
+  }
+  return values;
+}
+
+/** The known key closest to `key` by edit distance, when it is close enough to be a misspelling. */
+function nearest(key: string, keys: readonly string[]): string | undefined {
+  let best: string | undefined;
+  let bestDistance = Infinity;
+  for (const candidate of keys) {
+    const d = editDistance(key.toLowerCase(), candidate.toLowerCase());
+    if (d < bestDistance) [best, bestDistance] = [candidate, d];
+  }
+  return bestDistance <= Math.max(2, Math.floor(key.length / 3)) ? best : undefined;
+}
+
+function editDistance(a: string, b: string): number {
+  let previous = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    const row = [i];
+    for (let j = 1; j <= b.length; j++) {
+      row[j] = Math.min(previous[j] + 1, row[j - 1] + 1, previous[j - 1] + (a[i - 1] === b[j - 1] ? 0 : 1));
+    }
+    previous = row;
+  }
+  return previous[b.length];
 }

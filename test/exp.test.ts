@@ -1,7 +1,7 @@
 // Accuracy of the kernels' vectorised exp (assembly/f32-vmath-simd.ts), in ulp of the float32
 // result against Math.exp rounded to float32, over the whole range softmax and softcap use.
 import { describe, expect, it } from 'vitest';
-import { WasmBackend } from '../src/wasm-backend.js';
+import { WasmBackend } from '../src/backends/wasm.js';
 import { BACKENDS } from './helpers.js';
 
 const builds = BACKENDS.filter((b) => b !== 'js') as Array<'wasm-simd' | 'wasm-relaxed-simd'>;

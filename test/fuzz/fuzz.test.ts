@@ -28,7 +28,7 @@ describe('thread pool under fuzzing', () => {
   it('gives the same bits on 1 thread, on 3 (sync, pool forced for every size) and async', async () => {
     const one = createEngineSync({ backend: 'wasm-simd', threads: 1 });
     const three = createEngineSync({ backend: 'wasm-simd', threads: 3 });
-    (three as unknown as { wasm: { minParallelFlops: number } }).wasm.minParallelFlops = 0;
+    (three as unknown as { runtime: { pool: { minParallelFlops: number } } }).runtime.pool.minParallelFlops = 0;
     const bits = (a: Float32Array) => Buffer.from(a.buffer, a.byteOffset, a.byteLength);
     await fc.assert(
       fc.asyncProperty(fuzzCase, async (c) => {

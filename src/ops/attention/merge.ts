@@ -2,8 +2,8 @@
 // its output o_c (already normalised by its own softmax sum) and its log-sum-exp L_c. Then
 //   L = log(sum_c exp(L_c)),   out = sum_c exp(L_c - L) · o_c
 // is the attention over all the keys at once. Chunks that saw no key (L_c = -inf) add nothing.
-import { AttentionError } from './errors.js';
-import type { Tensor } from './tensor.js';
+import { AttentionError } from '../../errors.js';
+import type { Tensor } from '../../tensor.js';
 
 export interface AttentionChunk {
   /** The chunk's attention output [..., rows, Dv]. */

@@ -3,7 +3,7 @@
 // so space is reused across calls and memory grows only when a call needs more than has ever been
 // free at once. Blocks are 64-byte aligned (a cache line; v128 loads need 16). Free blocks are kept
 // sorted by address and merged with their neighbours, first fit.
-import { AttentionError } from './errors.js';
+import { AttentionError } from '../errors.js';
 
 const ALIGN = 64;
 /**
@@ -38,8 +38,6 @@ export class WasmHeap {
   private i32View: Int32Array;
   /** Every buffer object memory has had (a shared memory's buffer is replaced, not detached, on growth). */
   private readonly buffers = new WeakSet<ArrayBufferLike>();
-  /** Blocks handed out as resident tensors: start -> end. */
-  private readonly resident = new Map<number, number>();
 
   constructor(memory: WebAssembly.Memory, heapBase: number, maxBytes: number) {
     this.memory = memory;
@@ -77,33 +75,9 @@ export class WasmHeap {
     this.buffers.add(this.memory.buffer);
   }
 
-  /** Whether `view` is a view of this memory (under any of its buffer objects). */
-  isView(view: ArrayBufferView): boolean {
-    return this.buffers.has(view.buffer);
-  }
-
-  /** Views of resident blocks that were released (their address may have been handed out again). */
-  private readonly released = new WeakSet<ArrayBufferView>();
-
-  /** Records that `view` belongs to a released resident block. */
-  markReleased(view: ArrayBufferView): void {
-    this.released.add(view);
-  }
-
-  /** Whether `view` lies inside a live resident block (one from allocResident, not yet released). */
-  isLiveResident(view: ArrayBufferView): boolean {
-    if (this.released.has(view)) return false;
-    const start = view.byteOffset;
-    const end = start + view.byteLength;
-    for (const [blockStart, blockEnd] of this.resident) if (start >= blockStart && end <= blockEnd) return true;
-    return false;
-  }
-
-  /** A block that user code holds as a tensor view until it releases it. */
-  allocResident(bytes: number): number {
-    const ptr = this.alloc(bytes);
-    this.resident.set(ptr, ptr + bytes);
-    return ptr;
+  /** Whether `buffer` is (or was, before growth) this memory's buffer. */
+  isBuffer(buffer: ArrayBufferLike): boolean {
+    return this.buffers.has(buffer);
   }
 
   stats(): HeapStats {
@@ -175,7 +149,6 @@ export class WasmHeap {
     const [ptr, size, bytes] = block;
     if (this.guards) this.checkGuards(handed, ptr, size, bytes);
     this.blocks.delete(handed);
-    this.resident.delete(handed);
     this.used -= size;
     let lo = 0;
     let hi = this.free.length;

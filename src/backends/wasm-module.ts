@@ -4,31 +4,10 @@
 // that the caller owns: every build imports one shared WebAssembly.Memory, so worker threads can run
 // the same kernels over the same bytes.
 import { instantiateSync } from '@assemblyscript/loader';
-import { AttentionError } from './errors.js';
-import { isNode, nodeFs } from './platform.js';
-
-export type WasmBuild = 'wasm-relaxed-simd' | 'wasm-simd';
-
-/** The kernels' exports, with the signatures of assembly/index.ts (pointers are byte offsets). */
-export interface Kernels {
-  heap_base(): number;
-  f32_gemm(m: number, n: number, k: number, a: number, lda: number, b: number, ldb: number, transB: number, c: number, ldc: number, scratch: number): void;
-  f32_gemm_scratch_bytes(): number;
-  f32_softmax_rows(
-    x: number, ldx: number, y: number, ldy: number, rows: number, cols: number,
-    scale: number, cap: number, mask: number, maskKind: number, maskRowStride: number, causal: number, causalOffset: number,
-  ): void;
-  f32_attention(
-    q: number, ldq: number, k: number, ldk: number, v: number, ldv: number, out: number, ldo: number,
-    rows: number, seqKV: number, headDim: number, valueDim: number,
-    scale: number, cap: number, mask: number, maskKind: number, maskRowStride: number,
-    offset: number, left: number, right: number, rowStats: number, scratch: number,
-  ): void;
-  f32_attention_scratch_bytes(headDim: number, valueDim: number): number;
-  f32_exp(x: number): number;
-  copy_bytes(dst: number, src: number, bytes: number): void;
-  f32_flush_subnormals(x: number, n: number): void;
-}
+import { AttentionError } from '../errors.js';
+import type { WasmBuild } from '../backend.js';
+import { isNode, nodeFs } from '../platform.js';
+import type { Kernels } from './kernels.js';
 
 const FILES: Record<WasmBuild, string> = {
   'wasm-relaxed-simd': 'attention-relaxed-simd',
@@ -43,7 +22,7 @@ export const WASM_BUILDS: readonly WasmBuild[] = ['wasm-relaxed-simd', 'wasm-sim
 const bytesCache = new Map<string, Uint8Array<ArrayBuffer>>();
 const moduleCache = new Map<string, WebAssembly.Module>();
 const fileOf = (build: WasmBuild): string => `${FILES[build]}${sharedMemorySupported() ? '' : '-unshared'}.wasm`;
-const urlOf = (build: WasmBuild): URL => new URL(`../build/${fileOf(build)}`, import.meta.url);
+const urlOf = (build: WasmBuild): URL => new URL(`../../build/${fileOf(build)}`, import.meta.url);
 
 /** The bytes of a build: read from disk on Node; in a browser only once loadBuilds() fetched them. */
 function buildBytes(build: WasmBuild): Uint8Array<ArrayBuffer> | undefined {

@@ -2,9 +2,9 @@
 // engine's compiled kernels over the engine's shared memory, then waits for jobs (pool.ts) and runs
 // items until none is left. It never allocates WASM memory: inputs, outputs, scratch and the job
 // itself are laid out by the engine's thread.
-import { nodeWorkers } from './platform.js';
-import { C, type WorkerInit, claimLoop } from './pool-protocol.js';
-import { instantiateKernels } from './wasm-module.js';
+import { instantiateKernels } from '../backends/wasm-module.js';
+import { nodeWorkers } from '../platform.js';
+import { C, type WorkerInit, claimLoop } from './protocol.js';
 
 const port = nodeWorkers?.parentPort;
 
@@ -12,8 +12,6 @@ function run(init: WorkerInit): void {
   const kernels = instantiateKernels(init.module, init.memory);
   const ctrl = new Int32Array(init.ctrl);
   const job = new Float64Array(init.job);
-  if (port) port.postMessage('ready');
-  else postMessage('ready');
   let seen = 0;
   for (;;) {
     Atomics.wait(ctrl, C.epoch, seen);

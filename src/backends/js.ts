@@ -1,0 +1,71 @@
+// The js backend: runs any op's plan with the op's plain-TypeScript implementation. Its resident
+// tensors are ordinary arrays behind the same handles as the wasm backend's, so a released tensor
+// is refused here too.
+import type { ArrayOf, Backend, MemoryStats, Op, OpPlan, Operand } from '../backend.js';
+import { AttentionError } from '../errors.js';
+import { type ResidentOwner, ResidentTensor, type ResidentType } from '../memory/resident.js';
+
+/** The current array behind an operand. */
+const arrayOf: ArrayOf = <T extends Float32Array | Uint8Array>(operand: Operand<T>): T => {
+  if (operand.array) return operand.array;
+  const data = operand.resident!.data as T;
+  return (operand.offset === 0 && operand.length === data.length ? data : data.subarray(operand.offset, operand.offset + operand.length)) as T;
+};
+
+export class JsBackend implements Backend, ResidentOwner {
+  readonly name = 'js' as const;
+  readonly threads: number;
+  private disposed = false;
+  private readonly views = new WeakMap<ArrayBufferView, ResidentTensor>();
+
+  constructor(threads: number) {
+    this.threads = threads;
+  }
+
+  live(): void {
+    if (this.disposed) throw new AttentionError('DISPOSED', 'this engine was disposed');
+  }
+
+  run<P extends OpPlan, R>(op: Op<P, R>, plan: P): R {
+    this.live();
+    return op.js(plan, arrayOf);
+  }
+
+  async runAsync<P extends OpPlan, R>(op: Op<P, R>, plan: P): Promise<R> {
+    return this.run(op, plan);
+  }
+
+  residentOf(view: ArrayBufferView, _buffer: ArrayBufferLike, name: string): ResidentTensor | undefined {
+    const tensor = this.views.get(view);
+    if (tensor?.released) throw new AttentionError('INVALID_TENSOR', `${name} is the data of a tensor from engine.tensor() that was released`, name);
+    return tensor;
+  }
+
+  buffer(): undefined {
+    return undefined;
+  }
+
+  register(view: ArrayBufferView, tensor: ResidentTensor): void {
+    this.views.set(view, tensor);
+  }
+
+  free(): void {
+    // the array goes with the handle's last reference
+  }
+
+  tensor(dims: readonly number[], type: ResidentType): ResidentTensor {
+    this.live();
+    const size = dims.reduce((a, b) => a * b, 1);
+    const array = type === 'bool' ? new Uint8Array(size) : new Float32Array(size);
+    return new ResidentTensor(this, -1, dims, type, array);
+  }
+
+  /** The js backend holds no WASM memory: both 0. */
+  stats(): MemoryStats {
+    return { reservedBytes: 0, usedBytes: 0 };
+  }
+
+  dispose(): void {
+    this.disposed = true;
+  }
+}

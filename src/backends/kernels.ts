@@ -1,0 +1,23 @@
+// The kernels' exports as TypeScript sees them: the signatures of assembly/index.ts, pointers as
+// byte offsets into the module's (imported) linear memory. Kept apart from the loader so that jobs,
+// the pool and the ops can name the kernels without importing the loader.
+export interface Kernels {
+  heap_base(): number;
+  f32_gemm(m: number, n: number, k: number, a: number, lda: number, b: number, ldb: number, transB: number, c: number, ldc: number, scratch: number): void;
+  f32_gemm_scratch_bytes(): number;
+  f32_softmax_rows(
+    x: number, ldx: number, y: number, ldy: number, rows: number, cols: number,
+    scale: number, cap: number, mask: number, maskKind: number, maskRowStride: number, causal: number, causalOffset: number,
+  ): void;
+  f32_attention(
+    q: number, ldq: number, k: number, ldk: number, v: number, ldv: number, out: number, ldo: number,
+    rows: number, seqKV: number, headDim: number, valueDim: number,
+    scale: number, cap: number, mask: number, maskKind: number, maskRowStride: number,
+    offset: number, left: number, right: number, rowStats: number, scratch: number,
+    weights: number, ldw: number,
+  ): void;
+  f32_attention_scratch_bytes(headDim: number, valueDim: number): number;
+  f32_exp(x: number): number;
+  copy_bytes(dst: number, src: number, bytes: number): void;
+  f32_flush_subnormals(x: number, n: number): void;
+}

@@ -1,0 +1,237 @@
+// The wasm backend: runs any op's plan on the kernels. A call stages its operands into the engine's
+// linear memory (in place when they are resident tensors, which it pins until the call settles),
+// has the op lay itself out as a job (the op's wasm.ts), runs the items on this thread or on the
+// pool (../pool/), lets the op read its result, and frees every temporary block, so nothing of a
+// call stays behind. Blocks that a retired crew of workers might still write are freed only once
+// those workers have exited.
+import type { Backend, Encoded, MemoryStats, Op, OpPlan, Operand, WasmBuild, WasmCall } from '../backend.js';
+import { AttentionError } from '../errors.js';
+import { HEADER } from '../job.js';
+import { WasmHeap } from '../memory/heap.js';
+import { type ResidentOwner, ResidentTensor, type ResidentType } from '../memory/resident.js';
+import { isNode } from '../platform.js';
+import { type Settled, WorkerPool } from '../pool/pool.js';
+import { runItem } from '../pool/protocol.js';
+import type { Kernels } from './kernels.js';
+import { compiledModule, instantiateKernels, sharedMemorySupported } from './wasm-module.js';
+
+/** One call's blocks and pins, and the WasmCall the op sees. */
+class Call implements WasmCall {
+  private readonly owned: number[] = [];
+  private readonly pinned: ResidentTensor[] = [];
+  constructor(private readonly backend: WasmBackend) {}
+
+  get f32(): Float32Array {
+    return this.backend.heap.f32;
+  }
+
+  get i32(): Int32Array {
+    return this.backend.heap.i32;
+  }
+
+  get u8(): Uint8Array {
+    return this.backend.heap.u8;
+  }
+
+  get kernels(): Kernels {
+    return this.backend.kernels;
+  }
+
+  alloc(bytes: number): number {
+    const ptr = this.backend.heap.alloc(bytes);
+    this.owned.push(ptr);
+    return ptr;
+  }
+
+  /** The address of a resident operand, pinned for the call. */
+  private residentAt(operand: Operand, name: string): number {
+    const tensor = operand.resident!;
+    if (tensor.released) throw new AttentionError('INVALID_TENSOR', `${name} belongs to a tensor that was released`, name);
+    tensor.pin();
+    this.pinned.push(tensor);
+    return tensor.ptr + operand.offset * (tensor.type === 'bool' ? 1 : 4);
+  }
+
+  stage(operand: Operand, name: string): number {
+    if (operand.resident) return this.residentAt(operand, name);
+    const data = operand.array;
+    const ptr = this.alloc(data.byteLength);
+    if (data instanceof Float32Array) this.f32.set(data, ptr >>> 2);
+    else this.u8.set(data, ptr);
+    return ptr;
+  }
+
+  output(out: Operand<Float32Array> | undefined, elements: number): number {
+    return out?.resident ? this.residentAt(out, 'options.out') : this.alloc(elements * 4);
+  }
+
+  collect(ptr: number, elements: number, out: Operand<Float32Array> | undefined): Float32Array {
+    if (out?.resident) {
+      const view = out.resident.data as Float32Array;
+      return out.offset === 0 && out.length === view.length ? view : view.subarray(out.offset, out.offset + out.length);
+    }
+    const view = this.f32.subarray(ptr >>> 2, (ptr >>> 2) + elements);
+    if (out) {
+      out.array.set(view);
+      return out.user ?? out.array;
+    }
+    return view.slice();
+  }
+
+  /** Frees the call's blocks and unpins its tensors, now or once `settled` resolves. */
+  close(settled: Settled): void {
+    const release = (): void => {
+      for (const ptr of this.owned) this.backend.heap.release(ptr);
+      for (const tensor of this.pinned) tensor.unpin();
+    };
+    if (settled) void settled.then(release);
+    else release();
+  }
+}
+
+export class WasmBackend implements Backend, ResidentOwner {
+  readonly name: WasmBuild;
+  readonly threads: number;
+  readonly heap: WasmHeap;
+  readonly pool: WorkerPool | undefined;
+  readonly kernels: Kernels;
+  private disposed = false;
+  /** Every view handed out by a resident tensor of this backend. */
+  private readonly views = new WeakMap<ArrayBufferView, ResidentTensor>();
+
+  constructor(build: WasmBuild, maxMemoryBytes: number, threads = 1, module: WebAssembly.Module = compiledModule(build)) {
+    this.name = build;
+    const maximum = Math.max(1, Math.floor(maxMemoryBytes / 65536));
+    const memory = new WebAssembly.Memory({ initial: Math.min(maximum, 32), maximum, shared: sharedMemorySupported() });
+    this.kernels = instantiateKernels(module, memory);
+    this.heap = new WasmHeap(memory, this.kernels.heap_base(), maximum * 65536);
+    this.pool = threads > 1 ? new WorkerPool(module, memory, threads) : undefined;
+    this.threads = threads;
+  }
+
+  live(): void {
+    if (this.disposed) throw new AttentionError('DISPOSED', 'this engine was disposed');
+  }
+
+  run<P extends OpPlan, R>(op: Op<P, R>, plan: P): R {
+    this.live();
+    const call = new Call(this);
+    let settled: Settled;
+    try {
+      const encoded = op.wasm.encode(plan, call);
+      settled = this.execute(encoded, plan.flops, call);
+      return op.wasm.finish(plan, call, encoded);
+    } catch (error) {
+      settled ??= (error as { settled?: Settled }).settled;
+      throw error;
+    } finally {
+      call.close(settled);
+    }
+  }
+
+  async runAsync<P extends OpPlan, R>(op: Op<P, R>, plan: P): Promise<R> {
+    this.live();
+    const call = new Call(this);
+    try {
+      const encoded = op.wasm.encode(plan, call);
+      const { job } = encoded;
+      if (job[HEADER.items] > 0) {
+        if (this.pool) {
+          this.layout(encoded, 1 + this.pool.threads, call);
+          await this.pool.runAsync(job);
+        } else {
+          this.runHere(encoded, call);
+        }
+      }
+      return op.wasm.finish(plan, call, encoded);
+    } finally {
+      call.close(undefined);
+    }
+  }
+
+  /** Scratch for each slot that may run items (slot 0 is the calling thread), and, on the pool, item flags. */
+  private layout(encoded: Encoded, slots: number, call: Call): void {
+    const { job } = encoded;
+    const perSlot = Math.ceil(Math.max(encoded.scratchBytes, 64) / 64) * 64;
+    job[HEADER.scratch] = call.alloc(perSlot * slots);
+    job[HEADER.scratchBytes] = perSlot;
+    if (slots > 1) {
+      job[HEADER.flags] = call.alloc(job[HEADER.items]);
+      this.heap.u8.fill(0, job[HEADER.flags], job[HEADER.flags] + job[HEADER.items]);
+    }
+  }
+
+  private runHere(encoded: Encoded, call: Call): void {
+    this.layout(encoded, 1, call);
+    const { job } = encoded;
+    const i32 = this.heap.i32;
+    for (let item = 0; item < job[HEADER.items]; item++) runItem(this.kernels, job, item, 0, i32);
+  }
+
+  /** Runs every item, on the pool when it is worth it (a browser's main thread may not block). */
+  private execute(encoded: Encoded, flops: number, call: Call): Settled {
+    const { job } = encoded;
+    if (job[HEADER.items] === 0) return undefined;
+    const pool = this.pool;
+    if (pool && isNode && pool.worthIt(flops, job[HEADER.items])) {
+      this.layout(encoded, 1 + pool.threads, call);
+      return pool.runSync(this.kernels, job);
+    }
+    this.runHere(encoded, call);
+    return undefined;
+  }
+
+  residentOf(view: ArrayBufferView, buffer: ArrayBufferLike, name: string): ResidentTensor | undefined {
+    const tensor = this.views.get(view);
+    if (tensor && !tensor.released) return tensor;
+    if (tensor || this.heap.isBuffer(buffer)) {
+      throw new AttentionError(
+        'INVALID_TENSOR',
+        `${name} is a view of this engine's memory that is not the data of a live tensor from engine.tensor() (released, or a part of one: pass the tensor itself)`,
+        name,
+      );
+    }
+    return undefined;
+  }
+
+  // ResidentOwner
+  buffer(): ArrayBufferLike {
+    return this.heap.memory.buffer;
+  }
+
+  register(view: ArrayBufferView, tensor: ResidentTensor): void {
+    this.views.set(view, tensor);
+  }
+
+  free(tensor: ResidentTensor): void {
+    if (!this.disposed) this.heap.release(tensor.ptr);
+  }
+
+  tensor(dims: readonly number[], type: ResidentType): ResidentTensor {
+    this.live();
+    const size = dims.reduce((a, b) => a * b, 1);
+    const bytes = type === 'bool' ? size : size * 4;
+    const ptr = this.heap.alloc(bytes);
+    this.heap.u8.fill(0, ptr, ptr + bytes);
+    return new ResidentTensor(this, ptr, dims, type);
+  }
+
+  stats(): MemoryStats {
+    return this.heap.stats();
+  }
+
+  /** Copies `bytes` inside linear memory with memory.copy (the bandwidth yardstick of the bench). */
+  copyBytes(dst: number, src: number, bytes: number): void {
+    this.kernels.copy_bytes(dst, src, bytes);
+  }
+
+  /** exp through the kernels' polynomial (for accuracy tests). */
+  exp(x: number): number {
+    return this.kernels.f32_exp(x);
+  }
+
+  dispose(): void {
+    this.disposed = true;
+    this.pool?.dispose();
+  }
+}

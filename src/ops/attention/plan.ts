@@ -1,0 +1,268 @@
+// Attention's plan: the call's arguments read once and checked into sizes, operands, element
+// strides and scalars that every backend executes the same way. Nothing here touches a kernel, so a
+// refused call leaves no trace.
+//
+//   q [B, Hq, Sq, Dk], k [B, Hkv, Skv, Dk], v [B, Hkv, Skv, Dv] -> out [B, Hq, Sq, Dv]
+//   out[b,h,i,:] = sum_j softmax_j(t[b,h,i,j]) · v[b, h/(Hq/Hkv), j, :]
+//   t = softcap(scale · q·k) + mask, -inf where causal or the window hides key j from query i
+//   (visible: i + offset - left <= j <= i + offset + right); a row that sees no key gives zeros.
+import type { Operand, OperandResolver, OpPlan } from '../../backend.js';
+import { AttentionError } from '../../errors.js';
+import {
+  type MaskView, type Tensor, type TensorLike, type TensorRead, checkBoolean, checkFinite, checkFloat32, checkMask, checkNoOverlap, checkOut, describe,
+  floatTensor, readOptions, readTensor, sizeOf,
+} from '../../tensor.js';
+
+/** Element strides of a [batch, head, row, column] tensor; columns are contiguous. */
+export interface HeadStrides {
+  batch: number;
+  head: number;
+  row: number;
+}
+
+/** Options of `engine.attention`. */
+export interface AttentionOptions {
+  /** Multiplies q·k before the softmax; default 1/sqrt(headDim). */
+  scale?: number;
+  /** c > 0: each scaled score s becomes c·tanh(s/c), before the mask. */
+  softcap?: number;
+  /** Query i sees key j only when j <= i (top-left aligned, as ONNX and PyTorch without a cache). */
+  causal?: boolean;
+  /** Broadcastable to [B, Hq, Sq, Skv]: Uint8Array (1 = may attend) or Float32Array (added to scores). */
+  mask?: TensorLike;
+  /**
+   * Sliding window (ONNX Attention-25's left/right window sizes): query i sees key j only when
+   * i - left <= j <= i + right (shifted like causal when a cache aligns queries bottom-right).
+   * Either side left out is unbounded; causal caps right at 0. Key blocks outside are skipped.
+   */
+  window?: { left?: number; right?: number };
+  /** Also return the attention weights softmax(scores) [B, Hq, Sq, Skv]: materialised, by request only. */
+  returnWeights?: boolean;
+  /** Also return log(sum_j exp(score_j)) per query row [B, Hq, Sq] (-Infinity where no key is seen). */
+  returnLogSumExp?: boolean;
+  /** Write the result here instead of allocating: a Float32Array, or a float32 tensor from engine.tensor(). */
+  out?: Float32Array | TensorLike<Float32Array>;
+}
+
+/** What attention returns: the output, and what was asked for besides. */
+export interface AttentionOutput extends Tensor {
+  /** With returnWeights: softmax of the scores, [B, Hq, Sq, Skv]. */
+  weights?: Tensor;
+  /** With returnLogSumExp: log(sum_j exp(score_j)) per query row, [B, Hq, Sq]. */
+  logSumExp?: Tensor;
+}
+
+export const ATTENTION_OPTION_KEYS = ['scale', 'softcap', 'causal', 'mask', 'window', 'returnWeights', 'returnLogSumExp', 'out'] as const;
+
+/** The mask of a plan: its operand, kind and strides over [B, Hq, Sq, Skv]. */
+export interface AttentionMask {
+  kind: MaskView['kind'];
+  operand: Operand;
+  at: HeadStrides;
+}
+
+export interface AttentionPlan extends OpPlan {
+  batch: number;
+  qHeads: number;
+  kvHeads: number;
+  seqQ: number;
+  seqKV: number;
+  headDim: number;
+  valueDim: number;
+  q: Operand<Float32Array>;
+  k: Operand<Float32Array>;
+  v: Operand<Float32Array>;
+  strides: { q: HeadStrides; k: HeadStrides; v: HeadStrides; out: HeadStrides };
+  scale: number;
+  /** 0 when off. */
+  softcap: number;
+  /** Row i sees keys i + offset - left ..= i + offset + right; a negative left/right is unbounded. */
+  offset: number;
+  left: number;
+  right: number;
+  mask: AttentionMask | undefined;
+  out: Operand<Float32Array> | undefined;
+  outDims: number[];
+  returnWeights: boolean;
+  returnLogSumExp: boolean;
+}
+
+/** The shape and layout part of a plan: what a caller with its own layout (KV cache, ONNX, layer) provides. */
+export interface AttentionLayout {
+  batch: number;
+  qHeads: number;
+  kvHeads: number;
+  seqQ: number;
+  seqKV: number;
+  headDim: number;
+  valueDim: number;
+  q: Operand<Float32Array>;
+  k: Operand<Float32Array>;
+  v: Operand<Float32Array>;
+  strides: { q: HeadStrides; k: HeadStrides; v: HeadStrides; out: HeadStrides };
+  outDims: number[];
+  offset: number;
+}
+
+/** Options as read from the caller (once), not yet checked. */
+export interface AttentionOptionsRead {
+  scale?: unknown;
+  softcap?: unknown;
+  causal?: unknown;
+  window?: { left?: unknown; right?: unknown };
+  mask?: TensorRead;
+  out?: unknown;
+  returnWeights?: unknown;
+  returnLogSumExp?: unknown;
+}
+
+/** Reads attention options once (getters run here and nowhere else); unknown keys are refused. */
+export function readAttentionOptions(options: unknown, name = 'options', keys: readonly string[] = ATTENTION_OPTION_KEYS): AttentionOptionsRead {
+  const raw = readOptions(options, name, keys) as Record<string, unknown>;
+  const read: AttentionOptionsRead = {
+    scale: raw.scale, softcap: raw.softcap, causal: raw.causal, out: raw.out,
+    returnWeights: raw.returnWeights, returnLogSumExp: raw.returnLogSumExp,
+  };
+  if (raw.window !== undefined) read.window = readOptions(raw.window, `${name}.window`, ['left', 'right']);
+  if (raw.mask !== undefined) read.mask = readTensor(raw.mask, `${name}.mask`, '{ data: Uint8Array | Float32Array, dims }');
+  return read;
+}
+
+/** One side of options.window checked: -1 when absent or wider than `span` (unbounded). */
+function windowSide(value: unknown, name: 'left' | 'right', span: number): number {
+  if (value === undefined) return -1;
+  if (typeof value !== 'number' || !Number.isInteger(value) || value < 0) {
+    throw new AttentionError('INVALID_OPTION', `options.window.${name} must be a non-negative integer, got ${describe(value)}`, `options.window.${name}`);
+  }
+  return value > span ? -1 : value;
+}
+
+/** Largest head (and value) dim: keeps the kernels' scratch and i32 arithmetic well inside range. */
+export const MAX_HEAD_DIM = 16384;
+/** Largest count of keys, query rows, heads or batches: the kernels index with i32. */
+export const MAX_EXTENT = 2 ** 31 - 1;
+
+export const packed = (heads: number, rows: number, cols: number): HeadStrides => ({ batch: heads * rows * cols, head: rows * cols, row: cols });
+
+function same(value: number, name: string, label: string, want: number, wantName: string): void {
+  if (value !== want) throw new AttentionError('SHAPE_MISMATCH', `${name} (${label}) is ${value} but ${wantName} is ${want}`, name);
+}
+
+/** Checks q [B,Hq,Sq,Dk], k [B,Hkv,Skv,Dk], v [B,Hkv,Skv,Dv] and the options; see AttentionOptions. */
+export function planAttention(q: unknown, k: unknown, v: unknown, options: unknown, resolver: OperandResolver): AttentionPlan {
+  // every read first (user code may run here), then every check
+  const qRead = readTensor(q, 'q');
+  const kRead = readTensor(k, 'k');
+  const vRead = readTensor(v, 'v');
+  const opts = readAttentionOptions(options);
+  const qc = floatTensor(qRead, resolver, 4);
+  const kc = floatTensor(kRead, resolver, 4);
+  const vc = floatTensor(vRead, resolver, 4);
+  const [batch, qHeads, seqQ, headDim] = qc.dims;
+  const [kBatch, kvHeads, seqKV, kHeadDim] = kc.dims;
+  const [vBatch, vHeads, vSeq, valueDim] = vc.dims;
+  same(kHeadDim, 'k.dims[3]', 'head dim', headDim, 'q.dims[3]');
+  same(kBatch, 'k.dims[0]', 'batch', batch, 'q.dims[0]');
+  same(vBatch, 'v.dims[0]', 'batch', batch, 'q.dims[0]');
+  same(vHeads, 'v.dims[1]', 'kv heads', kvHeads, 'k.dims[1]');
+  same(vSeq, 'v.dims[2]', 'kv length', seqKV, 'k.dims[2]');
+  if (kvHeads === 0 ? qHeads !== 0 : qHeads % kvHeads !== 0) {
+    throw new AttentionError('SHAPE_MISMATCH', `q.dims[1] (query heads) is ${qHeads}, not a multiple of k.dims[1] (kv heads) ${kvHeads}`, 'q.dims[1]');
+  }
+  const layout: AttentionLayout = {
+    batch, qHeads, kvHeads, seqQ, seqKV, headDim, valueDim, q: qc.operand, k: kc.operand, v: vc.operand,
+    strides: { q: packed(qHeads, seqQ, headDim), k: packed(kvHeads, seqKV, headDim), v: packed(kvHeads, seqKV, valueDim), out: packed(qHeads, seqQ, valueDim) },
+    outDims: [batch, qHeads, seqQ, valueDim],
+    offset: 0,
+  };
+  return finishAttentionPlan(layout, opts, resolver);
+}
+
+/** Checks read options against a layout whose tensors are already checked, into the plan. */
+export function finishAttentionPlan(layout: AttentionLayout, opts: AttentionOptionsRead, resolver: OperandResolver, name = 'options'): AttentionPlan {
+  const { batch, qHeads, kvHeads, seqQ, seqKV, headDim, valueDim } = layout;
+  if (Math.max(headDim, valueDim) > MAX_HEAD_DIM) {
+    throw new AttentionError('UNSUPPORTED', `head dim ${headDim} / value dim ${valueDim}: at most ${MAX_HEAD_DIM} is supported`, 'q.dims');
+  }
+  if (Math.max(batch, qHeads, seqQ, seqKV) > MAX_EXTENT || batch * qHeads * Math.max(seqQ, 1) > MAX_EXTENT) {
+    throw new AttentionError('UNSUPPORTED', `batch ${batch}, heads ${qHeads}, ${seqQ} query rows and ${seqKV} keys: each count, and batch·heads·rows, must stay below 2^31`, 'q.dims');
+  }
+  // the kernels take scale and softcap as float32: refuse values that float32 turns into 0 or infinity
+  const scale = checkFloat32(opts.scale, `${name}.scale`, headDim > 0 ? 1 / Math.sqrt(headDim) : 1);
+  const softcap = checkFinite(opts.softcap, `${name}.softcap`, 0);
+  if (opts.softcap !== undefined && !(Math.fround(softcap) > 0 && Number.isFinite(Math.fround(softcap)))) {
+    throw new AttentionError('INVALID_OPTION', `${name}.softcap must be > 0 and within float32 range (leave it out to turn softcapping off), got ${softcap}`, `${name}.softcap`);
+  }
+  const causal = checkBoolean(opts.causal, `${name}.causal`);
+  let left = -1;
+  let right = causal ? 0 : -1;
+  if (opts.window !== undefined) {
+    // a window wider than the whole sequence is no window (and keeps the kernels' i32 sums in range)
+    const span = seqQ + seqKV + Math.abs(layout.offset);
+    left = windowSide(opts.window.left, 'left', span);
+    if (!causal) right = windowSide(opts.window.right, 'right', span);
+    else windowSide(opts.window.right, 'right', span);
+  }
+  const returnWeights = checkBoolean(opts.returnWeights, `${name}.returnWeights`);
+  const returnLogSumExp = checkBoolean(opts.returnLogSumExp, `${name}.returnLogSumExp`);
+  const outSize = sizeOf(layout.outDims);
+  const out = checkOut(opts.out, outSize, resolver, `${name}.out`);
+  let mask: AttentionMask | undefined;
+  if (opts.mask !== undefined) {
+    const view = checkMask(opts.mask, [batch, qHeads, seqQ, seqKV], resolver, 'the scores [B, Hq, Sq, Skv]');
+    mask = { kind: view.kind, operand: view.operand, at: { batch: view.strides[0], head: view.strides[1], row: view.strides[2] } };
+  }
+  if (returnWeights) checkWeightsSize(batch * qHeads * seqQ * seqKV);
+  checkNoOverlap(out, [[layout.q, 'q.data'], [layout.k, 'k.data'], [layout.v, 'v.data'], [mask?.operand, `${name}.mask.data`]]);
+  const flops = 2 * batch * qHeads * seqQ * seqKV * (headDim + valueDim);
+  // built field by field: an object spread of this many fields costs microseconds, per call
+  const { q, k, v, strides, outDims, offset } = layout;
+  return {
+    flops, batch, qHeads, kvHeads, seqQ, seqKV, headDim, valueDim, q, k, v, strides, outDims, offset,
+    scale, softcap, left, right, mask, out, returnWeights, returnLogSumExp,
+  };
+}
+
+/** Largest weights matrix returnWeights gives: what one Float32Array (and WASM memory) can hold. */
+const MAX_WEIGHTS = 2 ** 30 - 16;
+
+const human = (bytes: number): string => {
+  const units = ['bytes', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB'];
+  let value = bytes;
+  let unit = 0;
+  while (value >= 1024 && unit < units.length - 1) [value, unit] = [value / 1024, unit + 1];
+  return `${value.toFixed(unit === 0 ? 0 : 1)} ${units[unit]}`;
+};
+
+/** Refuses, before any kernel runs, a weights matrix no array can hold. */
+function checkWeightsSize(elements: number): void {
+  if (elements > MAX_WEIGHTS) {
+    throw new AttentionError('OUT_OF_MEMORY', `returnWeights would materialise ${elements} weights (${human(4 * elements)}); at most ${human(4 * MAX_WEIGHTS)} fit`, 'options.returnWeights');
+  }
+}
+
+/** A part of an operand: `length` elements from element `start`. */
+export function sliceOperand<T extends Float32Array | Uint8Array>(operand: Operand<T>, start: number, length = operand.length - start): Operand<T> {
+  if (operand.resident) return { resident: operand.resident, offset: operand.offset + start, length };
+  return { array: operand.array.subarray(start, start + length) as T, offset: 0, length };
+}
+
+/**
+ * Batch b of an attention call on its own, for calls whose batches differ in key count or causal
+ * offset (a ragged KV cache, ONNX's nonpad_kv_seqlen): batch 1, the mask rows of b, and b's views of
+ * q, k, v (and out). Strides stay those of the whole tensors.
+ */
+export function batchSlice(plan: AttentionPlan, b: number, seqKV: number, offset: number, out: Operand<Float32Array>): AttentionPlan {
+  const { strides } = plan;
+  const mask = plan.mask && { ...plan.mask, operand: sliceOperand(plan.mask.operand, b * plan.mask.at.batch) };
+  return {
+    ...plan,
+    flops: plan.flops / Math.max(plan.batch, 1),
+    batch: 1, seqKV, offset, mask,
+    q: sliceOperand(plan.q, b * strides.q.batch, strides.q.batch),
+    k: sliceOperand(plan.k, b * strides.k.batch),
+    v: sliceOperand(plan.v, b * strides.v.batch),
+    out: sliceOperand(out, b * strides.out.batch, strides.out.batch),
+    outDims: [1, ...plan.outDims.slice(1)],
+  };
+}

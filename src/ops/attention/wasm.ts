@@ -1,0 +1,101 @@
+// Attention on the wasm kernels: lays a plan out as a job (job.ts) in WASM memory, and reads the
+// result back: the output, the log-sum-exp from the kernel's per-row [max, sum], the weights the
+// kernel wrote. Split-KV is decided by the shape alone, so every thread count computes the same bits.
+import type { Encoded, WasmCall, WasmOp } from '../../backend.js';
+import { HEADER } from '../../job.js';
+import { ATTENTION_JOB, ATTENTION_ROW_CHUNK, SPLIT_KV_CHUNK, SPLIT_KV_MAX_ROWS, SPLIT_KV_MIN_KEYS, mergeSplitKV } from './job.js';
+import type { AttentionOutput, AttentionPlan, HeadStrides } from './plan.js';
+
+const J = ATTENTION_JOB.at;
+export const MASK_KIND = { bool: 1, float: 2 } as const;
+
+/** Each tensor's strides sit in three consecutive job fields: batch, head, row. */
+function putStrides(job: Float64Array, at: number, strides: HeadStrides): void {
+  job[at] = strides.batch;
+  job[at + 1] = strides.head;
+  job[at + 2] = strides.row;
+}
+
+/** What encode laid out beyond the job: where the result is. */
+interface AttentionEncoded extends Encoded {
+  outPtr: number;
+  size: number;
+  splitKV: boolean;
+}
+
+export const attentionWasm: WasmOp<AttentionPlan, AttentionOutput> = {
+  layout: ATTENTION_JOB,
+
+  encode(plan: AttentionPlan, call: WasmCall): AttentionEncoded {
+    const job = ATTENTION_JOB.create();
+    const size = plan.batch * plan.qHeads * plan.seqQ * plan.valueDim;
+    const mask = plan.mask;
+    job[J.q] = call.stage(plan.q, 'q.data');
+    job[J.k] = call.stage(plan.k, 'k.data');
+    job[J.v] = call.stage(plan.v, 'v.data');
+    job[J.mask] = mask ? call.stage(mask.operand, 'options.mask.data') : 0;
+    const outPtr = call.output(plan.out, size);
+    job[J.out] = outPtr;
+    putStrides(job, J.qB, plan.strides.q);
+    putStrides(job, J.kB, plan.strides.k);
+    putStrides(job, J.vB, plan.strides.v);
+    putStrides(job, J.oB, plan.strides.out);
+    if (mask) putStrides(job, J.mB, mask.at);
+    job[J.qHeads] = plan.qHeads;
+    job[J.group] = plan.kvHeads === 0 ? 1 : plan.qHeads / plan.kvHeads;
+    job[J.seqQ] = plan.seqQ;
+    job[J.seqKV] = plan.seqKV;
+    job[J.headDim] = plan.headDim;
+    job[J.valueDim] = plan.valueDim;
+    job[J.scale] = plan.scale;
+    job[J.cap] = plan.softcap;
+    job[J.maskKind] = mask ? MASK_KIND[mask.kind] : 0;
+    job[J.maskBytes] = mask?.kind === 'bool' ? 1 : 4;
+    job[J.offset] = plan.offset;
+    job[J.left] = plan.left;
+    job[J.right] = plan.right;
+    job[J.rowChunk] = ATTENTION_ROW_CHUNK;
+    job[J.rowChunks] = Math.ceil(plan.seqQ / ATTENTION_ROW_CHUNK);
+    // weights need each row's final max and sum inside one item: no split-KV then
+    const splitKV = plan.seqQ <= SPLIT_KV_MAX_ROWS && plan.seqKV >= SPLIT_KV_MIN_KEYS && plan.valueDim > 0 && !plan.returnWeights;
+    job[J.kvChunk] = splitKV ? SPLIT_KV_CHUNK : plan.seqKV;
+    job[J.kvChunks] = splitKV ? Math.ceil(plan.seqKV / SPLIT_KV_CHUNK) : 1;
+    job[HEADER.items] = plan.batch * plan.qHeads * job[J.rowChunks] * job[J.kvChunks];
+    if (splitKV) {
+      const slots = plan.batch * plan.qHeads * job[J.kvChunks] * plan.seqQ;
+      job[J.partialOut] = call.alloc(slots * plan.valueDim * 4);
+      job[J.partialStats] = call.alloc(slots * 8);
+    }
+    const rows = plan.batch * plan.qHeads * plan.seqQ;
+    if (plan.returnLogSumExp) job[J.stats] = call.alloc(8 * rows);
+    if (plan.returnWeights) {
+      job[J.weights] = call.alloc(4 * rows * plan.seqKV);
+      // rows of a fully hidden query chunk are never visited by the kernel: start from zeros
+      call.u8.fill(0, job[J.weights], job[J.weights] + 4 * rows * plan.seqKV);
+    }
+    const scratchBytes = call.kernels.f32_attention_scratch_bytes(plan.headDim, plan.valueDim);
+    return { job, scratchBytes, outPtr, size, splitKV };
+  },
+
+  finish(plan: AttentionPlan, call: WasmCall, encoded: Encoded): AttentionOutput {
+    const { job, outPtr, size, splitKV } = encoded as AttentionEncoded;
+    if (splitKV) mergeSplitKV(job, call.f32);
+    const output: AttentionOutput = { data: call.collect(outPtr, size, plan.out), dims: plan.outDims };
+    const rows = plan.batch * plan.qHeads * plan.seqQ;
+    if (plan.returnLogSumExp) {
+      // log-sum-exp per row from the kernel's [max, sum] pairs
+      const f32 = call.f32;
+      const base = job[J.stats] >>> 2;
+      const lse = new Float32Array(rows);
+      for (let r = 0; r < rows; r++) {
+        const sum = f32[base + 2 * r + 1];
+        lse[r] = sum > 0 || Number.isNaN(sum) ? f32[base + 2 * r] + Math.log(sum) : -Infinity;
+      }
+      output.logSumExp = { data: lse, dims: [plan.batch, plan.qHeads, plan.seqQ] };
+    }
+    if (plan.returnWeights) {
+      output.weights = { data: call.collect(job[J.weights], rows * plan.seqKV, undefined), dims: [plan.batch, plan.qHeads, plan.seqQ, plan.seqKV] };
+    }
+    return output;
+  },
+};

@@ -1,0 +1,12 @@
+// Every op's item runner by op number: what a worker (or the calling thread) runs for an item of
+// any job. Adding an op adds a line here.
+import type { ItemRunner } from '../job.js';
+import { ATTENTION_JOB, runAttentionItem } from './attention/job.js';
+import { MATMUL_JOB, runMatmulItem } from './matmul/job.js';
+import { SOFTMAX_JOB, runSoftmaxItem } from './softmax/job.js';
+
+export const ITEM_RUNNERS: ReadonlyMap<number, ItemRunner> = new Map([
+  [ATTENTION_JOB.op, runAttentionItem],
+  [MATMUL_JOB.op, runMatmulItem],
+  [SOFTMAX_JOB.op, runSoftmaxItem],
+]);

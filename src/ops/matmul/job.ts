@@ -1,0 +1,33 @@
+// Matmul as a job (see ../../job.ts): an item is one (matrix, GEMM_M_CHUNK rows, GEMM_N_CHUNK
+// columns) block of c, computed by the f32_gemm kernel over the whole K.
+import type { Kernels } from '../../backends/kernels.js';
+import { type ItemRunner, jobLayout } from '../../job.js';
+
+export const MATMUL_JOB = jobLayout(2, ['m', 'n', 'k', 'a', 'b', 'c', 'transB', 'offsets', 'mChunk', 'nChunk', 'mChunks', 'nChunks'] as const);
+const J = MATMUL_JOB.at;
+
+export const GEMM_M_CHUNK = 128;
+export const GEMM_N_CHUNK = 256;
+
+/** Runs one matmul item; the per-matrix [a offset, b offset] pairs are i32s at job.offsets. */
+export const runMatmulItem: ItemRunner = (kernels: Kernels, job: Float64Array, item: number, scratch: number, i32: Int32Array): void => {
+  const nChunks = job[J.nChunks];
+  const mChunks = job[J.mChunks];
+  const nc = item % nChunks;
+  const rest = (item - nc) / nChunks;
+  const mc = rest % mChunks;
+  const matrix = (rest - mc) / mChunks;
+  const m = job[J.m], n = job[J.n], k = job[J.k];
+  const transB = job[J.transB];
+  const m0 = mc * job[J.mChunk];
+  const n0 = nc * job[J.nChunk];
+  const offsets = job[J.offsets] >>> 2;
+  const aOffset = i32[offsets + 2 * matrix];
+  const bOffset = i32[offsets + 2 * matrix + 1];
+  kernels.f32_gemm(
+    Math.min(job[J.mChunk], m - m0), Math.min(job[J.nChunk], n - n0), k,
+    job[J.a] + 4 * (aOffset + m0 * k), k,
+    job[J.b] + 4 * (bOffset + (transB ? n0 * k : n0)), transB ? k : n, transB,
+    job[J.c] + 4 * (matrix * m * n + m0 * n + n0), n, scratch,
+  );
+};

@@ -1,0 +1,36 @@
+// Matmul's float64 reference:  c[..., i, j] = sum_p a[..., i, p] · b[..., p, j], batch dims
+// broadcast (b as [..., N, K] with transposeB). Plain loops, float64.
+import type { TensorLike } from '../../tensor.js';
+import { type ReferenceTensor, broadcastAt } from '../reference-math.js';
+
+/** Batched matrix product in float64, batch dims broadcast; b as [..., N, K] with transposeB. */
+export function referenceMatmul(a: TensorLike, b: TensorLike, options: { transposeB?: boolean } = {}): ReferenceTensor {
+  const [M, K] = a.dims.slice(-2);
+  const N = options.transposeB ? b.dims[b.dims.length - 2] : b.dims[b.dims.length - 1];
+  const aBatch = a.dims.slice(0, -2);
+  const bBatch = b.dims.slice(0, -2);
+  const rank = Math.max(aBatch.length, bBatch.length);
+  const batch: number[] = [];
+  for (let d = 0; d < rank; d++) batch.push(Math.max(aBatch[aBatch.length - rank + d] ?? 1, bBatch[bBatch.length - rank + d] ?? 1));
+  const count = batch.reduce((x, y) => x * y, 1);
+  const out = new Float64Array(count * M * N);
+  for (let index = 0; index < count; index++) {
+    const batchIndex: number[] = [];
+    for (let d = rank - 1, rest = index; d >= 0; d--) {
+      batchIndex.unshift(rest % batch[d]);
+      rest = Math.floor(rest / batch[d]);
+    }
+    for (let i = 0; i < M; i++) {
+      for (let j = 0; j < N; j++) {
+        let dot = 0;
+        for (let p = 0; p < K; p++) {
+          const bIndex = options.transposeB ? [...batchIndex, j, p] : [...batchIndex, p, j];
+          dot += broadcastAt(a, [...batchIndex, i, p]) * broadcastAt(b, bIndex);
+        }
+        out[(index * M + i) * N + j] = dot;
+      }
+    }
+  }
+  return { data: out, dims: [...batch, M, N] };
+}
+

@@ -1,0 +1,50 @@
+// Matmul on the wasm kernels: a, b and the per-matrix offsets laid out in WASM memory as a job.
+import type { Encoded, WasmCall, WasmOp } from '../../backend.js';
+import { HEADER } from '../../job.js';
+import type { Tensor } from '../../tensor.js';
+import { GEMM_M_CHUNK, GEMM_N_CHUNK, MATMUL_JOB } from './job.js';
+import type { MatmulPlan } from './plan.js';
+
+const J = MATMUL_JOB.at;
+
+interface MatmulEncoded extends Encoded {
+  size: number;
+}
+
+export const matmulWasm: WasmOp<MatmulPlan, Tensor> = {
+  layout: MATMUL_JOB,
+
+  encode(plan: MatmulPlan, call: WasmCall): MatmulEncoded {
+    const { m, n, k } = plan;
+    const matrices = plan.aOffsets.length;
+    const job = MATMUL_JOB.create();
+    job[J.m] = m;
+    job[J.n] = n;
+    job[J.k] = k;
+    job[J.a] = call.stage(plan.a, 'a.data');
+    // the micro-kernel reads A in place: no subnormal may reach its multiplies (B is flushed as it
+    // is packed); a staged copy is flushed, a resident tensor is used as it is
+    if (!plan.a.resident) call.kernels.f32_flush_subnormals(job[J.a], plan.a.length);
+    job[J.b] = call.stage(plan.b, 'b.data');
+    const size = matrices * m * n;
+    job[J.c] = call.output(plan.out, size);
+    job[J.transB] = plan.transposeB ? 1 : 0;
+    job[J.offsets] = call.alloc(8 * matrices);
+    const i32 = call.i32;
+    const base = job[J.offsets] >>> 2;
+    for (let i = 0; i < matrices; i++) {
+      i32[base + 2 * i] = plan.aOffsets[i];
+      i32[base + 2 * i + 1] = plan.bOffsets[i];
+    }
+    job[J.mChunk] = GEMM_M_CHUNK;
+    job[J.nChunk] = GEMM_N_CHUNK;
+    job[J.mChunks] = Math.ceil(m / GEMM_M_CHUNK);
+    job[J.nChunks] = Math.ceil(n / GEMM_N_CHUNK);
+    job[HEADER.items] = matrices * job[J.mChunks] * job[J.nChunks];
+    return { job, scratchBytes: call.kernels.f32_gemm_scratch_bytes(), size };
+  },
+
+  finish(plan: MatmulPlan, call: WasmCall, encoded: Encoded): Tensor {
+    return { data: call.collect(encoded.job[J.c], (encoded as MatmulEncoded).size, plan.out), dims: plan.outDims };
+  },
+};
