@@ -17,7 +17,7 @@ export type BackendName = WasmBuild | 'js';
  */
 export type Operand<T extends Float32Array | Uint8Array = Float32Array | Uint8Array> =
   | { readonly array: T; readonly resident?: undefined; readonly offset: 0; readonly length: number; readonly user?: T }
-  | { readonly array?: undefined; readonly resident: ResidentTensor; readonly offset: number; readonly length: number };
+  | { readonly array?: undefined; readonly resident: ResidentTensor; readonly offset: number; readonly length: number; readonly user?: undefined };
 
 /**
  * The array a result is returned in: for an `out` the caller passed as an array, that very array
