@@ -1,9 +1,9 @@
 // engine.attention on every backend against the float64 reference: shapes around the kernel tiles
-// (4-row micro-tile, 32-row query blocks, 64-key blocks, 8-wide panels), odd head dims, GQA, causal,
-// masks of each kind and broadcast shape, softcap, scale, extreme scores, rows that see no key.
+// (4-row micro-tile, 32-row query blocks, 128-key blocks, 8-wide panels), odd head dims, GQA, causal,
+// masks of each kind and broadcast shape, softcap, scale, scores around ±1e4, rows that see no key.
 import { describe, expect, it } from 'vitest';
 import { referenceAttention } from '../src/reference.js';
-import { BACKENDS, engineFor, maxAbs, maxError, randomTensor, rng, tolerance } from './helpers.js';
+import { BACKENDS, EPS32, engineFor, maxAbs, maxError, randomTensor, rng, tolerance } from './helpers.js';
 import type { TensorLike } from '../src/index.js';
 
 interface Case {
@@ -57,7 +57,6 @@ cases.push(
   { name: 'scale 3', ...base, seqQ: 20, seqKV: 40, headDim: 16, valueDim: 16, scale: 3 },
   { name: 'softcap 2', ...base, seqQ: 20, seqKV: 70, headDim: 64, valueDim: 64, softcap: 2, magnitude: 2 },
   { name: 'softcap 30 causal', ...base, seqQ: 70, seqKV: 70, headDim: 32, valueDim: 32, softcap: 30, causal: true },
-  { name: 'extreme scores ~1e4', ...base, seqQ: 17, seqKV: 90, headDim: 16, valueDim: 16, magnitude: 50, scale: 1 },
   { name: 'causal Sq > Skv (top-left)', ...base, seqQ: 100, seqKV: 30, headDim: 16, valueDim: 16, causal: true },
   { name: 'causal Sq < Skv (top-left)', ...base, seqQ: 30, seqKV: 150, headDim: 16, valueDim: 16, causal: true },
   { name: 'bool mask [B,Hq,Sq,Skv]', batch: 2, qHeads: 2, kvHeads: 1, seqQ: 35, seqKV: 70, headDim: 16, valueDim: 16, mask: boolMask([2, 2, 35, 70]) },
@@ -89,8 +88,62 @@ function runCase(backend: (typeof BACKENDS)[number], c: Case, seed: number): voi
   expect(err).toBeLessThanOrEqual(tolerance.attention(c.headDim, c.seqKV, maxScore) * maxAbs(v.data));
 }
 
+/**
+ * q [1, 2, 17, 16] and k [1, 1, 150, 16] whose scores are about ±9600 (the sign alternates by query
+ * row) and differ by a few units between keys: q entries in [1, 2], k entries 400 ± 1, integers or not.
+ */
+function largeScoreInputs(integer: boolean) {
+  const random = rng(integer ? 51 : 52);
+  const draw = (lo: number, hi: number) => (integer ? lo + Math.floor(random() * (hi - lo + 1)) : lo + random() * (hi - lo));
+  const q = { data: new Float32Array(2 * 17 * 16), dims: [1, 2, 17, 16] };
+  const k = { data: new Float32Array(150 * 16), dims: [1, 1, 150, 16] };
+  for (let i = 0; i < q.data.length; i++) q.data[i] = (Math.floor(i / 16) % 2 === 0 ? 1 : -1) * draw(1, 2);
+  for (let i = 0; i < k.data.length; i++) k.data[i] = 400 + draw(-1, 1);
+  const v = randomTensor(random, [1, 1, 150, 16]);
+  // what the rounding of a score scales with: max over rows and keys of scale·Σ_d |q_d k_d| (scale 1)
+  let magnitude = 0;
+  for (let i = 0; i < 2 * 17; i++) {
+    for (let j = 0; j < 150; j++) {
+      let sum = 0;
+      for (let d = 0; d < 16; d++) sum += Math.abs(q.data[i * 16 + d] * k.data[j * 16 + d]);
+      magnitude = Math.max(magnitude, sum);
+    }
+  }
+  return { q, k, v, magnitude };
+}
+
 describe.each(BACKENDS)('attention on %s', (backend) => {
   it.each(cases.map((c, i) => [c.name, c, i] as const))('%s', (_name, c, i) => runCase(backend, c, 1000 + i));
+
+  // Scores of magnitude ~1e4 a few units apart, so each row spreads its weight over several keys.
+  // (This case used random inputs of magnitude 50: scores thousands apart, a one-hot result that any
+  // kernel finding the best key gets right, checked at 0.08·max|v| from the a-priori score bound
+  // headDim·50² = 4e4.)
+  // Integer q and k: every product and partial sum is an integer below 2^24, so each score is exact in
+  // float32 in any order of summation, fused or not, and scale 1 is exact. What depends on the magnitude
+  // S = max|score| is then a rounding of the score itself when a kernel scales it (by log2 e, say) and
+  // of the max the same way: each at most S·2^-24 (≈ 6e-4 at 1e4), so each exponent is off by at most
+  // δ = 2·S·2^-24 = S·EPS32. A numerator off by e^±δ and a normaliser off by e^±δ move each weight by
+  // at most p·(e^{2δ} - 1), and the output by (e^{2δ} - 1)·max|v|; the exp, the sum and P·V add the
+  // usual tolerance.attention(headDim, seqKV, 0)·max|v|. At 1e4: 2.4e-3·max|v|, not 0.08.
+  it('scores ~±1e4 exact in float32, a few units apart: within two roundings of a score', () => {
+    const { q, k, v, magnitude } = largeScoreInputs(true);
+    const y = engineFor(backend).attention(q, k, v, { scale: 1 });
+    const r = referenceAttention(q, k, v, { scale: 1 });
+    expect(Math.max(...r.weights)).toBeLessThan(0.99); // not one-hot
+    const bound = (tolerance.attention(16, 150, 0) + Math.expm1(2 * magnitude * EPS32)) * maxAbs(v.data);
+    expect(maxError(y.data, r.data)).toBeLessThanOrEqual(bound);
+  });
+
+  // Non-integer inputs: now the float32 dot product rounds too, by up to about (headDim + 1)·2^-24·S;
+  // the stated tolerance, with S the magnitude the scores have (not the a-priori headDim·magnitude²).
+  it('scores ~±1e4 from non-integer inputs, a few units apart: within the stated tolerance', () => {
+    const { q, k, v, magnitude } = largeScoreInputs(false);
+    const y = engineFor(backend).attention(q, k, v, { scale: 1 });
+    const r = referenceAttention(q, k, v, { scale: 1 });
+    expect(Math.max(...r.weights)).toBeLessThan(0.99);
+    expect(maxError(y.data, r.data)).toBeLessThanOrEqual(tolerance.attention(16, 150, magnitude) * maxAbs(v.data));
+  });
 
   it('returns zeros, not NaN, for rows that see no key', () => {
     const random = rng(7);

@@ -2,7 +2,7 @@
 // vectors, scale, masks of both kinds and broadcast shapes, causal, fully masked rows, big inputs.
 import { describe, expect, it } from 'vitest';
 import { referenceSoftmax } from '../src/reference.js';
-import { BACKENDS, engineFor, maxAbs, maxError, randomTensor, rng, tolerance } from './helpers.js';
+import { BACKENDS, EPS32, engineFor, maxAbs, maxError, randomTensor, rng, tolerance } from './helpers.js';
 
 describe.each(BACKENDS)('softmax on %s', (backend) => {
   const cases: Array<[string, number[], { scale?: number; causal?: boolean; mask?: 'bool' | 'float'; maskDims?: number[]; magnitude?: number }]> = [];
@@ -15,7 +15,6 @@ describe.each(BACKENDS)('softmax on %s', (backend) => {
     ['bool mask broadcast [cols]', [2, 6, 33], { mask: 'bool', maskDims: [33] }],
     ['bool mask [rows, 1]', [4, 6, 10], { mask: 'bool', maskDims: [6, 1] }],
     ['float mask [2, 1, 6, 33] with causal', [2, 3, 6, 33], { mask: 'float', maskDims: [2, 1, 6, 33], causal: true }],
-    ['inputs around 1e4', [4, 50], { magnitude: 1e4 }],
   );
   it.each(cases)('%s', (_name, dims, o) => {
     const random = rng(dims.reduce((a, b) => a * 31 + b, 5));
@@ -33,6 +32,36 @@ describe.each(BACKENDS)('softmax on %s', (backend) => {
     expect(actual.data.every(Number.isFinite)).toBe(true);
     const cols = dims[dims.length - 1];
     expect(maxError(actual.data, expected.data)).toBeLessThanOrEqual(tolerance.softmax(cols, maxAbs(x.data) * (o.scale ?? 1)));
+  });
+
+  // Inputs of magnitude 1e4 that differ by a few units within a row, so every row spreads its weight
+  // over several columns (with a wide spread the result is one-hot and any bug that finds the max
+  // passes). The bound follows from float32 rounding: the scaled input s = scale·x is rounded once,
+  // an error of at most S·2^-24 (S = max|s|, 1e4·2^-24 ≈ 6e-4 at 1e4); we allow one more rounding of
+  // that size (a kernel may also scale by log2 e, or round the max the same way), so each exponent is
+  // off by at most δ = 2·S·2^-24 = S·EPS32. Subtracting the row max is exact for every term that
+  // matters (Sterbenz: within a factor 2 of the max once S > 208; farther terms underflow to 0).
+  // A numerator off by a factor e^±δ and a sum off by another e^±δ move each weight by at most
+  // p·(e^{2δ} - 1) <= e^{2δ} - 1; the exp and the sum themselves add the usual tolerance.softmax(cols, 0).
+  // At 1e4 that is 2.4e-3; it was 16·EPS32·1e4 = 0.019 here, which passed 1% errors in every weight.
+  it.each([
+    ['scale 1', 1],
+    ['scale 0.7 (the scaling rounds)', 0.7],
+  ] as const)('inputs around ±1e4, a few units apart, %s', (_name, scale) => {
+    const random = rng(17);
+    const rows = 6;
+    const cols = 50;
+    const x = { data: new Float32Array(rows * cols), dims: [rows, cols] };
+    for (let r = 0; r < rows; r++) {
+      const center = [1e4, -1e4, 9999.5, -7777, 1e4, -1e4][r];
+      for (let j = 0; j < cols; j++) x.data[r * cols + j] = center + (random() * 12 - 6);
+    }
+    x.data[4 * cols + 7] = 1e4 + 300; // row 4: one column far above the rest (one-hot)
+    const actual = engineFor(backend).softmax(x, { scale });
+    const expected = referenceSoftmax(x, { scale });
+    expect(actual.data.every(Number.isFinite)).toBe(true);
+    const S = maxAbs(x.data) * scale;
+    expect(maxError(actual.data, expected.data)).toBeLessThanOrEqual(tolerance.softmax(cols, 0) + Math.expm1(2 * S * EPS32));
   });
 
   it('gives zeros for a fully masked row', () => {
