@@ -104,6 +104,29 @@ describe('faults', () => {
     engine.dispose();
   });
 
+  it('a stalled worker costs a respawn, never memory or correctness', async () => {
+    const engine = createEngineSync({ backend: 'wasm-simd', threads: 2 });
+    const one = createEngineSync({ backend: 'wasm-simd', threads: 1 });
+    const pool = (engine as unknown as { runtime: { pool: { stallMs: number; stallNext(slot: number, ms: number): void } } }).runtime.pool;
+    pool.stallMs = 150;
+    const random = rng(8);
+    const q = randomTensor(random, [1, 4, 256, 32]);
+    const expected = Array.from(one.attention(q, q, q).data);
+    let reserved = 0;
+    for (let round = 0; round < 4; round++) {
+      pool.stallNext(1, 2000); // worker 1 sleeps 2 s before its next item: far past stallMs
+      expect(Array.from(engine.attention(q, q, q).data)).toEqual(expected);
+      // the retired worker's blocks come back once it has exited
+      for (let wait = 0; wait < 100 && engine.stats().usedBytes > 0; wait++) await new Promise((r) => setTimeout(r, 20));
+      expect(engine.stats().usedBytes).toBe(0);
+      if (round === 0) reserved = engine.stats().reservedBytes;
+    }
+    expect(engine.stats().reservedBytes).toBe(reserved);
+    expect(Array.from((await engine.attentionAsync(q, q, q)).data)).toEqual(expected);
+    engine.dispose();
+    one.dispose();
+  });
+
   it('dispose rejects further calls and lets the process exit', () => {
     const script = `
       import { createEngineSync } from ${JSON.stringify(new URL('../dist/index.js', import.meta.url).href)};

@@ -169,7 +169,7 @@ function onnxMask(mask: OnnxRead, total: number, half: boolean): TensorRead {
   const last = dims[dims.length - 1];
   if (dims.length === 0 || last === total || last === 1) return { name: 'attn_mask', data: values, dims, resident: undefined };
   if (last > total) throw new AttentionError('SHAPE_MISMATCH', `attn_mask's last dim is ${last}, more than the ${total} keys`, `attn_mask.dims[${dims.length - 1}]`);
-  const rows = values.length / last;
+  const rows = sizeOf(dims.slice(0, -1));
   const padded = bool ? new Uint8Array(rows * total) : new Float32Array(rows * total).fill(-Infinity);
   for (let r = 0; r < rows; r++) padded.set(values.subarray(r * last, (r + 1) * last), r * total);
   return { name: 'attn_mask', data: padded, dims: [...dims.slice(0, -1), total], resident: undefined };
