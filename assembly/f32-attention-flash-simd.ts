@@ -10,6 +10,12 @@
 // k + j*ldk (headDim), v row j at v + j*ldv (valueDim), out row i at out + i*ldo (valueDim),
 // mask row i at mask + i*maskRowStride (u8 for bool, f32 for float). rowStats (optional, 0 = none)
 // receives [max_i, sum_i] per row, so log-sum-exp_i = max_i + log(sum_i) (sum 0: no visible key).
+// weights (optional, 0 = none) receives the attention weights themselves: row i at weights + i*ldw,
+//   w[i][j] = p[i][j] = exp(t[i][j] - max_i) / sum_i   for every 0 <= j < seqKV,
+// 0 where key j is hidden (causal, window, mask) and for a row that sees no key. The first pass leaves
+// each tile's scores t in the weights rows; once a row block's max and sum are final, one more pass
+// over those rows turns them into p in place (no second Q·Kᵀ). Callers that split the keys over
+// several calls (split-KV) cannot use it: each call normalises by its own keys only.
 //
 // For each block of ATT_BR query rows the kernel streams blocks of ATT_BC keys: it packs the key
 // block as Kᵀ panels, computes the ATT_BR x ATT_BC score tile with the GEMM micro-kernel, folds it
@@ -20,7 +26,7 @@
 
 import { gemm_tile, GEMM_MR } from './f32-gemm-tile';
 import { f32_pack_panels } from './f32-pack-panels-simd';
-import { scoreRow, expRow, scaleRow, MASK_BOOL } from './f32-softmax-scale-mask-simd';
+import { scoreRow, expRow, probRow, scaleRow, MASK_BOOL } from './f32-softmax-scale-mask-simd';
 import { exp1 } from './f32-vmath-simd';
 import { dotScores, addWeighted } from './f32-attention-rows-simd';
 import { f32_flush_subnormals } from './f32-flush-subnormals-simd';
@@ -39,12 +45,32 @@ export function f32_attention_scratch_bytes(headDim: i32, valueDim: i32): i32 {
   return 4 * (headDim * ATT_BC + ATT_BC * dvPad + ATT_BR * ATT_BC + ATT_BR * dvPad + 2 * ATT_BR + ATT_BR * headDim);
 }
 
+/** S[i][j] = qTile_i · k_j for i < br, j < bc (row i of S at sTile + i*ATT_BC; columns up to bc rounded
+ * up to 8 are written on the tile path). Tile path: K block packed as Kᵀ panels into kT, then the GEMM
+ * micro-kernel; row path: dotScores reads the K rows in place. */
+function scoreTile(rowPath: bool, qTileRows: usize, br: i32, kBlock: usize, ldk: i32, bc: i32, headDim: i32, kT: usize, sTile: usize): void {
+  if (rowPath) {
+    for (let i = 0; i < br; i++) dotScores(qTileRows + ((<usize>i * headDim) << 2), kBlock, ldk, bc, headDim, sTile + ((<usize>i * ATT_BC) << 2));
+    return;
+  }
+  const bcPad = roundUp8(bc);
+  f32_pack_panels(kBlock, ldk, true, headDim, bc, kT);
+  for (let i0 = 0; i0 < br; i0 += GEMM_MR) {
+    const qTile = qTileRows + ((<usize>i0 * headDim) << 2);
+    for (let p = 0; p < bcPad; p += 8) {
+      gemm_tile(min(GEMM_MR, br - i0), 8, headDim, qTile, headDim, kT + ((<usize>p * headDim) << 2),
+        sTile + ((<usize>i0 * ATT_BC + p) << 2), ATT_BC, false);
+    }
+  }
+}
+
 /** Attention of `rows` query rows over `seqKV` keys; see the file header for the exact contract. */
 export function f32_attention(
   q: usize, ldq: i32, k: usize, ldk: i32, v: usize, ldv: i32, out: usize, ldo: i32,
   rows: i32, seqKV: i32, headDim: i32, valueDim: i32,
   scale: f32, cap: f32, mask: usize, maskKind: i32, maskRowStride: i32,
   offset: i32, left: i32, right: i32, rowStats: usize, scratch: usize,
+  weights: usize, ldw: i32,
 ): void {
   const dvPad = roundUp8(valueDim);
   const kT = scratch;
@@ -80,19 +106,7 @@ export function f32_attention(
       const bc = min(ATT_BC, jhi - j0);
       const bcPad = roundUp8(bc);
       // S = Q·Kᵀ for this tile
-      const kBlock = k + ((<usize>j0 * ldk) << 2);
-      if (rowPath) {
-        for (let i = 0; i < br; i++) dotScores(qTileRows + ((<usize>i * headDim) << 2), kBlock, ldk, bc, headDim, sTile + ((<usize>i * ATT_BC) << 2));
-      } else {
-        f32_pack_panels(kBlock, ldk, true, headDim, bc, kT);
-        for (let i0 = 0; i0 < br; i0 += GEMM_MR) {
-          const qTile = qTileRows + ((<usize>i0 * headDim) << 2);
-          for (let p = 0; p < bcPad; p += 8) {
-            gemm_tile(min(GEMM_MR, br - i0), 8, headDim, qTile, headDim, kT + ((<usize>p * headDim) << 2),
-              sTile + ((<usize>i0 * ATT_BC + p) << 2), ATT_BC, false);
-          }
-        }
-      }
+      scoreTile(rowPath, qTileRows, br, k + ((<usize>j0 * ldk) << 2), ldk, bc, headDim, kT, sTile);
       // online softmax, row by row
       for (let i = 0; i < br; i++) {
         const r = q0 + i;
@@ -101,6 +115,7 @@ export function f32_attention(
         const sRow = sTile + ((<usize>i * ATT_BC) << 2);
         const maskRow = mask + ((<usize>r * maskRowStride + j0) << maskShift);
         const rowMax = scoreRow(sRow, sRow, bcPad, 1, cap, maskRow, maskKind, lo, hi);
+        if (weights != 0) memory.copy(weights + ((<usize>r * ldw + j0) << 2), sRow, (<usize>bc) << 2); // t, for the p pass
         const mOld = load<f32>(mRow + (<usize>i << 2));
         const mNew = max(mOld, rowMax);
         if (mNew == -Infinity) {
@@ -147,6 +162,21 @@ export function f32_attention(
         const statsAt = rowStats + ((<usize>(q0 + i)) << 3);
         store<f32>(statsAt, load<f32>(mRow + (<usize>i << 2)));
         store<f32>(statsAt, l, 4);
+      }
+    }
+    if (weights == 0) continue;
+    // p[i][j] = exp(t[i][j] - m_i) / l_i in place over the scores the first pass left in the weights
+    // rows, now that m_i and l_i are final; keys no row of the block sees are 0
+    for (let i = 0; i < br; i++) {
+      const wRow = weights + ((<usize>(q0 + i) * ldw) << 2);
+      const l = load<f32>(lRow + (<usize>i << 2));
+      if (l > 0 || l != l) { // then 0 <= jlo < jhi <= seqKV
+        memory.fill(wRow, 0, (<usize>jlo) << 2);
+        memory.fill(wRow + ((<usize>jhi) << 2), 0, (<usize>(seqKV - jhi)) << 2);
+        const wVisible = wRow + ((<usize>jlo) << 2);
+        probRow(wVisible, jhi - jlo, load<f32>(mRow + (<usize>i << 2)), 1.0 / l, wVisible);
+      } else {
+        memory.fill(wRow, 0, (<usize>seqKV) << 2);
       }
     }
   }

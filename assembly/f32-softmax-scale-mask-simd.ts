@@ -103,6 +103,21 @@ export function expRow(s: usize, n: i32, rowMax: f32): f32 {
   return sum;
 }
 
+/** dst[j] = exp(s[j] - rowMax) * invSum for j < n (dst may equal s; neither need be aligned). */
+export function probRow(s: usize, n: i32, rowMax: f32, invSum: f32, dst: usize): void {
+  const vm = f32x4.splat(rowMax);
+  const vinv = f32x4.splat(invSum);
+  let j = 0;
+  for (; j + 4 <= n; j += 4) {
+    const off = <usize>j << 2;
+    v128.store(dst + off, f32x4.mul(expNegv(f32x4.sub(v128.load(s + off), vm)), vinv));
+  }
+  for (; j < n; j++) {
+    const off = <usize>j << 2;
+    store<f32>(dst + off, exp1(load<f32>(s + off) - rowMax) * invSum);
+  }
+}
+
 /** s[j] *= factor for j < n. */
 export function scaleRow(s: usize, n: i32, factor: f32): void {
   const vf = f32x4.splat(factor);
