@@ -1,7 +1,7 @@
 // Tiled attention with an online softmax (FlashAttention-2 style) for one (batch, head) slice.
 //
 //   out[i] = sum_j p[i][j] v[j],  p[i] = softmax_j( t[i][j] ),
-//   t[i][j] = softcap((scale * q[i])·k[j]) + mask[i][j]   for visible j, -inf otherwise,
+//   t[i][j] = softcap(scale * (q[i]·k[j])) + mask[i][j]   for visible j, -inf otherwise,
 //   visible: i + offset - left <= j <= i + offset + right   (left/right < 0: unbounded on that side;
 //            causal is left = -1, right = 0), and 0 <= j < seqKV.
 //   A row with no visible key (or only -inf scores) gives out[i] = 0 (and sum 0 in rowStats).
@@ -27,9 +27,8 @@
 import { gemm_tile, GEMM_MR } from './f32-gemm-tile';
 import { f32_pack_panels } from './f32-pack-panels-simd';
 import { scoreRow, expRow, probRow, scaleRow, MASK_BOOL } from './f32-softmax-scale-mask-simd';
-import { exp1 } from './f32-vmath-simd';
+import { daz1, daz4, exp1, hmax } from './f32-vmath-simd';
 import { dotScores, addWeighted } from './f32-attention-rows-simd';
-import { f32_flush_subnormals } from './f32-flush-subnormals-simd';
 
 export const ATT_BR: i32 = 8 * GEMM_MR;
 export const ATT_BC: i32 = 128;
@@ -43,6 +42,32 @@ export const ATT_BC: i32 = 128;
 export function f32_attention_scratch_bytes(headDim: i32, valueDim: i32): i32 {
   const dvPad = roundUp8(valueDim);
   return 4 * (headDim * ATT_BC + ATT_BC * dvPad + ATT_BR * ATT_BC + ATT_BR * dvPad + 2 * ATT_BR + ATT_BR * headDim);
+}
+
+/** dst[d] = daz(scale * daz(src[d])) for d < n; returns whether some product overflowed to ±inf
+ * from a finite src[d] (a NaN or infinite q is left to propagate as it would). */
+function copyScaled(src: usize, dst: usize, n: i32, scale: f32): bool {
+  const vs = f32x4.splat(scale);
+  let inMax = f32x4.splat(0.0), outMax = f32x4.splat(0.0);
+  let d = 0;
+  for (; d + 4 <= n; d += 4) {
+    const off = <usize>d << 2;
+    const x = v128.load(src + off);
+    const y = daz4(f32x4.mul(daz4(x), vs));
+    v128.store(dst + off, y);
+    inMax = f32x4.pmax(inMax, f32x4.abs(x));
+    outMax = f32x4.pmax(outMax, f32x4.abs(y));
+  }
+  let inM = hmax(inMax), outM = hmax(outMax);
+  for (; d < n; d++) {
+    const off = <usize>d << 2;
+    const x = load<f32>(src + off);
+    const y = daz1(daz1(x) * scale);
+    store<f32>(dst + off, y);
+    inM = max(inM, abs(x));
+    outM = max(outM, abs(y));
+  }
+  return outM == Infinity && inM < Infinity;
 }
 
 /** S[i][j] = qTile_i · k_j for i < br, j < bc (row i of S at sTile + i*ATT_BC; columns up to bc rounded
@@ -86,14 +111,18 @@ export function f32_attention(
     const br = min(ATT_BR, rows - q0);
     const rowPath = br < GEMM_MR;
     memory.fill(oTile, 0, (<usize>br * dvPad) << 2);
-    // q block, scaled once here so the score pass needs no multiply: rows contiguous, headDim apart
+    // q block, rows contiguous headDim apart, subnormals flushed so no multiply below sees one. It is
+    // scaled here so the score pass needs no multiply, unless scale*q overflows somewhere in the block
+    // (scale > 1, |q| near the float32 limit): then q stays as it is and the scores are scaled instead,
+    // which is right whenever the scaled score itself fits.
+    let qOverflow = false;
     for (let i = 0; i < br; i++) {
-      const src = q + ((<usize>(q0 + i) * ldq) << 2);
-      const dst = qTileRows + ((<usize>i * headDim) << 2);
-      memory.copy(dst, src, (<usize>headDim) << 2);
-      scaleRow(dst, headDim, scale);
+      qOverflow = copyScaled(q + ((<usize>(q0 + i) * ldq) << 2), qTileRows + ((<usize>i * headDim) << 2), headDim, scale) || qOverflow;
     }
-    f32_flush_subnormals(qTileRows, br * headDim); // no multiply below sees a subnormal q
+    if (qOverflow) {
+      for (let i = 0; i < br; i++) copyScaled(q + ((<usize>(q0 + i) * ldq) << 2), qTileRows + ((<usize>i * headDim) << 2), headDim, 1);
+    }
+    const scoreScale: f32 = qOverflow ? scale : 1;
     for (let i = 0; i < br; i++) {
       store<f32>(mRow + (<usize>i << 2), -Infinity);
       store<f32>(lRow + (<usize>i << 2), 0);
@@ -114,7 +143,7 @@ export function f32_attention(
         const hi = right < 0 ? bc : min(bc, r + offset + right + 1 - j0);
         const sRow = sTile + ((<usize>i * ATT_BC) << 2);
         const maskRow = mask + ((<usize>r * maskRowStride + j0) << maskShift);
-        const rowMax = scoreRow(sRow, sRow, bcPad, 1, cap, maskRow, maskKind, lo, hi);
+        const rowMax = scoreRow(sRow, sRow, bcPad, scoreScale, cap, maskRow, maskKind, lo, hi);
         if (weights != 0) memory.copy(weights + ((<usize>r * ldw + j0) << 2), sRow, (<usize>bc) << 2); // t, for the p pass
         const mOld = load<f32>(mRow + (<usize>i << 2));
         const mNew = max(mOld, rowMax);
