@@ -7,6 +7,9 @@
 //   y[j] = exp(t[j] - max t) / sum_j exp(t[j] - max t),   and y = 0 when every t[j] is -inf.
 //
 // Two passes per row: scoreRow (transform + max) and expRow (exp + sum), then one scaling pass.
+// A row whose float32 scores overflow (scale*x or t + mask beyond the float32 range: max t = +inf, or
+// a NaN from inf - inf) is redone in float64, so the result is right whenever y is representable; the
+// common path pays one comparison per row for it.
 
 import { daz1, daz4, expNegv, exp1, hmax, hsum, softcapv, softcap1 } from './f32-vmath-simd';
 
@@ -143,12 +146,47 @@ export function f32_softmax_rows(
     const src = x + ((<usize>i * ldx) << 2);
     const dst = y + ((<usize>i * ldy) << 2);
     const hi = causal ? i + causalOffset + 1 : cols;
-    const rowMax = scoreRow(src, dst, cols, scale, cap, mask + ((<usize>i * maskRowStride) << maskShift), maskKind, 0, hi);
+    const maskRow = mask + ((<usize>i * maskRowStride) << maskShift);
+    const rowMax = scoreRow(src, dst, cols, scale, cap, maskRow, maskKind, 0, hi);
     if (rowMax == -Infinity) {
       memory.fill(dst, 0, (<usize>cols) << 2);
       continue;
     }
+    // t = +inf (scale*x or t + mask overflowed) or NaN (+inf + -inf mask): the float32 row cannot say
+    // which scores win, float64 can; a NaN in the input gives NaN either way
+    if (rowMax == Infinity) {
+      softmaxRow64(src, dst, cols, scale, cap, maskRow, maskKind, hi);
+      continue;
+    }
     const sum = expRow(dst, cols, rowMax);
+    if (sum != sum) {
+      softmaxRow64(src, dst, cols, scale, cap, maskRow, maskKind, hi);
+      continue;
+    }
     scaleRow(dst, cols, 1.0 / sum);
   }
+}
+
+/** One row of f32_softmax_rows in float64 (scalar, exact exp): the path for rows whose float32 scores
+ * overflow. Same transform as scoreRow: subnormal x read as 0, columns >= hi hidden. dst may equal src. */
+function softmaxRow64(src: usize, dst: usize, n: i32, scale: f32, cap: f32, mask: usize, maskKind: i32, hi: i32): void {
+  hi = max(0, min(hi, n));
+  let rowMax = -Infinity;
+  for (let j = 0; j < hi; j++) rowMax = max(rowMax, score64(src, j, scale, cap, mask, maskKind));
+  let sum = 0.0;
+  for (let j = 0; j < hi; j++) sum += Math.exp(score64(src, j, scale, cap, mask, maskKind) - rowMax);
+  for (let j = 0; j < n; j++) {
+    // dst[j] is written only after src[j] (and every column before it) has been read the last time
+    const p = j < hi ? Math.exp(score64(src, j, scale, cap, mask, maskKind) - rowMax) / sum : 0;
+    store<f32>(dst + (<usize>j << 2), rowMax == -Infinity ? 0 : <f32>p);
+  }
+}
+
+// @ts-ignore: decorator
+@inline function score64(src: usize, j: i32, scale: f32, cap: f32, mask: usize, maskKind: i32): f64 {
+  let t = <f64>daz1(load<f32>(src + (<usize>j << 2))) * <f64>scale;
+  if (cap > 0) t = <f64>cap * Math.tanh(t / <f64>cap);
+  if (maskKind == MASK_FLOAT) t += <f64>load<f32>(mask + (<usize>j << 2));
+  else if (maskKind == MASK_BOOL && load<u8>(mask + <usize>j) == 0) t = -Infinity;
+  return t;
 }
