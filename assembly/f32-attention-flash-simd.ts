@@ -143,7 +143,7 @@ export function f32_attention(
         const hi = right < 0 ? bc : min(bc, r + offset + right + 1 - j0);
         const sRow = sTile + ((<usize>i * ATT_BC) << 2);
         const maskRow = mask + ((<usize>r * maskRowStride + j0) << maskShift);
-        const rowMax = scoreRow(sRow, sRow, bcPad, scoreScale, cap, maskRow, maskKind, lo, hi);
+        const rowMax = scoreRow(sRow, sRow, bcPad, scoreScale, cap, maskRow, maskKind, lo, hi, true);
         if (weights != 0) memory.copy(weights + ((<usize>r * ldw + j0) << 2), sRow, (<usize>bc) << 2); // t, for the p pass
         const mOld = load<f32>(mRow + (<usize>i << 2));
         const mNew = max(mOld, rowMax);
