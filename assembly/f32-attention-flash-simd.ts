@@ -22,7 +22,16 @@
 // into the running max m, sum l and output accumulator o (rescaled only when m changes), and adds
 // P·V with the micro-kernel again. Key blocks that no row of the query block can see (causal or
 // window) are skipped. Blocks of fewer query rows than the micro-kernel's tile (decoding) take the
-// row path instead (f32-attention-rows-simd.ts), which reads K and V in place. Extra memory is the scratch, O(ATT_BR*ATT_BC + ATT_BC*(headDim + valueDim)).
+// row path instead (f32-attention-rows-simd.ts), which reads K and V in place. Extra memory is the
+// scratch, O(ATT_BR*ATT_BC + ATT_BC*(headDim + valueDim)).
+//
+// Range: q is scaled as it is copied into its block (so scores need no multiply), unless scale*q
+// overflows there; then the block's scores are scaled instead, right whenever scale*(q·k) fits.
+// P is kept as exp(t - m) * 2^-pShift with 2^pShift >= 2*seqKV (an exact power of two in the
+// exponent, cancelled in o / l and undone in rowStats): l <= 1/2 and every partial sum of o is at
+// most max|v|, so no finite v overflows the accumulator.
+// Subnormal q, k and v values are read as 0 on both paths (x86 is many times slower on them); the
+// inputs are not modified. Mask values are added as they are.
 
 import { gemm_tile, GEMM_MR } from './f32-gemm-tile';
 import { f32_pack_panels } from './f32-pack-panels-simd';
@@ -106,6 +115,10 @@ export function f32_attention(
   const lRow = mRow + ((<usize>ATT_BR) << 2);
   const qTileRows = lRow + ((<usize>ATT_BR) << 2);
   const maskShift: usize = maskKind == MASK_BOOL ? 0 : 2;
+  // p is kept as exp(t - m) * 2^-pShift with 2^pShift >= 2*seqKV, so the sums l and o stay below
+  // max|v| (no overflow for any finite v); the power of two cancels in o / l and is undone in rowStats
+  const pShift = 33 - clz(max(seqKV, 1));
+  const pUnshift: f32 = reinterpret<f32>((127 + pShift) << 23);
 
   for (let q0 = 0; q0 < rows; q0 += ATT_BR) {
     const br = min(ATT_BR, rows - q0);
@@ -151,7 +164,7 @@ export function f32_attention(
           memory.fill(sRow, 0, (<usize>bcPad) << 2);
           continue;
         }
-        const sum = expRow(sRow, bcPad, mNew);
+        const sum = expRow(sRow, bcPad, mNew, pShift);
         let l = load<f32>(lRow + (<usize>i << 2));
         if (mNew != mOld && mOld != -Infinity) {
           const alpha = exp1(mOld - mNew);
@@ -190,7 +203,7 @@ export function f32_attention(
       if (rowStats != 0) {
         const statsAt = rowStats + ((<usize>(q0 + i)) << 3);
         store<f32>(statsAt, load<f32>(mRow + (<usize>i << 2)));
-        store<f32>(statsAt, l, 4);
+        store<f32>(statsAt, l * pUnshift, 4);
       }
     }
     if (weights == 0) continue;
@@ -203,7 +216,7 @@ export function f32_attention(
         memory.fill(wRow, 0, (<usize>jlo) << 2);
         memory.fill(wRow + ((<usize>jhi) << 2), 0, (<usize>(seqKV - jhi)) << 2);
         const wVisible = wRow + ((<usize>jlo) << 2);
-        probRow(wVisible, jhi - jlo, load<f32>(mRow + (<usize>i << 2)), 1.0 / l, wVisible);
+        probRow(wVisible, jhi - jlo, load<f32>(mRow + (<usize>i << 2)), 1.0 / (l * pUnshift), wVisible);
       } else {
         memory.fill(wRow, 0, (<usize>seqKV) << 2);
       }

@@ -12,7 +12,7 @@
 // a NaN from inf - inf) is redone in float64, so the result is right whenever y is representable; the
 // common path pays one comparison per row for it.
 
-import { daz1, daz4, expNegv, exp1, hmax, hsum, softcapv, softcap1 } from './f32-vmath-simd';
+import { daz1, daz4, expNegv, expNegShiftedv, expShiftLow, exp1, hmax, hsum, softcapv, softcap1 } from './f32-vmath-simd';
 
 export const MASK_NONE: i32 = 0;
 export const MASK_BOOL: i32 = 1;
@@ -88,21 +88,23 @@ function nanOr(row: usize, lo: i32, hi: i32, rowMax: f32): f32 {
   return rowMax;
 }
 
-/** s[j] = exp(s[j] - rowMax) for j < n; returns the sum of the new values. */
-export function expRow(s: usize, n: i32, rowMax: f32): f32 {
+/** s[j] = exp(s[j] - rowMax) * 2^-shift for j < n (shift >= 0; values that would be subnormal are
+ * 0); returns the sum of the new values. */
+export function expRow(s: usize, n: i32, rowMax: f32, shift: i32): f32 {
   const vm = f32x4.splat(rowMax);
+  const xlo = f32x4.splat(expShiftLow(shift));
   let vsum = f32x4.splat(0.0);
   let j = 0;
   for (; j + 4 <= n; j += 4) {
     const off = <usize>j << 2;
-    const e = expNegv(f32x4.sub(v128.load(s + off), vm));
+    const e = expNegShiftedv(f32x4.sub(v128.load(s + off), vm), shift, xlo);
     v128.store(s + off, e);
     vsum = f32x4.add(vsum, e);
   }
   let sum = hsum(vsum);
   for (; j < n; j++) {
     const off = <usize>j << 2;
-    const e = exp1(load<f32>(s + off) - rowMax);
+    const e = f32x4.extract_lane(expNegShiftedv(f32x4.splat(load<f32>(s + off) - rowMax), shift, xlo), 0);
     store<f32>(s + off, e);
     sum += e;
   }
@@ -161,7 +163,7 @@ export function f32_softmax_rows(
       softmaxRow64(src, dst, cols, scale, cap, maskRow, maskKind, hi);
       continue;
     }
-    const sum = expRow(dst, cols, rowMax);
+    const sum = expRow(dst, cols, rowMax, 0);
     if (sum != sum) {
       softmaxRow64(src, dst, cols, scale, cap, maskRow, maskKind, hi);
       continue;

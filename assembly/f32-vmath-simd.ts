@@ -38,9 +38,10 @@
 // @ts-ignore: decorator
 @inline const P6: f32 = 0.0013836845755577087;
 
-/** 2^n * p(r) for x clamped to [EXP_LO, EXP_HI]: the shared body of expv and expNegv. */
+/** 2^(n - shift) * p(r) for x clamped to [EXP_LO, EXP_HI] (shifted: to [EXP_LO + shift*ln2, ...]):
+ * the shared body of expv, expNegv and expNegShiftedv. */
 // @ts-ignore: decorator
-@inline function expCore(xc: v128): v128 {
+@inline function expCore(xc: v128, shift: i32 = 0): v128 {
   const n = f32x4.nearest(f32x4.mul(xc, f32x4.splat(LOG2E)));
   let r = madd(n, f32x4.splat(-LN2_HI), xc);
   r = madd(n, f32x4.splat(-LN2_LO), r);
@@ -50,7 +51,7 @@
   p = madd(p, r, f32x4.splat(P2));
   p = madd(p, r, f32x4.splat(1.0));
   p = madd(p, r, f32x4.splat(1.0));
-  const pow2n = i32x4.shl(i32x4.add(i32x4.trunc_sat_f32x4_s(n), i32x4.splat(127)), 23);
+  const pow2n = i32x4.shl(i32x4.add(i32x4.trunc_sat_f32x4_s(n), i32x4.splat(127 - shift)), 23);
   return f32x4.mul(p, pow2n);
 }
 
@@ -66,6 +67,20 @@
 @inline export function expNegv(x: v128): v128 {
   const y = expCore(f32x4.pmax(x, f32x4.splat(EXP_LO)));
   return v128.bitselect(f32x4.splat(0.0), y, f32x4.lt(x, f32x4.splat(EXP_LO)));
+}
+
+/** exp(x) * 2^-shift exactly (the power of two goes into the exponent) for lanes x <= 0, shift >= 0;
+ * 0 below EXP_LO + shift*ln2, where the result would be subnormal. xlo = EXP_LO + shift*ln2, from expShiftLow. */
+// @ts-ignore: decorator
+@inline export function expNegShiftedv(x: v128, shift: i32, xlo: v128): v128 {
+  const y = expCore(f32x4.pmax(x, xlo), shift);
+  return v128.bitselect(f32x4.splat(0.0), y, f32x4.lt(x, xlo));
+}
+
+/** The threshold expNegShiftedv needs for this shift. */
+// @ts-ignore: decorator
+@inline export function expShiftLow(shift: i32): f32 {
+  return EXP_LO + <f32>shift * 0.6931471805599453;
 }
 
 // softcap(x) = c * tanh(x / c), with t = x / c (x * (1/c)):
