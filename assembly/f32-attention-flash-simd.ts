@@ -1,7 +1,7 @@
 // Tiled attention with an online softmax (FlashAttention-2 style) for one (batch, head) slice.
 //
 //   out[i] = sum_j p[i][j] v[j],  p[i] = softmax_j( t[i][j] ),
-//   t[i][j] = softcap((scale * q[i])·k[j]) + mask[i][j]   for visible j, -inf otherwise,
+//   t[i][j] = softcap(scale * (q[i]·k[j])) + mask[i][j]   for visible j, -inf otherwise,
 //   visible: i + offset - left <= j <= i + offset + right   (left/right < 0: unbounded on that side;
 //            causal is left = -1, right = 0), and 0 <= j < seqKV.
 //   A row with no visible key (or only -inf scores) gives out[i] = 0 (and sum 0 in rowStats).
@@ -10,20 +10,34 @@
 // k + j*ldk (headDim), v row j at v + j*ldv (valueDim), out row i at out + i*ldo (valueDim),
 // mask row i at mask + i*maskRowStride (u8 for bool, f32 for float). rowStats (optional, 0 = none)
 // receives [max_i, sum_i] per row, so log-sum-exp_i = max_i + log(sum_i) (sum 0: no visible key).
+// weights (optional, 0 = none) receives the attention weights themselves: row i at weights + i*ldw,
+//   w[i][j] = p[i][j] = exp(t[i][j] - max_i) / sum_i   for every 0 <= j < seqKV,
+// 0 where key j is hidden (causal, window, mask) and for a row that sees no key. The first pass leaves
+// each tile's scores t in the weights rows; once a row block's max and sum are final, one more pass
+// over those rows turns them into p in place (no second Q·Kᵀ). Callers that split the keys over
+// several calls (split-KV) cannot use it: each call normalises by its own keys only.
 //
 // For each block of ATT_BR query rows the kernel streams blocks of ATT_BC keys: it packs the key
 // block as Kᵀ panels, computes the ATT_BR x ATT_BC score tile with the GEMM micro-kernel, folds it
 // into the running max m, sum l and output accumulator o (rescaled only when m changes), and adds
 // P·V with the micro-kernel again. Key blocks that no row of the query block can see (causal or
 // window) are skipped. Blocks of fewer query rows than the micro-kernel's tile (decoding) take the
-// row path instead (f32-attention-rows-simd.ts), which reads K and V in place. Extra memory is the scratch, O(ATT_BR*ATT_BC + ATT_BC*(headDim + valueDim)).
+// row path instead (f32-attention-rows-simd.ts), which reads K and V in place. Extra memory is the
+// scratch, O(ATT_BR*ATT_BC + ATT_BC*(headDim + valueDim)).
+//
+// Range: q is scaled as it is copied into its block (so scores need no multiply), unless scale*q
+// overflows there; then the block's scores are scaled instead, right whenever scale*(q·k) fits.
+// P is kept as exp(t - m) * 2^-pShift with 2^pShift >= 2*seqKV (an exact power of two in the
+// exponent, cancelled in o / l and undone in rowStats): l <= 1/2 and every partial sum of o is at
+// most max|v|, so no finite v overflows the accumulator.
+// Subnormal q, k and v values are read as 0 on both paths (x86 is many times slower on them); the
+// inputs are not modified. Mask values are added as they are.
 
 import { gemm_tile, GEMM_MR } from './f32-gemm-tile';
 import { f32_pack_panels } from './f32-pack-panels-simd';
-import { scoreRow, expRow, scaleRow, MASK_BOOL } from './f32-softmax-scale-mask-simd';
-import { exp1 } from './f32-vmath-simd';
+import { scoreRow, expRow, probRow, scaleRow, MASK_BOOL } from './f32-softmax-scale-mask-simd';
+import { daz1, daz4, exp1, hmax } from './f32-vmath-simd';
 import { dotScores, addWeighted } from './f32-attention-rows-simd';
-import { f32_flush_subnormals } from './f32-flush-subnormals-simd';
 
 export const ATT_BR: i32 = 8 * GEMM_MR;
 export const ATT_BC: i32 = 128;
@@ -39,12 +53,58 @@ export function f32_attention_scratch_bytes(headDim: i32, valueDim: i32): i32 {
   return 4 * (headDim * ATT_BC + ATT_BC * dvPad + ATT_BR * ATT_BC + ATT_BR * dvPad + 2 * ATT_BR + ATT_BR * headDim);
 }
 
+/** dst[d] = daz(scale * daz(src[d])) for d < n; returns whether some product overflowed to ±inf
+ * from a finite src[d] (a NaN or infinite q is left to propagate as it would). */
+function copyScaled(src: usize, dst: usize, n: i32, scale: f32): bool {
+  const vs = f32x4.splat(scale);
+  let inMax = f32x4.splat(0.0), outMax = f32x4.splat(0.0);
+  let d = 0;
+  for (; d + 4 <= n; d += 4) {
+    const off = <usize>d << 2;
+    const x = v128.load(src + off);
+    const y = daz4(f32x4.mul(daz4(x), vs));
+    v128.store(dst + off, y);
+    inMax = f32x4.pmax(inMax, f32x4.abs(x));
+    outMax = f32x4.pmax(outMax, f32x4.abs(y));
+  }
+  let inM = hmax(inMax), outM = hmax(outMax);
+  for (; d < n; d++) {
+    const off = <usize>d << 2;
+    const x = load<f32>(src + off);
+    const y = daz1(daz1(x) * scale);
+    store<f32>(dst + off, y);
+    inM = max(inM, abs(x));
+    outM = max(outM, abs(y));
+  }
+  return outM == Infinity && inM < Infinity;
+}
+
+/** S[i][j] = qTile_i · k_j for i < br, j < bc (row i of S at sTile + i*ATT_BC; columns up to bc rounded
+ * up to 8 are written on the tile path). Tile path: K block packed as Kᵀ panels into kT, then the GEMM
+ * micro-kernel; row path: dotScores reads the K rows in place. */
+function scoreTile(rowPath: bool, qTileRows: usize, br: i32, kBlock: usize, ldk: i32, bc: i32, headDim: i32, kT: usize, sTile: usize): void {
+  if (rowPath) {
+    for (let i = 0; i < br; i++) dotScores(qTileRows + ((<usize>i * headDim) << 2), kBlock, ldk, bc, headDim, sTile + ((<usize>i * ATT_BC) << 2));
+    return;
+  }
+  const bcPad = roundUp8(bc);
+  f32_pack_panels(kBlock, ldk, true, headDim, bc, kT);
+  for (let i0 = 0; i0 < br; i0 += GEMM_MR) {
+    const qTile = qTileRows + ((<usize>i0 * headDim) << 2);
+    for (let p = 0; p < bcPad; p += 8) {
+      gemm_tile(min(GEMM_MR, br - i0), 8, headDim, qTile, headDim, kT + ((<usize>p * headDim) << 2),
+        sTile + ((<usize>i0 * ATT_BC + p) << 2), ATT_BC, false);
+    }
+  }
+}
+
 /** Attention of `rows` query rows over `seqKV` keys; see the file header for the exact contract. */
 export function f32_attention(
   q: usize, ldq: i32, k: usize, ldk: i32, v: usize, ldv: i32, out: usize, ldo: i32,
   rows: i32, seqKV: i32, headDim: i32, valueDim: i32,
   scale: f32, cap: f32, mask: usize, maskKind: i32, maskRowStride: i32,
   offset: i32, left: i32, right: i32, rowStats: usize, scratch: usize,
+  weights: usize, ldw: i32,
 ): void {
   const dvPad = roundUp8(valueDim);
   const kT = scratch;
@@ -55,19 +115,27 @@ export function f32_attention(
   const lRow = mRow + ((<usize>ATT_BR) << 2);
   const qTileRows = lRow + ((<usize>ATT_BR) << 2);
   const maskShift: usize = maskKind == MASK_BOOL ? 0 : 2;
+  // p is kept as exp(t - m) * 2^-pShift with 2^pShift >= 2*seqKV, so the sums l and o stay below
+  // max|v| (no overflow for any finite v); the power of two cancels in o / l and is undone in rowStats
+  const pShift = 33 - clz(max(seqKV, 1));
+  const pUnshift: f32 = reinterpret<f32>((127 + pShift) << 23);
 
   for (let q0 = 0; q0 < rows; q0 += ATT_BR) {
     const br = min(ATT_BR, rows - q0);
     const rowPath = br < GEMM_MR;
     memory.fill(oTile, 0, (<usize>br * dvPad) << 2);
-    // q block, scaled once here so the score pass needs no multiply: rows contiguous, headDim apart
+    // q block, rows contiguous headDim apart, subnormals flushed so no multiply below sees one. It is
+    // scaled here so the score pass needs no multiply, unless scale*q overflows somewhere in the block
+    // (scale > 1, |q| near the float32 limit): then q stays as it is and the scores are scaled instead,
+    // which is right whenever the scaled score itself fits.
+    let qOverflow = false;
     for (let i = 0; i < br; i++) {
-      const src = q + ((<usize>(q0 + i) * ldq) << 2);
-      const dst = qTileRows + ((<usize>i * headDim) << 2);
-      memory.copy(dst, src, (<usize>headDim) << 2);
-      scaleRow(dst, headDim, scale);
+      qOverflow = copyScaled(q + ((<usize>(q0 + i) * ldq) << 2), qTileRows + ((<usize>i * headDim) << 2), headDim, scale) || qOverflow;
     }
-    f32_flush_subnormals(qTileRows, br * headDim); // no multiply below sees a subnormal q
+    if (qOverflow) {
+      for (let i = 0; i < br; i++) copyScaled(q + ((<usize>(q0 + i) * ldq) << 2), qTileRows + ((<usize>i * headDim) << 2), headDim, 1);
+    }
+    const scoreScale: f32 = qOverflow ? scale : 1;
     for (let i = 0; i < br; i++) {
       store<f32>(mRow + (<usize>i << 2), -Infinity);
       store<f32>(lRow + (<usize>i << 2), 0);
@@ -80,19 +148,7 @@ export function f32_attention(
       const bc = min(ATT_BC, jhi - j0);
       const bcPad = roundUp8(bc);
       // S = Q·Kᵀ for this tile
-      const kBlock = k + ((<usize>j0 * ldk) << 2);
-      if (rowPath) {
-        for (let i = 0; i < br; i++) dotScores(qTileRows + ((<usize>i * headDim) << 2), kBlock, ldk, bc, headDim, sTile + ((<usize>i * ATT_BC) << 2));
-      } else {
-        f32_pack_panels(kBlock, ldk, true, headDim, bc, kT);
-        for (let i0 = 0; i0 < br; i0 += GEMM_MR) {
-          const qTile = qTileRows + ((<usize>i0 * headDim) << 2);
-          for (let p = 0; p < bcPad; p += 8) {
-            gemm_tile(min(GEMM_MR, br - i0), 8, headDim, qTile, headDim, kT + ((<usize>p * headDim) << 2),
-              sTile + ((<usize>i0 * ATT_BC + p) << 2), ATT_BC, false);
-          }
-        }
-      }
+      scoreTile(rowPath, qTileRows, br, k + ((<usize>j0 * ldk) << 2), ldk, bc, headDim, kT, sTile);
       // online softmax, row by row
       for (let i = 0; i < br; i++) {
         const r = q0 + i;
@@ -100,14 +156,15 @@ export function f32_attention(
         const hi = right < 0 ? bc : min(bc, r + offset + right + 1 - j0);
         const sRow = sTile + ((<usize>i * ATT_BC) << 2);
         const maskRow = mask + ((<usize>r * maskRowStride + j0) << maskShift);
-        const rowMax = scoreRow(sRow, sRow, bcPad, 1, cap, maskRow, maskKind, lo, hi);
+        const rowMax = scoreRow(sRow, sRow, bcPad, scoreScale, cap, maskRow, maskKind, lo, hi, true);
+        if (weights != 0) memory.copy(weights + ((<usize>r * ldw + j0) << 2), sRow, (<usize>bc) << 2); // t, for the p pass
         const mOld = load<f32>(mRow + (<usize>i << 2));
         const mNew = max(mOld, rowMax);
         if (mNew == -Infinity) {
           memory.fill(sRow, 0, (<usize>bcPad) << 2);
           continue;
         }
-        const sum = expRow(sRow, bcPad, mNew);
+        const sum = expRow(sRow, bcPad, mNew, pShift);
         let l = load<f32>(lRow + (<usize>i << 2));
         if (mNew != mOld && mOld != -Infinity) {
           const alpha = exp1(mOld - mNew);
@@ -146,7 +203,22 @@ export function f32_attention(
       if (rowStats != 0) {
         const statsAt = rowStats + ((<usize>(q0 + i)) << 3);
         store<f32>(statsAt, load<f32>(mRow + (<usize>i << 2)));
-        store<f32>(statsAt, l, 4);
+        store<f32>(statsAt, l * pUnshift, 4);
+      }
+    }
+    if (weights == 0) continue;
+    // p[i][j] = exp(t[i][j] - m_i) / l_i in place over the scores the first pass left in the weights
+    // rows, now that m_i and l_i are final; keys no row of the block sees are 0
+    for (let i = 0; i < br; i++) {
+      const wRow = weights + ((<usize>(q0 + i) * ldw) << 2);
+      const l = load<f32>(lRow + (<usize>i << 2));
+      if (l > 0 || l != l) { // then 0 <= jlo < jhi <= seqKV
+        memory.fill(wRow, 0, (<usize>jlo) << 2);
+        memory.fill(wRow + ((<usize>jhi) << 2), 0, (<usize>(seqKV - jhi)) << 2);
+        const wVisible = wRow + ((<usize>jlo) << 2);
+        probRow(wVisible, jhi - jlo, load<f32>(mRow + (<usize>i << 2)), 1.0 / (l * pUnshift), wVisible);
+      } else {
+        memory.fill(wRow, 0, (<usize>seqKV) << 2);
       }
     }
   }

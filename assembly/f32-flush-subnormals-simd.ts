@@ -1,8 +1,10 @@
 // x[i] = 0 where 0 < |x[i]| < 2^-126 (denormals-are-zero), in place, for n floats at x.
 // WebAssembly cannot switch the CPU's flush-to-zero modes, and x86 takes a slow microcode path for
 // every multiply that sees a subnormal operand (measured: attention on subnormal inputs ran 40x
-// slower). The attention kernel flushes its q block with this and reads K and V through daz4; matmul
-// inputs are flushed when staged. The change is below 2^-126 in absolute terms.
+// slower). The kernels no longer need it: attention flushes q as it copies its q block and reads K and
+// V through daz4, f32_gemm flushes B as it packs it and A as it reads it, softmax flushes x as it
+// transforms it. It stays exported for callers that want a flushed copy. The change is below 2^-126
+// in absolute terms.
 import { daz1, daz4 } from './f32-vmath-simd';
 
 /** Flushes subnormal floats to zero in place; see the file header. */

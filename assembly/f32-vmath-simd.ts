@@ -38,9 +38,10 @@
 // @ts-ignore: decorator
 @inline const P6: f32 = 0.0013836845755577087;
 
-/** 2^n * p(r) for x clamped to [EXP_LO, EXP_HI]: the shared body of expv and expNegv. */
+/** 2^(n - shift) * p(r) for x clamped to [EXP_LO, EXP_HI] (shifted: to [EXP_LO + shift*ln2, ...]):
+ * the shared body of expv, expNegv and expNegShiftedv. */
 // @ts-ignore: decorator
-@inline function expCore(xc: v128): v128 {
+@inline function expCore(xc: v128, shift: i32 = 0): v128 {
   const n = f32x4.nearest(f32x4.mul(xc, f32x4.splat(LOG2E)));
   let r = madd(n, f32x4.splat(-LN2_HI), xc);
   r = madd(n, f32x4.splat(-LN2_LO), r);
@@ -50,7 +51,7 @@
   p = madd(p, r, f32x4.splat(P2));
   p = madd(p, r, f32x4.splat(1.0));
   p = madd(p, r, f32x4.splat(1.0));
-  const pow2n = i32x4.shl(i32x4.add(i32x4.trunc_sat_f32x4_s(n), i32x4.splat(127)), 23);
+  const pow2n = i32x4.shl(i32x4.add(i32x4.trunc_sat_f32x4_s(n), i32x4.splat(127 - shift)), 23);
   return f32x4.mul(p, pow2n);
 }
 
@@ -68,13 +69,69 @@
   return v128.bitselect(f32x4.splat(0.0), y, f32x4.lt(x, f32x4.splat(EXP_LO)));
 }
 
-/** c * tanh(x / c) on four lanes (the softcap), via tanh(t) = 1 - 2 / (exp(2t) + 1).
- * Absolute error about 1e-7 * c, which is what the softmax that follows sees. */
+/** exp(x) * 2^-shift exactly (the power of two goes into the exponent) for lanes x <= 0, shift >= 0;
+ * 0 below EXP_LO + shift*ln2, where the result would be subnormal. xlo = EXP_LO + shift*ln2, from expShiftLow. */
+// @ts-ignore: decorator
+@inline export function expNegShiftedv(x: v128, shift: i32, xlo: v128): v128 {
+  const y = expCore(f32x4.pmax(x, xlo), shift);
+  return v128.bitselect(f32x4.splat(0.0), y, f32x4.lt(x, xlo));
+}
+
+/** The threshold expNegShiftedv needs for this shift. */
+// @ts-ignore: decorator
+@inline export function expShiftLow(shift: i32): f32 {
+  return EXP_LO + <f32>shift * 0.6931471805599453;
+}
+
+// softcap(x) = c * tanh(x / c), with t = x / c (x * (1/c)):
+//   |t| <  TANH_SMALL:  x * P(t^2),  P(u) = 1 + u*(T1 + u*(T2 + ... + u*T5)) ~ tanh(t)/t, fitted by us
+//                       (weighted least squares on the relative error, Chebyshev nodes in t on
+//                       [0, TANH_SMALL]): relative error 1e-9 before float32 rounding. Multiplying x
+//                       rather than c*t keeps it exact-ish for any c, even when t underflows.
+//   |t| >= TANH_SMALL:  c * (1 - 2 / (exp(2t) + 1)): tanh(t) >= 0.5 there, so the subtraction loses
+//                       at most one bit; exp(2t) = inf gives c, exp(2t) = 0 gives -c.
+// Relative error a few float32 ulp for every c > 0 in the normal float32 range.
+// @ts-ignore: decorator
+@inline const TANH_SMALL: f32 = 0.5493;
+// @ts-ignore: decorator
+@inline const T1: f32 = -0.33333316445350647;
+// @ts-ignore: decorator
+@inline const T2: f32 = 0.13332583010196686;
+// @ts-ignore: decorator
+@inline const T3: f32 = -0.053852252662181854;
+// @ts-ignore: decorator
+@inline const T4: f32 = 0.02107212319970131;
+// @ts-ignore: decorator
+@inline const T5: f32 = -0.006275625433772802;
+
+/** c * tanh(x / c) on four lanes (the softcap), with invCap = 1/c; see above. NaN stays NaN.
+ * Only the branches some lane needs are evaluated (typical scores are far below c: all lanes small). */
 // @ts-ignore: decorator
 @inline export function softcapv(x: v128, cap: f32, invCap: f32): v128 {
-  const e = expv(f32x4.mul(x, f32x4.splat(2.0 * invCap)));
-  const t = f32x4.sub(f32x4.splat(1.0), f32x4.div(f32x4.splat(2.0), f32x4.add(e, f32x4.splat(1.0))));
-  return f32x4.mul(t, f32x4.splat(cap));
+  const t = f32x4.mul(x, f32x4.splat(invCap));
+  const isSmall = f32x4.lt(f32x4.abs(t), f32x4.splat(TANH_SMALL));
+  if (!v128.any_true(isSmall)) return softcapLarge(t, cap);
+  const small = softcapSmall(x, t);
+  if (i32x4.all_true(isSmall)) return small;
+  return v128.bitselect(small, softcapLarge(t, cap), isSmall);
+}
+
+/** x * P(t^2) = x + x*u*(T1 + u*(T2 + ...)): the softcap for |t| < TANH_SMALL. */
+// @ts-ignore: decorator
+@inline function softcapSmall(x: v128, t: v128): v128 {
+  const u = f32x4.mul(t, t);
+  let p = madd(f32x4.splat(T5), u, f32x4.splat(T4));
+  p = madd(p, u, f32x4.splat(T3));
+  p = madd(p, u, f32x4.splat(T2));
+  p = madd(p, u, f32x4.splat(T1));
+  return madd(f32x4.mul(x, u), p, x);
+}
+
+/** c * (1 - 2 / (exp(2t) + 1)): the softcap for |t| >= TANH_SMALL. */
+// @ts-ignore: decorator
+@inline function softcapLarge(t: v128, cap: f32): v128 {
+  const e = expv(f32x4.add(t, t));
+  return f32x4.mul(f32x4.sub(f32x4.splat(1.0), f32x4.div(f32x4.splat(2.0), f32x4.add(e, f32x4.splat(1.0)))), f32x4.splat(cap));
 }
 
 /** Scalar softcap with the same formula as the vector one. */
