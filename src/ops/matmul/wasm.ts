@@ -21,10 +21,8 @@ export const matmulWasm: WasmOp<MatmulPlan, Tensor> = {
     job[J.m] = m;
     job[J.n] = n;
     job[J.k] = k;
+    // f32_gemm reads subnormals of A and B as zero itself, wherever they live
     job[J.a] = call.stage(plan.a, 'a.data');
-    // the micro-kernel reads A in place: no subnormal may reach its multiplies (B is flushed as it
-    // is packed); a staged copy is flushed, a resident tensor is used as it is
-    if (!plan.a.resident) call.kernels.f32_flush_subnormals(job[J.a], plan.a.length);
     job[J.b] = call.stage(plan.b, 'b.data');
     const size = matrices * m * n;
     job[J.c] = call.output(plan.out, size);
