@@ -20,4 +20,3 @@ export function copy_bytes(dst: usize, src: usize, bytes: usize): void {
   memory.copy(dst, src, bytes);
 }
 
-export { f32_flush_subnormals } from './f32-flush-subnormals-simd';

@@ -19,5 +19,4 @@ export interface Kernels {
   f32_attention_scratch_bytes(headDim: number, valueDim: number): number;
   f32_exp(x: number): number;
   copy_bytes(dst: number, src: number, bytes: number): void;
-  f32_flush_subnormals(x: number, n: number): void;
 }
