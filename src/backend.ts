@@ -39,6 +39,8 @@ export interface OperandResolver {
 export interface OpPlan {
   /** Floating-point operations of the call (decides whether it is worth the thread pool). */
   readonly flops: number;
+  /** Where the caller asked the result to go. */
+  readonly out?: Operand<Float32Array>;
 }
 
 /** A call being laid out in WASM memory: the wasm backend hands one to `WasmOp.encode`. */
@@ -76,9 +78,11 @@ export interface WasmOp<P extends OpPlan, R> {
 /** What the js implementation gets: the current array behind an operand. */
 export type ArrayOf = <T extends Float32Array | Uint8Array>(operand: Operand<T>) => T;
 
-/** One op: a name, and its implementation on each backend. */
+/** One op: a name, its inputs, and its implementation on each backend. */
 export interface Op<P extends OpPlan, R> {
   readonly name: string;
+  /** The operands the op reads (not `out`): what an async call snapshots while it waits its turn. */
+  inputs(plan: P): ReadonlyArray<Operand | undefined>;
   js(plan: P, arrayOf: ArrayOf): R;
   readonly wasm: WasmOp<P, R>;
 }

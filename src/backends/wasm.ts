@@ -19,6 +19,8 @@ import { compiledModule, instantiateKernels, sharedMemorySupported } from './was
 class Call implements WasmCall {
   private readonly owned: number[] = [];
   private readonly pinned: ResidentTensor[] = [];
+  /** Copies of array operands taken when an async call was made, staged when it runs. */
+  snapshots: Map<Operand, Float32Array | Uint8Array> | undefined;
   constructor(private readonly backend: WasmBackend) {}
 
   get f32(): Float32Array {
@@ -43,18 +45,23 @@ class Call implements WasmCall {
     return ptr;
   }
 
+  /** Keeps `tensor` allocated until the call is closed. */
+  pin(tensor: ResidentTensor): void {
+    tensor.pin();
+    this.pinned.push(tensor);
+  }
+
   /** The address of a resident operand, pinned for the call. */
   private residentAt(operand: Operand, name: string): number {
     const tensor = operand.resident!;
-    if (tensor.released) throw new AttentionError('INVALID_TENSOR', `${name} belongs to a tensor that was released`, name);
-    tensor.pin();
-    this.pinned.push(tensor);
+    if (tensor.released && !this.pinned.includes(tensor)) throw new AttentionError('INVALID_TENSOR', `${name} belongs to a tensor that was released`, name);
+    this.pin(tensor);
     return tensor.ptr + operand.offset * (tensor.type === 'bool' ? 1 : 4);
   }
 
   stage(operand: Operand, name: string): number {
     if (operand.resident) return this.residentAt(operand, name);
-    const data = operand.array;
+    const data = this.snapshots?.get(operand) ?? operand.array;
     const ptr = this.alloc(data.byteLength);
     if (data instanceof Float32Array) this.f32.set(data, ptr >>> 2);
     else this.u8.set(data, ptr);
@@ -67,7 +74,7 @@ class Call implements WasmCall {
 
   collect(ptr: number, elements: number, out: Operand<Float32Array> | undefined): Float32Array {
     if (out?.resident) {
-      const view = out.resident.data as Float32Array;
+      const view = out.resident.view() as Float32Array;
       return out.offset === 0 && out.length === view.length ? view : view.subarray(out.offset, out.offset + out.length);
     }
     const view = this.f32.subarray(ptr >>> 2, (ptr >>> 2) + elements);
@@ -96,6 +103,9 @@ export class WasmBackend implements Backend, ResidentOwner {
   readonly pool: WorkerPool | undefined;
   readonly kernels: Kernels;
   private disposed = false;
+  /** Async calls made and not settled, and the promise the next one waits for. */
+  private asyncPending = 0;
+  private asyncTail: Promise<void> = Promise.resolve();
   /** Every view handed out by a resident tensor of this backend. */
   private readonly views = new WeakMap<ArrayBufferView, ResidentTensor>();
 
@@ -129,10 +139,29 @@ export class WasmBackend implements Backend, ResidentOwner {
     }
   }
 
+  /**
+   * run() with the items on the workers. Async calls take turns: a call stages its inputs into WASM
+   * memory only when its turn comes, so a burst of calls needs the memory of the running call, not of
+   * all of them. A call that has to wait copies its array inputs (in JS memory) when it is made, so
+   * the caller may reuse them at once, and pins its resident tensors until it settles.
+   */
   async runAsync<P extends OpPlan, R>(op: Op<P, R>, plan: P): Promise<R> {
     this.live();
     const call = new Call(this);
+    const wait = this.asyncPending > 0;
+    for (const operand of [...op.inputs(plan), plan.out]) {
+      if (operand?.resident) call.pin(operand.resident);
+      else if (operand?.array && wait && operand !== plan.out) (call.snapshots ??= new Map()).set(operand, operand.array.slice());
+    }
+    this.asyncPending++;
+    const previous = this.asyncTail;
+    let next!: () => void;
+    this.asyncTail = new Promise<void>((resolve) => (next = resolve));
     try {
+      if (wait) {
+        await previous;
+        this.live();
+      }
       const encoded = op.wasm.encode(plan, call);
       const { job } = encoded;
       if (job[HEADER.items] > 0) {
@@ -146,6 +175,8 @@ export class WasmBackend implements Backend, ResidentOwner {
       return op.wasm.finish(plan, call, encoded);
     } finally {
       call.close(undefined);
+      this.asyncPending--;
+      next();
     }
   }
 

@@ -54,6 +54,12 @@ export class ResidentTensor {
   /** A view of the tensor's data, valid until memory grows (read `data` again after any op). */
   get data(): Float32Array | Uint8Array {
     if (this.state !== 'live') throw new AttentionError('DISPOSED', 'this tensor was released');
+    return this.view();
+  }
+
+  /** @internal the data while a call still pins the tensor, released or not */
+  view(): Float32Array | Uint8Array {
+    if (this.state === 'released') throw new AttentionError('DISPOSED', 'this tensor was released');
     const buffer = this.owner.buffer();
     if (buffer && this.array?.buffer !== buffer) {
       this.array = this.type === 'bool' ? new Uint8Array(buffer, this.ptr, this.length) : new Float32Array(buffer, this.ptr, this.length);

@@ -7,4 +7,9 @@ import { attentionJs } from './js.js';
 import type { AttentionOutput, AttentionPlan } from './plan.js';
 import { attentionWasm } from './wasm.js';
 
-export const attentionOp: Op<AttentionPlan, AttentionOutput> = { name: 'attention', js: attentionJs, wasm: attentionWasm };
+export const attentionOp: Op<AttentionPlan, AttentionOutput> = {
+  name: 'attention',
+  inputs: (plan) => [plan.q, plan.k, plan.v, plan.mask?.operand],
+  js: attentionJs,
+  wasm: attentionWasm,
+};

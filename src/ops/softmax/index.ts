@@ -6,4 +6,4 @@ import { softmaxJs } from './js.js';
 import type { SoftmaxPlan } from './plan.js';
 import { softmaxWasm } from './wasm.js';
 
-export const softmaxOp: Op<SoftmaxPlan, Tensor> = { name: 'softmax', js: softmaxJs, wasm: softmaxWasm };
+export const softmaxOp: Op<SoftmaxPlan, Tensor> = { name: 'softmax', inputs: (plan) => [plan.x, plan.mask?.operand], js: softmaxJs, wasm: softmaxWasm };
