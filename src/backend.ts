@@ -91,6 +91,8 @@ export interface Op<P extends OpPlan, R> {
 export interface MemoryStats {
   reservedBytes: number;
   usedBytes: number;
+  /** What runs other than asked (workers that could not start), when anything does. */
+  warnings?: string[];
 }
 
 /** A backend: runs any op's plan, owns resident memory. */

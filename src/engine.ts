@@ -3,7 +3,7 @@
 // any op the same way. Both produce the same numbers within float32 rounding; the float64
 // reference (src/reference.ts) is the oracle for both. Features built on the ops (KV cache, the
 // multi-head layer, the ONNX entry point) get the backend, never the engine.
-import type { Backend, BackendName, WasmBuild } from './backend.js';
+import type { Backend, BackendName, MemoryStats, WasmBuild } from './backend.js';
 import { JsBackend } from './backends/js.js';
 import { WasmBackend } from './backends/wasm.js';
 import { WASM_BUILDS, bestBuild, buildSupported, buildsLoaded, compiledModule, loadBuilds, sharedMemorySupported } from './backends/wasm-module.js';
@@ -191,8 +191,12 @@ export class Engine {
     return new KVCache(this.live(), options);
   }
 
-  /** Bytes of WASM memory reserved and in use (both 0 on the js backend). */
-  stats(): { reservedBytes: number; usedBytes: number } {
+  /**
+   * Bytes of WASM memory reserved and in use (both 0 on the js backend), and `warnings` when
+   * something runs other than asked (worker threads that could not start: calls then run on the
+   * calling thread).
+   */
+  stats(): MemoryStats {
     return this.live().stats();
   }
 

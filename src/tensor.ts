@@ -40,8 +40,9 @@ export const typedArrayName = (x: unknown): string | undefined =>
 /** A plain view of exactly the elements `x` has now (x a real typed array of that kind). */
 function plainView<T extends Float32Array | Uint8Array>(x: T, kind: 'Float32Array' | 'Uint8Array'): { view: T; buffer: ArrayBufferLike } {
   const buffer = bufferGetter.call(x) as ArrayBufferLike;
+  const length = lengthGetter.call(x) as number; // 0 once the buffer is detached
+  if (length === 0) return { view: (kind === 'Float32Array' ? new Float32Array(0) : new Uint8Array(0)) as T, buffer };
   const offset = byteOffsetGetter.call(x) as number;
-  const length = lengthGetter.call(x) as number;
   const view = (kind === 'Float32Array' ? new Float32Array(buffer, offset, length) : new Uint8Array(buffer, offset, length)) as T;
   return { view, buffer };
 }

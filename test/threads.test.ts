@@ -4,6 +4,7 @@ import { spawnSync } from 'node:child_process';
 import { describe, expect, it } from 'vitest';
 import { AttentionError, createEngineSync } from '../src/index.js';
 import { referenceAttention } from '../src/reference.js';
+import { WorkerPool } from '../src/pool/pool.js';
 import { maxError, randomTensor, rng } from './helpers.js';
 
 const bits = (a: Float32Array): Buffer => Buffer.from(a.buffer, a.byteOffset, a.byteLength);
@@ -142,3 +143,20 @@ describe('faults', () => {
   });
 });
 
+
+describe('workers that cannot start', () => {
+  it('are retried a few times with a growing delay, then the pool runs on the calling thread and says so', async () => {
+    // a module whose import the workers cannot satisfy: (module (import "env" "missing" (func)))
+    const bad = new WebAssembly.Module(new Uint8Array([0, 97, 115, 109, 1, 0, 0, 0, 1, 4, 1, 96, 0, 0, 2, 15, 1, 3, 101, 110, 118, 7, 109, 105, 115, 115, 105, 110, 103, 0, 0]));
+    const memory = new WebAssembly.Memory({ initial: 1, maximum: 1, shared: true });
+    const pool = new WorkerPool(bad, memory, 2);
+    for (let wait = 0; wait < 200 && !pool.degraded; wait++) await new Promise((r) => setTimeout(r, 25));
+    expect(pool.degraded).toMatch(/failed to start/);
+    const spawned = pool.spawned;
+    expect(spawned).toBeLessThanOrEqual(2 + 4);
+    await new Promise((r) => setTimeout(r, 500));
+    expect(pool.spawned).toBe(spawned); // no respawn loop
+    expect(pool.worthIt(1e9, 100)).toBe(false);
+    pool.dispose();
+  });
+});

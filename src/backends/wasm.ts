@@ -123,8 +123,16 @@ export class WasmBackend implements Backend, ResidentOwner {
     if (this.disposed) throw new AttentionError('DISPOSED', 'this engine was disposed');
   }
 
+  /** The bytes a call will stage at the least (its array inputs and its output): checked before any growth. */
+  private checkFits<P extends OpPlan, R>(op: Op<P, R>, plan: P): void {
+    let bytes = plan.out?.resident ? 0 : 4 * (plan.out?.length ?? 0);
+    for (const operand of op.inputs(plan)) if (operand?.array) bytes += operand.array.byteLength;
+    this.heap.checkFits(bytes);
+  }
+
   run<P extends OpPlan, R>(op: Op<P, R>, plan: P): R {
     this.live();
+    this.checkFits(op, plan);
     const call = new Call(this);
     let settled: Settled;
     try {
@@ -147,6 +155,7 @@ export class WasmBackend implements Backend, ResidentOwner {
    */
   async runAsync<P extends OpPlan, R>(op: Op<P, R>, plan: P): Promise<R> {
     this.live();
+    this.checkFits(op, plan);
     const call = new Call(this);
     const wait = this.asyncPending > 0;
     for (const operand of [...op.inputs(plan), plan.out]) {
@@ -165,7 +174,7 @@ export class WasmBackend implements Backend, ResidentOwner {
       const encoded = op.wasm.encode(plan, call);
       const { job } = encoded;
       if (job[HEADER.items] > 0) {
-        if (this.pool) {
+        if (this.pool && !this.pool.degraded) {
           this.layout(encoded, 1 + this.pool.threads, call);
           await this.pool.runAsync(job);
         } else {
@@ -248,7 +257,9 @@ export class WasmBackend implements Backend, ResidentOwner {
   }
 
   stats(): MemoryStats {
-    return this.heap.stats();
+    const stats: MemoryStats = this.heap.stats();
+    if (this.pool?.degraded) stats.warnings = [this.pool.degraded];
+    return stats;
   }
 
   /** Copies `bytes` inside linear memory with memory.copy (the bandwidth yardstick of the bench). */

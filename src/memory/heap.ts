@@ -17,6 +17,15 @@ const guardsOn = (): boolean => typeof process !== 'undefined' && process.env?.W
 const PAGE = 65536;
 const alignUp = (n: number, a: number): number => Math.ceil(n / a) * a;
 
+/** Bytes in human units: 2.1 GiB. */
+export function human(bytes: number): string {
+  const units = ['bytes', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB'];
+  let value = bytes;
+  let unit = 0;
+  while (value >= 1024 && unit < units.length - 1) [value, unit] = [value / 1024, unit + 1];
+  return `${value.toFixed(unit === 0 ? 0 : 1)} ${units[unit]}`;
+}
+
 export interface HeapStats {
   /** Bytes of linear memory (all of it, static data included). */
   reservedBytes: number;
@@ -84,6 +93,16 @@ export class WasmHeap {
     return { reservedBytes: this.memory.buffer.byteLength, usedBytes: this.used };
   }
 
+  /**
+   * Refuses, before anything is allocated or grown, a call whose blocks (at least `bytes` in all)
+   * cannot fit next to what is in use, however memory is laid out.
+   */
+  checkFits(bytes: number): void {
+    if (this.used + bytes > this.maxBytes) {
+      throw new AttentionError('OUT_OF_MEMORY', `this call needs at least ${human(bytes)} of WASM memory; ${human(this.used)} are in use and the engine may grow to ${human(this.maxBytes)}`);
+    }
+  }
+
   /** Allocates `bytes` (64-byte aligned, at least 64), growing memory if needed; returns the address. */
   alloc(bytes: number): number {
     const guard = this.guards ? GUARD : 0;
@@ -129,7 +148,7 @@ export class WasmHeap {
     const tailFree = last && last[1] === end ? last[1] - last[0] : 0;
     const pages = Math.ceil((size - tailFree) / PAGE);
     if (end + pages * PAGE > this.maxBytes) {
-      throw new AttentionError('OUT_OF_MEMORY', `this call needs ${size} more bytes of WASM memory; the engine has ${end} and may grow to ${this.maxBytes}`);
+      throw new AttentionError('OUT_OF_MEMORY', `this call needs ${human(size)} more of WASM memory; the engine has ${human(end)} and may grow to ${human(this.maxBytes)}`);
     }
     try {
       this.memory.grow(pages);

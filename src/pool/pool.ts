@@ -42,21 +42,26 @@ interface PoolWorker {
   unref(): void;
 }
 
-/** Starts a worker; `onExit` runs once when it exits or fails. */
-function startWorker(onExit: (error: unknown) => void): PoolWorker {
+/** Starts a worker; `onReady` runs when it has instantiated the kernels, `onExit` once when it exits or fails. */
+function startWorker(onReady: () => void, onExit: (error: unknown) => void): PoolWorker {
   if (nodeWorkers) {
     // execArgv: [] keeps flags meant for the main script (--input-type, --eval ...) out of the workers;
     // V8 flags such as --experimental-wasm-relaxed-simd are process-wide and apply to them anyway.
     const worker = new nodeWorkers.Worker(WORKER_URL, { execArgv: [] });
     let error: unknown;
+    worker.on('message', (m) => m === 'ready' && onReady());
     worker.on('error', (e) => (error = e));
     worker.on('exit', () => onExit(error));
     return { postMessage: (m) => worker.postMessage(m), terminate: () => void worker.terminate(), ref: () => worker.ref(), unref: () => worker.unref() };
   }
   const worker = new Worker(WORKER_URL, { type: 'module' });
+  worker.addEventListener('message', (e) => e.data === 'ready' && onReady());
   worker.addEventListener('error', (e) => onExit(e.message), { once: true });
   return { postMessage: (m) => worker.postMessage(m), terminate: () => worker.terminate(), ref: () => {}, unref: () => {} };
 }
+
+/** Workers that die before they are ready are respawned after these delays; then the pool gives up. */
+const START_RETRY_MS = [100, 400, 1600];
 
 /** One generation of workers with its own control block and descriptor. */
 class Crew {
@@ -120,6 +125,12 @@ export class WorkerPool {
   private queue: Promise<unknown> = Promise.resolve();
   private pending: Pending | undefined;
   private lastError: unknown;
+  /** Workers that died before they were ready, in a row. */
+  private startFailures = 0;
+  /** @internal workers started, for tests */
+  spawned = 0;
+  /** Set when workers cannot start: every call then runs on the calling thread. */
+  degraded: string | undefined;
 
   constructor(module: WebAssembly.Module, memory: WebAssembly.Memory, threads: number) {
     if (threads > MAX_SLOTS) throw new AttentionError('INVALID_OPTION', `options.threads is ${threads}; at most ${MAX_SLOTS} are supported`, 'options.threads');
@@ -136,7 +147,7 @@ export class WorkerPool {
 
   /** Whether a sync call of `flops` in `items` items should use the workers. */
   worthIt(flops: number, items: number): boolean {
-    return !this.inFlight && flops >= this.minParallelFlops && items > 1;
+    return !this.inFlight && !this.degraded && flops >= this.minParallelFlops && items > 1;
   }
 
   private hire(): Crew {
@@ -146,14 +157,21 @@ export class WorkerPool {
   }
 
   private spawn(crew: Crew, slot: number): void {
-    const worker = startWorker((error) => {
+    let ready = false;
+    const onReady = (): void => {
+      ready = true;
+      this.startFailures = 0;
+    };
+    const worker = startWorker(onReady, (error) => {
       crew.exited();
       if (crew.workers[slot] !== worker) return;
       crew.workers[slot] = undefined;
       if (crew.retired || this.disposed) return;
       this.lastError = error;
-      this.onWorkerDeath(crew, slot);
+      if (!ready) this.onStartFailure(crew, slot, error);
+      else this.onWorkerDeath(crew, slot);
     });
+    this.spawned++;
     crew.started();
     const init: WorkerInit = { module: this.module, memory: this.memory, ctrl: crew.ctrlBuffer, job: crew.jobBuffer, slot };
     worker.postMessage(init);
@@ -177,6 +195,25 @@ export class WorkerPool {
   stallNext(slot: number, ms: number): void {
     Atomics.store(this.crew.ctrl, C.stallMs, ms);
     Atomics.store(this.crew.ctrl, C.stallSlot, slot);
+  }
+
+  /**
+   * A worker died before it was ready (a runtime that cannot start it, say): respawn it after a
+   * growing delay, and after START_RETRY_MS.length tries give up, so a broken start never spins.
+   */
+  private onStartFailure(crew: Crew, slot: number, error: unknown): void {
+    const tries = ++this.startFailures;
+    if (tries > START_RETRY_MS.length) {
+      this.degraded = `worker threads failed to start ${tries} times in a row (${String(error ?? 'exited')}); calls run on the calling thread`;
+      this.pending?.reject(new AttentionError('WORKER_FAILED', this.degraded));
+      this.pending = undefined;
+      this.inFlight = false;
+      return;
+    }
+    const timer = setTimeout(() => {
+      if (!crew.retired && !this.disposed && !crew.workers[slot]) this.onWorkerDeath(crew, slot);
+    }, START_RETRY_MS[tries - 1]);
+    timer.unref?.();
   }
 
   /** A worker died: replace it; fail the async job it may have held once the others left it. */

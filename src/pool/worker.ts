@@ -12,6 +12,9 @@ function run(init: WorkerInit): void {
   const kernels = instantiateKernels(init.module, init.memory);
   const ctrl = new Int32Array(init.ctrl);
   const job = new Float64Array(init.job);
+  // the pool counts a worker that dies before this as one that could not start
+  if (port) port.postMessage('ready');
+  else postMessage('ready');
   let seen = 0;
   for (;;) {
     Atomics.wait(ctrl, C.epoch, seen);

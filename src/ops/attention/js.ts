@@ -21,7 +21,9 @@ export function attentionJs(plan: AttentionPlan, arrayOf: ArrayOf): AttentionOut
   const logSumExp = plan.returnLogSumExp ? new Float32Array(batch * qHeads * seqQ) : undefined;
   const weights = plan.returnWeights ? new Float32Array(batch * qHeads * seqQ * seqKV) : undefined;
   const group = kvHeads === 0 ? 1 : qHeads / kvHeads;
-  const scores = new Float32Array(BLOCK);
+  // nothing to compute when the output is empty and nothing else was asked for
+  const rowsToRun = valueDim === 0 && !logSumExp && !weights ? 0 : seqQ;
+  const scores = new Float64Array(BLOCK);
   const acc = new Float64Array(valueDim);
   const maskData = mask ? arrayOf(mask.operand) : undefined;
   const boolMask = mask?.kind === 'bool';
@@ -43,7 +45,7 @@ export function attentionJs(plan: AttentionPlan, arrayOf: ArrayOf): AttentionOut
       const kvHead = Math.floor(h / group);
       const kBase = b * strides.k.batch + kvHead * strides.k.head;
       const vBase = b * strides.v.batch + kvHead * strides.v.head;
-      for (let i = 0; i < seqQ; i++) {
+      for (let i = 0; i < rowsToRun; i++) {
         const qRow = b * strides.q.batch + h * strides.q.head + i * strides.q.row;
         const oRow = b * strides.out.batch + h * strides.out.head + i * strides.out.row;
         const maskRow = mask ? b * mask.at.batch + h * mask.at.head + i * mask.at.row : 0;

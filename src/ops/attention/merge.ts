@@ -3,7 +3,7 @@
 //   L = log(sum_c exp(L_c)),   out = sum_c exp(L_c - L) · o_c
 // is the attention over all the keys at once. Chunks that saw no key (L_c = -inf) add nothing.
 import { AttentionError } from '../../errors.js';
-import type { Tensor } from '../../tensor.js';
+import { type Tensor, describe, typedArrayName } from '../../tensor.js';
 
 export interface AttentionChunk {
   /** The chunk's attention output [..., rows, Dv]. */
@@ -17,6 +17,12 @@ export function mergeAttention(chunks: readonly AttentionChunk[]): { output: Ten
   if (!Array.isArray(chunks) || chunks.length === 0) throw new AttentionError('INVALID_TENSOR', 'mergeAttention needs a non-empty array of chunks', 'chunks');
   chunks.forEach((c, i) => {
     if (!c?.output?.data || !c?.logSumExp?.data) throw new AttentionError('INVALID_TENSOR', `chunks[${i}] needs { output, logSumExp } (attention with returnLogSumExp)`, `chunks[${i}]`);
+    for (const part of ['output', 'logSumExp'] as const) {
+      const name = typedArrayName(c[part].data);
+      if (name !== 'Float32Array' && name !== 'Float64Array') {
+        throw new AttentionError('INVALID_DTYPE', `chunks[${i}].${part}.data must be a Float32Array, got ${describe(c[part].data)}`, `chunks[${i}].${part}.data`);
+      }
+    }
   });
   const rows = chunks[0].logSumExp.data.length;
   const outSize = chunks[0].output.data.length;

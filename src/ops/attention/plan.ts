@@ -8,6 +8,7 @@
 //   (visible: i + offset - left <= j <= i + offset + right); a row that sees no key gives zeros.
 import type { Operand, OperandResolver, OpPlan } from '../../backend.js';
 import { AttentionError } from '../../errors.js';
+import { human } from '../../memory/heap.js';
 import {
   type MaskView, type Tensor, type TensorLike, type TensorRead, checkBoolean, checkFinite, checkFloat32, checkMask, checkNoOverlap, checkOut, describe,
   floatTensor, readOptions, readTensor, sizeOf,
@@ -225,14 +226,6 @@ export function finishAttentionPlan(layout: AttentionLayout, opts: AttentionOpti
 
 /** Largest weights matrix returnWeights gives: what one Float32Array (and WASM memory) can hold. */
 const MAX_WEIGHTS = 2 ** 30 - 16;
-
-const human = (bytes: number): string => {
-  const units = ['bytes', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB'];
-  let value = bytes;
-  let unit = 0;
-  while (value >= 1024 && unit < units.length - 1) [value, unit] = [value / 1024, unit + 1];
-  return `${value.toFixed(unit === 0 ? 0 : 1)} ${units[unit]}`;
-};
 
 /** Refuses, before any kernel runs, a weights matrix no array can hold. */
 function checkWeightsSize(elements: number): void {

@@ -60,7 +60,9 @@ export const attentionWasm: WasmOp<AttentionPlan, AttentionOutput> = {
     const splitKV = plan.seqQ <= SPLIT_KV_MAX_ROWS && plan.seqKV >= SPLIT_KV_MIN_KEYS && plan.valueDim > 0 && !plan.returnWeights;
     job[J.kvChunk] = splitKV ? SPLIT_KV_CHUNK : plan.seqKV;
     job[J.kvChunks] = splitKV ? Math.ceil(plan.seqKV / SPLIT_KV_CHUNK) : 1;
-    job[HEADER.items] = plan.batch * plan.qHeads * job[J.rowChunks] * job[J.kvChunks];
+    // nothing to compute when the output is empty and nothing else was asked for
+    const empty = plan.valueDim === 0 && !plan.returnLogSumExp && !plan.returnWeights;
+    job[HEADER.items] = empty ? 0 : plan.batch * plan.qHeads * job[J.rowChunks] * job[J.kvChunks];
     if (splitKV) {
       const slots = plan.batch * plan.qHeads * job[J.kvChunks] * plan.seqQ;
       job[J.partialOut] = call.alloc(slots * plan.valueDim * 4);
