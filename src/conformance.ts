@@ -34,6 +34,10 @@ export function conformanceCases(dir: URL = CONFORMANCE_DIR): ConformanceCase[] 
 /** One tensor of a case, typed as onnxruntime would hand it over (float16 as Uint16Array bits). */
 export function conformanceTensor(entry: ConformanceEntry, dir: URL = CONFORMANCE_DIR): OnnxTensor {
   const bytes = new Uint8Array(readFileSync(new URL(entry.file, dir))).buffer;
+  const size = entry.shape.reduce((a, b) => a * b, 1) * ({ float32: 4, float16: 2, int64: 8, bool: 1 } as const)[entry.dtype];
+  if (bytes.byteLength !== size) {
+    throw new Error(`${new URL(entry.file, dir).pathname}: ${bytes.byteLength} bytes, but ${entry.dtype} [${entry.shape}] needs ${size} (a truncated or wrong vector file)`);
+  }
   const data =
     entry.dtype === 'float32' ? new Float32Array(bytes)
     : entry.dtype === 'float16' ? new Uint16Array(bytes)
@@ -42,13 +46,14 @@ export function conformanceTensor(entry: ConformanceEntry, dir: URL = CONFORMANC
   return { type: entry.dtype, data, dims: entry.shape };
 }
 
-/** The inputs of a case by role, and its attributes with the qk output asked for when the case checks it
- * (ONNX returns it when requested as an output; our API asks through qk_matmul_output_mode, default 0). */
-export function conformanceCall(c: ConformanceCase, dir: URL = CONFORMANCE_DIR): { inputs: Record<string, OnnxTensor>; attributes: Record<string, number> } {
+/** The inputs of a case by role, its attributes as the node has them, and the outputs the node asks for. */
+export function conformanceCall(c: ConformanceCase, dir: URL = CONFORMANCE_DIR): {
+  inputs: Record<string, OnnxTensor>; attributes: Record<string, number>; request: { outputs: Array<(typeof OUTPUT_ROLES)[number]> };
+} {
   const inputs: Record<string, OnnxTensor> = {};
   c.inputs.forEach((entry, i) => {
     if (entry) inputs[INPUT_ROLES[i]] = conformanceTensor(entry, dir);
   });
-  const attributes = c.outputs[3] && c.attributes.qk_matmul_output_mode === undefined ? { ...c.attributes, qk_matmul_output_mode: 0 } : c.attributes;
-  return { inputs, attributes };
+  const outputs = OUTPUT_ROLES.filter((_, i) => c.outputs[i]);
+  return { inputs, attributes: c.attributes, request: { outputs } };
 }

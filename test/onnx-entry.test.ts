@@ -14,8 +14,9 @@ const cases = conformanceCases();
 describe.each(BACKENDS)('onnxAttention on %s', (backend) => {
   it('covers all 76 cases', () => expect(cases.length).toBe(76));
   it.each(cases.map((c) => [c.name, c] as const))('%s', (_name, c) => {
-    const { inputs, attributes } = conformanceCall(c);
-    const result = engineFor(backend).onnxAttention(inputs as never, attributes) as unknown as Record<string, OnnxOutputTensor | undefined>;
+    // the node's attributes verbatim, and the outputs the node asks for
+    const { inputs, attributes, request } = conformanceCall(c);
+    const result = engineFor(backend).onnxAttention(inputs as never, attributes, request) as unknown as Record<string, OnnxOutputTensor | undefined>;
     c.outputs.forEach((e, i) => {
       if (!e) return;
       const role = OUTPUT_ROLES[i];
