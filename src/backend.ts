@@ -33,6 +33,8 @@ export interface OperandResolver {
    * released tensor's, or a subarray.
    */
   residentOf(view: ArrayBufferView, buffer: ArrayBufferLike, name: string): ResidentTensor | undefined;
+  /** Whether this backend made `tensor` (another engine's tensor lives in another memory). */
+  owns(tensor: ResidentTensor): boolean;
 }
 
 /** A plan: what an op's plan function returns and its implementations run. */

@@ -42,6 +42,8 @@ export interface EngineOptions {
 }
 
 const MAX_WASM_BYTES = 65536 * 65536;
+/** Most threads an engine runs (the pool's control block has a word per thread). */
+const MAX_THREADS = 255;
 
 function chooseBackend(requested: unknown): BackendName {
   if (requested !== 'js' && !buildsLoaded()) {
@@ -72,8 +74,8 @@ function chooseBackend(requested: unknown): BackendName {
 function checkEngineOptions(options: unknown): { backend: BackendName; threads: number; maxMemoryBytes: number } {
   const opts = readOptions(options, 'options', ['backend', 'threads', 'maxMemoryBytes']) as EngineOptions;
   const requested = opts.threads ?? Math.min(4, cores());
-  if (!Number.isInteger(requested) || requested < 1) {
-    throw new AttentionError('INVALID_OPTION', `options.threads must be an integer >= 1, got ${describe(opts.threads)}`, 'options.threads');
+  if (!Number.isInteger(requested) || requested < 1 || requested > MAX_THREADS) {
+    throw new AttentionError('INVALID_OPTION', `options.threads must be an integer from 1 to ${MAX_THREADS}, got ${describe(opts.threads)}`, 'options.threads');
   }
   // worker threads need a shared memory (in a browser: a cross-origin-isolated page)
   const threads = sharedMemorySupported() ? requested : 1;
@@ -209,14 +211,14 @@ export class Engine {
 /** Creates an engine synchronously (compiles the wasm build on first use in this process). */
 export function createEngineSync(options?: EngineOptions): Engine {
   const { backend, threads, maxMemoryBytes } = checkEngineOptions(options);
-  return new Engine(backend === 'js' ? new JsBackend(threads) : new WasmBackend(backend, maxMemoryBytes, threads));
+  return new Engine(backend === 'js' ? new JsBackend() : new WasmBackend(backend, maxMemoryBytes, threads));
 }
 
 /** Creates an engine on the fastest backend this runtime supports (see EngineOptions.backend). */
 export async function createEngine(options?: EngineOptions): Promise<Engine> {
   await loadBuilds();
   const { backend, threads, maxMemoryBytes } = checkEngineOptions(options);
-  if (backend === 'js') return new Engine(new JsBackend(threads));
+  if (backend === 'js') return new Engine(new JsBackend());
   const module = await compileAsync(backend);
   return new Engine(new WasmBackend(backend, maxMemoryBytes, threads, module));
 }

@@ -33,6 +33,9 @@ const lengthGetter = intrinsic('length');
 const bufferGetter = intrinsic('buffer');
 const byteOffsetGetter = intrinsic('byteOffset');
 
+/** The length a real typed array has now (0 once its buffer is detached), by the built-in getter. */
+export const lengthOf = (x: ArrayBufferView): number => lengthGetter.call(x) as number;
+
 /** 'Float32Array', 'Uint8Array', ... for a real typed array; undefined for anything else (a Proxy too). */
 export const typedArrayName = (x: unknown): string | undefined =>
   typeof x === 'object' && x !== null ? (tagGetter.call(x) as string | undefined) : undefined;
@@ -45,6 +48,26 @@ function plainView<T extends Float32Array | Uint8Array>(x: T, kind: 'Float32Arra
   const offset = byteOffsetGetter.call(x) as number;
   const view = (kind === 'Float32Array' ? new Float32Array(buffer, offset, length) : new Uint8Array(buffer, offset, length)) as T;
   return { view, buffer };
+}
+
+type TypedArrayConstructor = new (buffer: ArrayBufferLike, byteOffset: number, length: number) => ArrayBufferView;
+const CONSTRUCTORS: Record<string, TypedArrayConstructor | undefined> = {
+  Float32Array, Float64Array, Uint8Array, Uint16Array, Int32Array, BigInt64Array,
+  Float16Array: (globalThis as { Float16Array?: TypedArrayConstructor }).Float16Array,
+};
+
+/**
+ * A plain view (no user subclass, no overridden getters) of exactly the elements the typed array
+ * `x` has now, through the built-in getters; an empty one when its buffer is detached.
+ */
+export function plainTypedArray(x: unknown): ArrayBufferView & ArrayLike<number | bigint> {
+  const name = typedArrayName(x)!;
+  const make = CONSTRUCTORS[name];
+  if (!make) throw new AttentionError('INVALID_DTYPE', `a ${name} is not a supported tensor type`);
+  const buffer = bufferGetter.call(x) as ArrayBufferLike;
+  const length = lengthGetter.call(x) as number;
+  const offset = length === 0 ? 0 : (byteOffsetGetter.call(x) as number);
+  return new make(length === 0 ? new ArrayBuffer(0) : buffer, offset, length) as ArrayBufferView & ArrayLike<number | bigint>;
 }
 
 /** Describes a value for an error message: its type, and its length for arrays. */
@@ -80,6 +103,16 @@ export function checkDims(dims: unknown, name: string): number[] {
   return out;
 }
 
+/** Largest result any op returns: what one Float32Array in WASM memory (4 GiB) can hold. */
+export const MAX_RESULT = 2 ** 30 - 16;
+
+/** Refuses, before anything runs, a result of more elements than MAX_RESULT. */
+export function checkResultSize(elements: number, what: string, argument: string): void {
+  if (elements > MAX_RESULT) {
+    throw new AttentionError('OUT_OF_MEMORY', `${what} would have ${elements} elements (${(elements / 2 ** 28).toFixed(1)} GiB of float32); at most ${MAX_RESULT} fit`, argument);
+  }
+}
+
 export const sizeOf = (dims: readonly number[]): number => {
   let size = 1;
   for (let i = 0; i < dims.length; i++) size *= dims[i];
@@ -97,7 +130,7 @@ export interface TensorRead {
 
 /** Reads `t.data` and `t.dims`, once each. `expect` describes the tensor for the error message. */
 export function readTensor(t: unknown, name: string, expect = '{ data: Float32Array, dims }'): TensorRead {
-  if (t instanceof ResidentTensor) {
+  if (ResidentTensor.is(t)) {
     if (t.released) throw new AttentionError('INVALID_TENSOR', `${name} is a tensor from engine.tensor() that was released`, `${name}.data`);
     return { name, data: undefined, dims: t.dims, resident: t };
   }
@@ -130,6 +163,7 @@ function operandOf<T extends Float32Array | Uint8Array>(
 ): Operand<T> {
   const resident = read.resident;
   if (resident) {
+    if (!resolver.owns(resident)) throw new AttentionError('INVALID_TENSOR', `${read.name} is a tensor from another engine's memory; use this engine's tensor()`, at);
     if (resident.released) throw new AttentionError('INVALID_TENSOR', `${read.name} is a tensor from engine.tensor() that was released`, at);
     const want = kind === 'Float32Array' ? 'float32' : 'bool';
     if (resident.type !== want) throw new AttentionError('INVALID_DTYPE', `${at} must be ${kind}, got a resident ${resident.type} tensor`, at);
@@ -216,10 +250,10 @@ function expandLastDim(kind: MaskKind, operand: Operand, resolver: OperandResolv
  */
 export function checkOut(out: unknown, size: number, resolver: OperandResolver, name: string): Operand<Float32Array> | undefined {
   if (out === undefined) return undefined;
-  if (!(out instanceof ResidentTensor) && typedArrayName(out) !== 'Float32Array') {
+  if (!ResidentTensor.is(out) && typedArrayName(out) !== 'Float32Array') {
     throw new AttentionError('INVALID_DTYPE', `${name} must be a Float32Array or a float32 tensor from engine.tensor(), got ${describe(out)}`, name);
   }
-  const read: TensorRead = out instanceof ResidentTensor
+  const read: TensorRead = ResidentTensor.is(out)
     ? { name, data: undefined, dims: out.dims, resident: out }
     : { name, data: out, dims: [lengthGetter.call(out) as number], resident: undefined };
   if (read.resident?.released) throw new AttentionError('INVALID_TENSOR', `${name} is a tensor from engine.tensor() that was released`, name);
@@ -237,10 +271,14 @@ function extent(operand: Operand): [unknown, number, number] {
   const bytes = BYTES(operand);
   if (operand.resident) {
     const r = operand.resident;
-    // on the js backend (ptr -1) every tensor is its own memory
-    const space = r.ptr < 0 ? r : 'wasm';
-    const start = Math.max(r.ptr, 0) + operand.offset * bytes;
-    return [space, start, start + operand.length * bytes];
+    if (r.ptr < 0) {
+      // the js backend: a tensor's memory is an ordinary array, which a plain view may share
+      const array = r.view();
+      const start = array.byteOffset + operand.offset * bytes;
+      return [array.buffer, start, start + operand.length * bytes];
+    }
+    const start = r.ptr + operand.offset * bytes;
+    return ['wasm', start, start + operand.length * bytes];
   }
   const a = operand.array;
   return [a.buffer, a.byteOffset, a.byteOffset + a.byteLength];
@@ -281,6 +319,7 @@ export function checkFinite(x: unknown, name: string, fallback: number): number 
 export function checkFloat32(x: unknown, name: string, fallback: number): number {
   const value = checkFinite(x, name, fallback);
   if (!Number.isFinite(Math.fround(value))) throw new AttentionError('INVALID_OPTION', `${name} ${value} overflows float32`, name);
+  if (value !== 0 && Math.abs(Math.fround(value)) < 2 ** -126) throw new AttentionError('INVALID_OPTION', `${name} ${value} is below float32's normal range (|x| >= 2^-126, or 0)`, name);
   return value;
 }
 
@@ -303,13 +342,29 @@ export function readOptions<K extends string>(options: unknown, name: string, ke
     }
     if (value !== undefined) values[key] = value;
   }
-  for (const key of Object.keys(options)) {
+  for (const key of ownKeysUpTheChain(options, name)) {
     if (!(keys as readonly string[]).includes(key)) {
       const near = nearest(key, keys);
       throw new AttentionError('INVALID_OPTION', `${name}.${key} is not an option${near ? ` (did you mean ${near}?)` : ''}; known: ${keys.join(', ')}`, `${name}.${key}`);
     }
   }
   return values;
+}
+
+/**
+ * Every string key of `object` and of its prototypes below Object.prototype, enumerable or not: an
+ * option defined by a class getter or inherited is an option too, misspelt or not.
+ */
+function ownKeysUpTheChain(object: object, name: string): string[] {
+  const keys: string[] = [];
+  try {
+    for (let o: object | null = object; o !== null && o !== Object.prototype; o = Reflect.getPrototypeOf(o)) {
+      for (const key of Reflect.ownKeys(o)) if (typeof key === 'string' && key !== 'constructor') keys.push(key);
+    }
+  } catch (cause) {
+    throw new AttentionError('INVALID_OPTION', `${name}: listing its keys threw (${String(cause)})`, name);
+  }
+  return keys;
 }
 
 /** The known key closest to `key` by edit distance, when it is close enough to be a misspelling. */

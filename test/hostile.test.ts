@@ -102,3 +102,123 @@ describe.each(BACKENDS)('hostile inputs on %s', (backend) => {
     small.dispose();
   });
 });
+
+describe('found by an adversarial run', () => {
+  const random = rng(21);
+  const dims = [1, 1, 4, 8];
+  const fill = (x: number) => ({ data: new Float32Array(32).fill(x), dims });
+
+  it('refuses a tensor of another engine, and a forged handle, as input and as out', () => {
+    const a = createEngineSync({ backend: 'wasm-simd', threads: 1 });
+    const b = createEngineSync({ backend: 'wasm-simd', threads: 1 });
+    const j = createEngineSync({ backend: 'js' });
+    const ta = a.tensor(dims);
+    const tb = b.tensor(dims);
+    tb.data.fill(7);
+    expect(code(() => b.attention(ta as never, fill(1), fill(1)))).toBe('INVALID_TENSOR');
+    expect(code(() => b.attention(fill(0.5), fill(0.5), fill(1), { out: ta as never }))).toBe('INVALID_TENSOR');
+    expect(code(() => b.attention(j.tensor(dims) as never, fill(1), fill(1)))).toBe('INVALID_TENSOR');
+    const forged = Object.create(Object.getPrototypeOf(ta), { dims: { value: dims }, type: { value: 'float32' }, length: { value: 32 }, ptr: { value: 2 ** 31 } });
+    expect(code(() => b.attention(forged, fill(1), fill(1)))).toBe('INVALID_TENSOR');
+    expect(Array.from(tb.data).every((x) => x === 7)).toBe(true);
+    for (const e of [a, b, j]) e.dispose();
+  });
+
+  it('js: refuses an out that overlaps a resident input through a subarray', () => {
+    const e = createEngineSync({ backend: 'js' });
+    const q = e.tensor([1, 1, 16, 8]);
+    q.data.set(randomTensor(random, [128]).data);
+    const k = randomTensor(random, [1, 1, 16, 8]);
+    const v = randomTensor(random, [1, 1, 16, 4]); // out [1, 1, 16, 4]: 64 floats, inside q's 128
+    expect(code(() => e.attention(q as never, k, v, { out: (q.data as Float32Array).subarray(8, 72) }))).toBe('INVALID_OPTION');
+    e.dispose();
+  });
+
+  it('a layer refuses bad attention options and a full cache before any projection runs', () => {
+    const e = createEngineSync({ backend: 'wasm-simd', threads: 1 });
+    const x = randomTensor(random, [1, 512, 128]);
+    const w = () => randomTensor(random, [128, 128]);
+    const weights = { wq: w(), wk: w(), wv: w(), wo: w() };
+    const cache = e.kvCache({ batch: 1, kvHeads: 4, headDim: 32, maxSeq: 8 });
+    const reserved = e.stats().reservedBytes;
+    expect(code(() => e.multiHeadAttention(x, weights, { heads: 4, scale: NaN }))).toBe('INVALID_OPTION');
+    expect(code(() => e.multiHeadAttention(x, weights, { heads: 4, cache }))).toBe('CACHE_FULL');
+    expect(e.stats().reservedBytes).toBe(reserved); // the 512-row projections never ran
+    expect(cache.length).toBe(0);
+    e.dispose();
+  });
+
+  it('ONNX: typed-array subclasses cannot change what is read; nonpad_kv_seqlen is checked', () => {
+    const e = createEngineSync({ backend: 'wasm-simd', threads: 1 });
+    const d = [2, 2, 3, 4];
+    const base = { Q: randomTensor(random, d), K: randomTensor(random, d), V: randomTensor(random, d) };
+    class LyingLength extends BigInt64Array {
+      override get length(): number {
+        return 2;
+      }
+    }
+    expect(code(() => e.onnxAttention({ ...base, nonpad_kv_seqlen: { data: new LyingLength([3n]), dims: [2] } as never }))).toBe('SHAPE_MISMATCH');
+    expect(code(() => e.onnxAttention({ ...base, nonpad_kv_seqlen: { data: new BigInt64Array([3n, 3n]), dims: [5] } as never }))).toBe('SHAPE_MISMATCH');
+    class Hundreds extends Float32Array {
+      override *[Symbol.iterator](): IterableIterator<number> {
+        for (let i = 0; i < 48; i++) yield 100;
+      }
+    }
+    const plain = e.onnxAttention(base).Y.data;
+    const subclass = e.onnxAttention({ ...base, Q: { data: new Hundreds(base.Q.data), dims: d } }).Y.data;
+    expect(Array.from(subclass)).toEqual(Array.from(plain));
+    expect(code(() => e.onnxAttention({ ...base, Q: { get data(): never { throw new Error('boom'); }, dims: d } as never }))).toBe('INVALID_TENSOR');
+    expect(code(() => e.onnxAttention(base, { q_num_heads: 7 }))).toBe('SHAPE_MISMATCH');
+    e.dispose();
+  });
+
+  it('raw errors become AttentionErrors: detaching getters, throwing ownKeys, huge empty broadcasts', () => {
+    const e = createEngineSync({ backend: 'wasm-simd', threads: 1 });
+    const detach = (buffer: ArrayBufferLike) => structuredClone(buffer, { transfer: [buffer as ArrayBuffer] });
+    const m = { data: new Uint8Array(16).fill(1), dims: [4, 4] };
+    expect(code(() => e.attention(fill(1), fill(1), fill(1), { mask: m, get causal() { detach(m.data.buffer); return false; } }))).toBe('SHAPE_MISMATCH');
+    const cache = e.kvCache({ batch: 1, kvHeads: 1, headDim: 8, maxSeq: 8 });
+    const k = fill(1);
+    expect(code(() => cache.append(k, fill(1), { get counts() { detach(k.data.buffer); return [4]; } } as never))).toBe('SHAPE_MISMATCH');
+    expect(cache.length).toBe(0);
+    const throwing = new Proxy({}, { ownKeys() { throw new TypeError('boom'); } });
+    expect(code(() => e.attention(fill(1), fill(1), fill(1), throwing))).toBe('INVALID_OPTION');
+    expect(code(() => createEngineSync(throwing))).toBe('INVALID_OPTION');
+    expect(e.matmul({ data: new Float32Array(0), dims: [2 ** 33, 0, 4] }, { data: new Float32Array(0), dims: [4, 0] }).data.length).toBe(0);
+    expect(e.softmax({ data: new Float32Array(0), dims: [2 ** 20, 2 ** 20, 1, 0] }, { mask: { data: new Uint8Array(0), dims: [1, 0] } }).data.length).toBe(0);
+    expect(code(() => e.attention(fill(1), fill(1), fill(1), { scale: 1e-50 }))).toBe('INVALID_OPTION');
+    e.dispose();
+  });
+
+  it('an async out detached while the call runs fails the call with an AttentionError', async () => {
+    const e = createEngineSync({ backend: 'wasm-simd', threads: 2 });
+    const t = randomTensor(random, [1, 8, 256, 64]);
+    const out = new Float32Array(8 * 256 * 64);
+    const call = e.attentionAsync(t, t, t, { out });
+    structuredClone(out.buffer, { transfer: [out.buffer] });
+    await expect(call).rejects.toMatchObject({ code: 'INVALID_TENSOR' });
+    expect(e.stats().usedBytes).toBe(0);
+    e.dispose();
+  });
+
+  it('refuses a misspelt option defined by a class getter, inherited, or not enumerable', () => {
+    const e = createEngineSync({ backend: 'js' });
+    class Misspelt {
+      get casual(): boolean {
+        return true;
+      }
+    }
+    expect(code(() => e.attention(fill(1), fill(1), fill(1), new Misspelt() as never))).toBe('INVALID_OPTION');
+    expect(code(() => e.attention(fill(1), fill(1), fill(1), Object.create({ casual: true })))).toBe('INVALID_OPTION');
+    expect(code(() => e.attention(fill(1), fill(1), fill(1), Object.defineProperty({}, 'casual', { value: true, enumerable: false })))).toBe('INVALID_OPTION');
+    class Spelt {
+      get causal(): boolean {
+        return true;
+      }
+    }
+    expect(Array.from(e.attention(fill(1), fill(1), fill(1), new Spelt() as never).data)).toEqual(Array.from(e.attention(fill(1), fill(1), fill(1), { causal: true }).data));
+    expect(code(() => createEngineSync({ backend: 'js', threads: 1e9 }))).toBe('INVALID_OPTION');
+    expect(createEngineSync({ backend: 'js', threads: 4 }).threads).toBe(1);
+    e.dispose();
+  });
+});

@@ -14,13 +14,10 @@ const arrayOf: ArrayOf = <T extends Float32Array | Uint8Array>(operand: Operand<
 
 export class JsBackend implements Backend, ResidentOwner {
   readonly name = 'js' as const;
-  readonly threads: number;
+  /** The js path runs on the calling thread only. */
+  readonly threads = 1;
   private disposed = false;
   private readonly views = new WeakMap<ArrayBufferView, ResidentTensor>();
-
-  constructor(threads: number) {
-    this.threads = threads;
-  }
 
   live(): void {
     if (this.disposed) throw new AttentionError('DISPOSED', 'this engine was disposed');
@@ -39,6 +36,10 @@ export class JsBackend implements Backend, ResidentOwner {
     const tensor = this.views.get(view);
     if (tensor?.released) throw new AttentionError('INVALID_TENSOR', `${name} is the data of a tensor from engine.tensor() that was released`, name);
     return tensor;
+  }
+
+  owns(tensor: ResidentTensor): boolean {
+    return tensor.ownedBy(this);
   }
 
   buffer(): undefined {

@@ -9,7 +9,8 @@ import { AttentionError } from '../errors.js';
 import { HEADER } from '../job.js';
 import { WasmHeap } from '../memory/heap.js';
 import { type ResidentOwner, ResidentTensor, type ResidentType } from '../memory/resident.js';
-import { isNode } from '../platform.js';
+import { cores, isNode } from '../platform.js';
+import { lengthOf } from '../tensor.js';
 import { type Settled, WorkerPool } from '../pool/pool.js';
 import { runItem } from '../pool/protocol.js';
 import type { Kernels } from './kernels.js';
@@ -79,8 +80,12 @@ class Call implements WasmCall {
     }
     const view = this.f32.subarray(ptr >>> 2, (ptr >>> 2) + elements);
     if (out) {
+      // an async call's out may have been detached or resized by the caller while the call ran
+      if (lengthOf(out.array) !== out.length) {
+        throw new AttentionError('INVALID_TENSOR', 'options.out was detached or resized while the call ran; its result is lost', 'options.out');
+      }
       out.array.set(view);
-      return out.user ?? out.array;
+      return out.user && lengthOf(out.user) === out.length ? out.user : out.array;
     }
     return view.slice();
   }
@@ -234,6 +239,10 @@ export class WasmBackend implements Backend, ResidentOwner {
     return undefined;
   }
 
+  owns(tensor: ResidentTensor): boolean {
+    return tensor.ownedBy(this);
+  }
+
   // ResidentOwner
   buffer(): ArrayBufferLike {
     return this.heap.memory.buffer;
@@ -258,7 +267,10 @@ export class WasmBackend implements Backend, ResidentOwner {
 
   stats(): MemoryStats {
     const stats: MemoryStats = this.heap.stats();
-    if (this.pool?.degraded) stats.warnings = [this.pool.degraded];
+    const warnings: string[] = [];
+    if (this.pool?.degraded) warnings.push(this.pool.degraded);
+    if (this.threads > cores()) warnings.push(`threads ${this.threads} on ${cores()} cores: the threads share cores, which is slower than one thread per core`);
+    if (warnings.length > 0) stats.warnings = warnings;
     return stats;
   }
 

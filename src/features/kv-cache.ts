@@ -46,6 +46,7 @@ export class KVCache {
   private keys: ResidentTensor | undefined;
   private values: ResidentTensor | undefined;
   private readonly seqLengths: Int32Array;
+  readonly #made = true;
 
   /** @internal use engine.kvCache */
   constructor(backend: Backend, options: KVCacheOptions) {
@@ -75,6 +76,16 @@ export class KVCache {
       throw error;
     }
     this.seqLengths = new Int32Array(this.batch);
+  }
+
+  /** Whether `x` is a real KVCache (not merely an object with its prototype). */
+  static is(x: unknown): x is KVCache {
+    return typeof x === 'object' && x !== null && #made in x;
+  }
+
+  /** @internal whether this cache lives in `backend`'s memory */
+  ownedBy(backend: Backend): boolean {
+    return this.backend === backend;
   }
 
   private live(): [ResidentTensor, ResidentTensor] {
@@ -215,6 +226,19 @@ export class KVCache {
       this.seqLengths.set(before);
       throw error;
     }
+  }
+
+  /**
+   * @internal checks, before a layer computes its projections, that a step of n positions with
+   * qHeads query heads fits and that its attention options hold: what step() will check again.
+   */
+  checkStep(n: number, qHeads: number, options: AttentionOptionsRead): void {
+    this.live();
+    const counts = new Array<number>(this.batch).fill(n);
+    this.checkRoom(counts);
+    const dims = [this.batch, n, qHeads * this.headDim];
+    const placeholder: TensorRead = { name: 'q', data: new Float32Array(dims[0] * dims[1] * dims[2]), dims, resident: undefined };
+    this.planAttention(placeholder, options, this.lengths.map((l) => l + n));
   }
 
   /** Plans attention over sequences of the given lengths (the cache's own, or after an append). */

@@ -120,7 +120,7 @@ export function multiHeadAttention(backend: Backend, x: TensorLike<Float32Array>
   }
   const cache = opts.cache as KVCache | undefined;
   if (cache !== undefined) {
-    if (!(cache instanceof KVCache)) throw new AttentionError('INVALID_OPTION', `options.cache must be a KVCache from engine.kvCache(), got ${describe(cache)}`, 'options.cache');
+    if (!KVCache.is(cache) || !cache.ownedBy(backend)) throw new AttentionError('INVALID_OPTION', `options.cache must be a KVCache from this engine's kvCache(), got ${describe(cache)}`, 'options.cache');
     const c = cache;
     if (c.kvHeads !== kvHeads || c.headDim !== headDim || c.valueDim !== valueDim || c.batch !== batch) {
       throw new AttentionError('SHAPE_MISMATCH', `options.cache holds batch ${c.batch}, ${c.kvHeads} kv heads of ${c.headDim}/${c.valueDim}; this layer needs batch ${batch}, ${kvHeads} of ${headDim}/${valueDim}`, 'options.cache');
@@ -134,6 +134,13 @@ export function multiHeadAttention(backend: Backend, x: TensorLike<Float32Array>
     strides: { q: rowMajor(heads, headDim, seq), k: rowMajor(kvHeads, headDim, seqKV), v: rowMajor(kvHeads, valueDim, seqKV), out: rowMajor(heads, valueDim, seq) },
     outDims: [batch, seq, heads * valueDim], offset: 0,
   });
+  // every check before any work: the attention options (and, with a cache, the room for this step)
+  if (cache) {
+    cache.checkStep(seq, heads, attentionOptions);
+  } else {
+    const nothing = new Float32Array(0);
+    finishAttentionPlan(layout(nothing, nothing, nothing), attentionOptions, backend);
+  }
   const project = (input: Checked<Float32Array>, weight: Checked<Float32Array>, b: Checked<Float32Array> | undefined): Tensor =>
     addBias(backend.run(matmulOp, planMatmul(asTensor(input), asTensor(weight), undefined, backend)), b);
   const q = project(xc, wq, bq);

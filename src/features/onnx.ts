@@ -21,7 +21,7 @@ import { floatsToHalves, halvesToFloats } from '../float16.js';
 import { attentionOp } from '../ops/attention/index.js';
 import { type AttentionLayout, type AttentionOptionsRead, batchSlice, finishAttentionPlan, packed } from '../ops/attention/plan.js';
 import { attentionScores } from './onnx-scores.js';
-import { type TensorRead, checkDims, describe, readOptions, sizeOf, typedArrayName } from '../tensor.js';
+import { type TensorRead, checkDims, describe, plainTypedArray, readOptions, sizeOf, typedArrayName } from '../tensor.js';
 
 /** A tensor as onnxruntime gives it: float32, float16 (bit patterns), bool, or int64. */
 export interface OnnxTensor {
@@ -86,7 +86,12 @@ interface OnnxRead {
 
 function readOnnx(t: unknown, name: string): OnnxRead {
   if (t === null || typeof t !== 'object') throw new AttentionError('INVALID_TENSOR', `${name} must be a tensor { type?, data, dims }, got ${describe(t)}`, name);
-  const { type, data, dims } = t as OnnxTensor;
+  let type: unknown, data: unknown, dims: unknown;
+  try {
+    ({ type, data, dims } = t as OnnxTensor);
+  } catch (cause) {
+    throw new AttentionError('INVALID_TENSOR', `${name}: reading its type, data or dims threw (${String(cause)})`, name);
+  }
   return { name, type, data, dims: checkDims(dims, name) };
 }
 
@@ -103,8 +108,10 @@ function floatInput(t: OnnxRead): Float {
   if (half ? !halfArray : tag !== 'Float32Array') {
     throw new AttentionError('INVALID_DTYPE', `${name}.data must be a Float32Array (or, with type 'float16', a Uint16Array of float16 bits or a Float16Array), got ${describe(data)}`, `${name}.data`);
   }
-  // a plain copy (float16 is converted anyway): nothing the caller holds is read again
-  const floats = tag === 'Uint16Array' ? halvesToFloats(data as Uint16Array) : Float32Array.from(data as ArrayLike<number>);
+  // a plain copy through the built-in getters (float16 is converted anyway): nothing the caller
+  // holds, a subclass's overrides included, is read again
+  const plain = plainTypedArray(data);
+  const floats = tag === 'Uint16Array' ? halvesToFloats(plain as Uint16Array) : Float32Array.from(plain as ArrayLike<number>);
   if (floats.length !== sizeOf(dims)) throw new AttentionError('SHAPE_MISMATCH', `${name}.data has ${floats.length} elements but dims [${dims}] need ${sizeOf(dims)}`, `${name}.data`);
   return { data: floats, dims, half };
 }
@@ -122,6 +129,10 @@ function intAttribute(attributes: Partial<Record<string, unknown>>, name: string
 function headView(t: Float, heads: number | undefined, name: string): { dims: [number, number, number, number]; strides: { batch: number; head: number; row: number } } {
   if (t.dims.length === 4) {
     const [b, h, s, d] = t.dims;
+    if (heads !== undefined && heads !== h) {
+      const attr = name === 'Q' ? 'q_num_heads' : 'kv_num_heads';
+      throw new AttentionError('SHAPE_MISMATCH', `attribute ${attr} is ${heads} but 4D ${name} [${t.dims}] has ${h} heads`, `attributes.${attr}`);
+    }
     return { dims: [b, h, s, d], strides: packed(h, s, d) };
   }
   if (t.dims.length !== 3) throw new AttentionError('INVALID_DIMS', `${name} must be 3D [B, S, H·D] or 4D [B, H, S, D], got dims [${t.dims}]`, `${name}.dims`);
@@ -159,7 +170,7 @@ function onnxMask(mask: OnnxRead, total: number, half: boolean): TensorRead {
   let values: Float32Array | Uint8Array;
   if (bool) {
     if (typedArrayName(data) !== 'Uint8Array') throw new AttentionError('INVALID_DTYPE', `a bool attn_mask must be a Uint8Array, got ${describe(data)}`, 'attn_mask.data');
-    values = Uint8Array.from(data as Uint8Array);
+    values = Uint8Array.from(plainTypedArray(data) as Uint8Array);
   } else {
     const float = floatInput(mask);
     if (float.half !== half) throw new AttentionError('INVALID_DTYPE', `a float attn_mask must have Q's type (${half ? 'float16' : 'float32'})`, 'attn_mask.type');
@@ -267,10 +278,14 @@ export function onnxAttention(backend: Backend, inputs: OnnxAttentionInputs, att
   }
   let nonpad: number[] | undefined;
   if (nonpadRead) {
-    if (typedArrayName(nonpadRead.data) !== 'BigInt64Array' || (nonpadRead.type !== undefined && nonpadRead.type !== 'int64') || (nonpadRead.data as BigInt64Array).length !== batch) {
+    if (typedArrayName(nonpadRead.data) !== 'BigInt64Array' || (nonpadRead.type !== undefined && nonpadRead.type !== 'int64')) {
       throw new AttentionError('INVALID_DTYPE', `nonpad_kv_seqlen must be an int64 BigInt64Array of ${batch} lengths, got ${describe(nonpadRead.data)}`, 'nonpad_kv_seqlen.data');
     }
-    nonpad = Array.from(nonpadRead.data as BigInt64Array, Number);
+    const lengths = plainTypedArray(nonpadRead.data) as BigInt64Array;
+    if (nonpadRead.dims.length !== 1 || nonpadRead.dims[0] !== batch || lengths.length !== batch) {
+      throw new AttentionError('SHAPE_MISMATCH', `nonpad_kv_seqlen must be [${batch}] with ${batch} values, got dims [${nonpadRead.dims}] and ${lengths.length} values`, 'nonpad_kv_seqlen.dims');
+    }
+    nonpad = Array.from(lengths, Number);
     if (past > 0) throw new AttentionError('UNSUPPORTED', 'nonpad_kv_seqlen cannot be combined with past_key/past_value (ONNX forbids it)', 'nonpad_kv_seqlen');
     if (nonpad.some((n) => n < 0 || n > total)) throw new AttentionError('SHAPE_MISMATCH', `nonpad_kv_seqlen [${nonpad}] must lie in [0, ${total}]`, 'nonpad_kv_seqlen');
   }

@@ -22,73 +22,105 @@ export interface ResidentOwner {
 
 export type ResidentType = 'float32' | 'bool';
 
-/** A tensor in an engine's memory, from engine.tensor() (and inside KV caches). */
+/**
+ * A tensor in an engine's memory, from engine.tensor() (and inside KV caches). Its owner, address
+ * and state are private fields: a handle cannot be forged, and one engine's tensor is refused by
+ * another (see `ownedBy`).
+ */
 export class ResidentTensor {
-  readonly dims: number[];
-  readonly type: ResidentType;
-  /** Elements. */
-  readonly length: number;
-  /** @internal byte address of the data in WASM memory (-1 on the js backend) */
-  readonly ptr: number;
-  private readonly owner: ResidentOwner;
-  private array: Float32Array | Uint8Array | undefined;
-  private pins = 0;
-  private state: 'live' | 'releasing' | 'released' = 'live';
+  readonly #dims: number[];
+  readonly #type: ResidentType;
+  readonly #length: number;
+  readonly #ptr: number;
+  readonly #owner: ResidentOwner;
+  #array: Float32Array | Uint8Array | undefined;
+  #pins = 0;
+  #state: 'live' | 'releasing' | 'released' = 'live';
 
   /** @internal made by a backend's tensor() */
   constructor(owner: ResidentOwner, ptr: number, dims: readonly number[], type: ResidentType, array?: Float32Array | Uint8Array) {
-    this.owner = owner;
-    this.ptr = ptr;
-    this.dims = [...dims];
-    this.type = type;
-    this.length = this.dims.reduce((a, b) => a * b, 1);
-    this.array = array;
+    this.#owner = owner;
+    this.#ptr = ptr;
+    this.#dims = [...dims];
+    this.#type = type;
+    this.#length = this.#dims.reduce((a, b) => a * b, 1);
+    this.#array = array;
     if (array) owner.register(array, this);
+  }
+
+  /** Whether `x` is a real ResidentTensor (not merely an object with its prototype). */
+  static is(x: unknown): x is ResidentTensor {
+    return typeof x === 'object' && x !== null && #state in x;
+  }
+
+  /** The dims it was made with (a copy). */
+  get dims(): number[] {
+    return [...this.#dims];
+  }
+
+  /** 'float32' (a Float32Array) or 'bool' (a Uint8Array). */
+  get type(): ResidentType {
+    return this.#type;
+  }
+
+  /** Elements. */
+  get length(): number {
+    return this.#length;
+  }
+
+  /** @internal byte address of the data in WASM memory (-1 on the js backend) */
+  get ptr(): number {
+    return this.#ptr;
+  }
+
+  /** @internal whether `owner` made this tensor */
+  ownedBy(owner: ResidentOwner): boolean {
+    return this.#owner === owner;
   }
 
   /** Whether release() was called (the data may no longer be used). */
   get released(): boolean {
-    return this.state !== 'live';
+    return this.#state !== 'live';
   }
 
   /** A view of the tensor's data, valid until memory grows (read `data` again after any op). */
   get data(): Float32Array | Uint8Array {
-    if (this.state !== 'live') throw new AttentionError('DISPOSED', 'this tensor was released');
+    if (this.#state !== 'live') throw new AttentionError('DISPOSED', 'this tensor was released');
     return this.view();
   }
 
   /** @internal the data while a call still pins the tensor, released or not */
   view(): Float32Array | Uint8Array {
-    if (this.state === 'released') throw new AttentionError('DISPOSED', 'this tensor was released');
-    const buffer = this.owner.buffer();
-    if (buffer && this.array?.buffer !== buffer) {
-      this.array = this.type === 'bool' ? new Uint8Array(buffer, this.ptr, this.length) : new Float32Array(buffer, this.ptr, this.length);
-      this.owner.register(this.array, this);
+    if (this.#state === 'released') throw new AttentionError('DISPOSED', 'this tensor was released');
+    const buffer = this.#owner.buffer();
+    if (buffer && this.#array?.buffer !== buffer) {
+      this.#array = this.#type === 'bool' ? new Uint8Array(buffer, this.#ptr, this.#length) : new Float32Array(buffer, this.#ptr, this.#length);
+      this.#owner.register(this.#array, this);
     }
-    return this.array!;
+    return this.#array!;
   }
 
   /** Gives the memory back. A call still using the tensor keeps it until that call settles. */
   release(): void {
-    if (this.state !== 'live') return;
-    this.state = 'releasing';
-    if (this.pins === 0) this.free();
+    if (this.#state !== 'live') return;
+    this.#state = 'releasing';
+    if (this.#pins === 0) this.#free();
   }
 
   /** @internal a call uses the tensor until unpin() */
   pin(): void {
-    this.pins++;
+    this.#pins++;
   }
 
   /** @internal */
   unpin(): void {
-    this.pins--;
-    if (this.pins === 0 && this.state === 'releasing') this.free();
+    this.#pins--;
+    if (this.#pins === 0 && this.#state === 'releasing') this.#free();
   }
 
-  private free(): void {
-    this.state = 'released';
-    this.array = undefined;
-    this.owner.free(this);
+  #free(): void {
+    this.#state = 'released';
+    this.#array = undefined;
+    this.#owner.free(this);
   }
 }

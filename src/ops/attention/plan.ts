@@ -10,7 +10,7 @@ import type { Operand, OperandResolver, OpPlan } from '../../backend.js';
 import { AttentionError } from '../../errors.js';
 import { human } from '../../memory/heap.js';
 import {
-  type MaskView, type Tensor, type TensorLike, type TensorRead, checkBoolean, checkFinite, checkFloat32, checkMask, checkNoOverlap, checkOut, describe,
+  type MaskView, type Tensor, type TensorLike, type TensorRead, checkBoolean, checkResultSize, checkFinite, checkFloat32, checkMask, checkNoOverlap, checkOut, describe,
   floatTensor, readOptions, readTensor, sizeOf,
 } from '../../tensor.js';
 
@@ -207,6 +207,7 @@ export function finishAttentionPlan(layout: AttentionLayout, opts: AttentionOpti
   const returnWeights = checkBoolean(opts.returnWeights, `${name}.returnWeights`);
   const returnLogSumExp = checkBoolean(opts.returnLogSumExp, `${name}.returnLogSumExp`);
   const outSize = sizeOf(layout.outDims);
+  checkResultSize(outSize, `the output [${layout.outDims}]`, 'v.dims');
   const out = checkOut(opts.out, outSize, resolver, `${name}.out`);
   let mask: AttentionMask | undefined;
   if (opts.mask !== undefined) {

@@ -3,7 +3,7 @@
 // -> c [..., M, N]. Arguments read once and checked; nothing here touches a kernel.
 import type { Operand, OperandResolver, OpPlan } from '../../backend.js';
 import { AttentionError } from '../../errors.js';
-import { type TensorLike, checkBoolean, checkNoOverlap, checkOut, floatTensor, readOptions, readTensor, sizeOf } from '../../tensor.js';
+import { type TensorLike, checkBoolean, checkNoOverlap, checkOut, checkResultSize, floatTensor, readOptions, readTensor, sizeOf } from '../../tensor.js';
 
 /** Options of `engine.matmul`. */
 export interface MatmulOptions {
@@ -48,8 +48,11 @@ export function planMatmul(a: unknown, b: unknown, options: unknown, resolver: O
   }
   const batchDims = broadcastBatch(ad.slice(0, -2), bd.slice(0, -2));
   const count = sizeOf(batchDims);
-  const aOffsets = batchOffsets(ad.slice(0, -2), batchDims, m * k);
-  const bOffsets = batchOffsets(bd.slice(0, -2), batchDims, k * n);
+  checkResultSize(count * m * n, `the product [${[...batchDims, m, n]}]`, 'b.dims');
+  // an empty result has no matrix to compute
+  const empty = count * m * n === 0;
+  const aOffsets = empty ? [] : batchOffsets(ad.slice(0, -2), batchDims, m * k);
+  const bOffsets = empty ? [] : batchOffsets(bd.slice(0, -2), batchDims, k * n);
   const outDims = [...batchDims, m, n];
   const out = checkOut(opts.out, count * m * n, resolver, 'options.out');
   checkNoOverlap(out, [[ac.operand, 'a.data'], [bc.operand, 'b.data']]);

@@ -58,7 +58,7 @@ export function planSoftmax(x: unknown, options: unknown, resolver: OperandResol
     const { strides } = mask;
     maskRowStride = dims.length >= 2 ? strides[dims.length - 2] : 0;
     const lead = Math.max(0, dims.length - 2);
-    maskOffsets = offsetsFor(dims.slice(0, lead), strides.slice(0, lead));
+    maskOffsets = matrices === 0 ? [] : offsetsFor(dims.slice(0, lead), strides.slice(0, lead));
   }
   const out = checkOut(opts.out, sizeOf(dims), resolver, 'options.out');
   checkNoOverlap(out, [[xc.operand, 'x.data'], [mask?.operand, 'options.mask.data']], true);
