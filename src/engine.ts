@@ -171,7 +171,7 @@ export class Engine {
   }
 
   /**
-   * ONNX's Attention operator (opsets 23 and 24) with its exact rules; see features/onnx.ts.
+   * ONNX's Attention operator (opsets 23-25) with its exact rules; see features/onnx.ts.
    * `request.outputs` names the outputs the node asks for (default: Y, plus the present outputs
    * when past inputs are given).
    */

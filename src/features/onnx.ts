@@ -1,10 +1,13 @@
-// engine.onnxAttention: ONNX's Attention operator (opsets 23 and 24, with the 1.23 errata) on this
-// engine's kernels. The rules, all from the operator's spec:
+// engine.onnxAttention: ONNX's Attention operator (opsets 23, 24 and 25, with the 1.23 errata) on
+// this engine's kernels. The rules, all from the operator's spec:
 //  - Q, K, V are 4D [B, H, S, D] or 3D [B, S, H·D] (then q_num_heads / kv_num_heads say H); Y comes
 //    back in Q's layout and type. 3D inputs are read in place through strides, not transposed.
 //  - past_key/past_value [B, Hkv, P, D] go in front of K/V; present_key/value are the concatenation.
 //  - causal alignment: offset = P with a cache, nonpad[b] - Sq with nonpad_kv_seqlen, else 0.
 //  - nonpad_kv_seqlen[b]: keys j >= nonpad[b] of batch b are padding.
+//  - opset 25's left_window_size / right_window_size (-1, the default: unbounded): with p = offset + i
+//    (the causal offset above), query i sees key j only when p - left <= j <= p + right; composed
+//    with is_causal (which caps right at 0) and the mask. Key tiles outside the window are skipped.
 //  - attn_mask: bool (true = attend) or float (added), broadcast to [B, Hq, Sq, T]; a last dim
 //    shorter than T is padded with -inf (false).
 //  - softcap before the mask; a fully masked row gives 0 (in Y and in qk mode 3).
@@ -48,6 +51,10 @@ export interface OnnxAttentionAttributes {
   kv_num_heads?: number;
   qk_matmul_output_mode?: number;
   softmax_precision?: number;
+  /** Opset 25: keys more than this many positions before the query's absolute position are hidden; -1 (default): unbounded. */
+  left_window_size?: number;
+  /** Opset 25: keys more than this many positions after the query's absolute position are hidden; -1 (default): unbounded. */
+  right_window_size?: number;
 }
 
 export interface OnnxOutputTensor {
@@ -69,7 +76,10 @@ export interface OnnxAttentionRequest {
 }
 
 const INPUT_NAMES = ['Q', 'K', 'V', 'attn_mask', 'past_key', 'past_value', 'nonpad_kv_seqlen'] as const;
-const ATTRIBUTE_NAMES = ['is_causal', 'scale', 'softcap', 'q_num_heads', 'kv_num_heads', 'qk_matmul_output_mode', 'softmax_precision'] as const;
+/** Every attribute of Attention in opsets 23-25; anything else is refused by name. */
+const ATTRIBUTE_NAMES = [
+  'is_causal', 'scale', 'softcap', 'q_num_heads', 'kv_num_heads', 'qk_matmul_output_mode', 'softmax_precision', 'left_window_size', 'right_window_size',
+] as const;
 const OUTPUT_NAMES = ['Y', 'present_key', 'present_value', 'qk_matmul_output'] as const;
 /** softmax_precision: a TensorProto data type of a float (FLOAT, FLOAT16, DOUBLE, BFLOAT16). */
 const FLOAT_TYPES = [1, 10, 11, 16];
@@ -121,6 +131,16 @@ function intAttribute(attributes: Partial<Record<string, unknown>>, name: string
   if (value === undefined) return fallback;
   if (typeof value !== 'number' || !Number.isInteger(value) || (values && !values.includes(value))) {
     throw new AttentionError('INVALID_OPTION', `attribute ${name} must be ${values ? `one of ${values.join(', ')}` : 'an integer'}, got ${describe(value)}`, `attributes.${name}`);
+  }
+  return value;
+}
+
+/** A window side (opset 25): -1 (or absent) is unbounded, given back as undefined; otherwise an integer >= 0. */
+function windowAttribute(attributes: Partial<Record<string, unknown>>, name: 'left_window_size' | 'right_window_size'): number | undefined {
+  const value = attributes[name];
+  if (value === undefined || value === -1) return undefined;
+  if (typeof value !== 'number' || !Number.isInteger(value) || value < 0) {
+    throw new AttentionError('INVALID_OPTION', `attribute ${name} must be -1 (unbounded) or an integer >= 0, got ${describe(value)}`, `attributes.${name}`);
   }
   return value;
 }
@@ -210,7 +230,7 @@ function requestedOutputs(request: unknown, hasPast: boolean, qkMode: number | u
   return names;
 }
 
-/** ONNX Attention (opsets 23/24) on `backend`; see the file header. */
+/** ONNX Attention (opsets 23-25) on `backend`; see the file header. */
 export function onnxAttention(backend: Backend, inputs: OnnxAttentionInputs, attributes: OnnxAttentionAttributes = {}, request?: OnnxAttentionRequest): OnnxAttentionOutputs {
   // every read first
   if (inputs === null || typeof inputs !== 'object') throw new AttentionError('INVALID_TENSOR', `inputs must be an object { Q, K, V, ... }, got ${describe(inputs)}`, 'inputs');
@@ -230,6 +250,7 @@ export function onnxAttention(backend: Backend, inputs: OnnxAttentionInputs, att
     if (t.half !== Q.half) throw new AttentionError('INVALID_DTYPE', `${name} is ${t.half ? 'float16' : 'float32'} but Q is ${Q.half ? 'float16' : 'float32'}: ONNX Attention takes one type T for Q, K and V`, `${name}.type`);
   }
   const causal = intAttribute(attrs, 'is_causal', 0, [0, 1]) === 1;
+  const window = { left: windowAttribute(attrs, 'left_window_size'), right: windowAttribute(attrs, 'right_window_size') };
   const qkMode = intAttribute(attrs, 'qk_matmul_output_mode', undefined, [0, 1, 2, 3]) as 0 | 1 | 2 | 3 | undefined;
   intAttribute(attrs, 'softmax_precision', undefined, FLOAT_TYPES);
   if (attrs.scale !== undefined && (typeof attrs.scale !== 'number' || !Number.isFinite(attrs.scale))) {
@@ -298,14 +319,15 @@ export function onnxAttention(backend: Backend, inputs: OnnxAttentionInputs, att
     strides: { q: qView.strides, k: kStrides, v: vStrides, out: yStrides }, outDims: yDims, offset: past,
   };
   const mask = maskRead ? onnxMask(maskRead, total, Q.half) : undefined;
-  const options: AttentionOptionsRead = { causal, scale: attrs.scale, softcap: attrs.softcap === 0 ? undefined : attrs.softcap, mask };
+  // the window is shifted by the plan's offset (the past length), or per batch by nonpad[b] - Sq below
+  const options: AttentionOptionsRead = { causal, scale: attrs.scale, softcap: attrs.softcap === 0 ? undefined : attrs.softcap, mask, window };
   const plan = finishAttentionPlan(layout, options, backend, 'attributes');
 
   let y: Float32Array;
   if (!nonpad) {
     y = backend.run(attentionOp, plan).data;
   } else {
-    // per batch: keys past nonpad[b] are padding; causal offset nonpad[b] - Sq; each writes its part of y
+    // per batch: keys past nonpad[b] are padding; causal and window offset nonpad[b] - Sq; each writes its part of y
     y = new Float32Array(sizeOf(yDims));
     for (let b = 0; b < batch; b++) backend.run(attentionOp, batchSlice(plan, b, nonpad[b], nonpad[b] - seqQ, array(y)));
   }
