@@ -4,6 +4,7 @@
 // free at once. Blocks are 64-byte aligned (a cache line; v128 loads need 16). Free blocks are kept
 // sorted by address and merged with their neighbours, first fit.
 import { AttentionError } from '../errors.js';
+import { BlockTable } from './block-table.js';
 
 const ALIGN = 64;
 /**
@@ -39,7 +40,7 @@ export class WasmHeap {
   /** Free blocks [start, end), sorted by start, never adjacent. */
   private free: Array<[number, number]> = [];
   /** Live blocks: the address handed out -> [block start, block size, bytes requested]. */
-  private readonly blocks = new Map<number, [number, number, number]>();
+  private readonly blocks = new BlockTable();
   private readonly guards = guardsOn();
   private used = 0;
   private f32View: Float32Array;
@@ -121,7 +122,7 @@ export class WasmHeap {
     if (block[1] - start === size) this.free.splice(index, 1);
     else block[0] = start + size;
     const ptr = start + guard;
-    this.blocks.set(ptr, [start, size, bytes]);
+    this.blocks.set(ptr, start, size, bytes);
     this.used += size;
     if (guard) {
       this.u8View.fill(GUARD_BYTE, start, ptr);
@@ -163,11 +164,12 @@ export class WasmHeap {
 
   /** Frees a block returned by alloc. */
   release(handed: number): void {
-    const block = this.blocks.get(handed);
-    if (block === undefined) throw new Error(`wasm-attention internal error: release of unknown block ${handed}`);
-    const [ptr, size, bytes] = block;
-    if (this.guards) this.checkGuards(handed, ptr, size, bytes);
-    this.blocks.delete(handed);
+    const slot = this.blocks.find(handed);
+    if (slot < 0) throw new Error(`wasm-attention internal error: release of unknown block ${handed}`);
+    const ptr = this.blocks.start(slot);
+    const size = this.blocks.size(slot);
+    if (this.guards) this.checkGuards(handed, ptr, size, this.blocks.bytes(slot));
+    this.blocks.remove(slot);
     this.used -= size;
     let lo = 0;
     let hi = this.free.length;
