@@ -5,6 +5,9 @@ import { describe, expect, it } from 'vitest';
 import { AttentionError, createEngineSync } from '../src/index.js';
 import { referenceAttention } from '../src/reference.js';
 import { WorkerPool } from '../src/pool/pool.js';
+import type { WasmBackend } from '../src/backends/wasm.js';
+import type { WasmCall } from '../src/backend.js';
+import { HEADER, jobLayout } from '../src/job.js';
 import { maxError, randomTensor, rng } from './helpers.js';
 
 const bits = (a: Float32Array): Buffer => Buffer.from(a.buffer, a.byteOffset, a.byteLength);
@@ -126,6 +129,36 @@ describe('faults', () => {
     expect(Array.from((await engine.attentionAsync(q, q, q)).data)).toEqual(expected);
     engine.dispose();
     one.dispose();
+  });
+
+  it('a pooled sync call that fails gives its blocks back', async () => {
+    const engine = createEngineSync({ backend: 'wasm-simd', threads: 2 });
+    const backend = (engine as unknown as { runtime: WasmBackend }).runtime;
+    // an op whose items fail on every thread (an op number no runner knows), with a 1 MiB block
+    const layout = jobLayout(99, [] as const);
+    const failing = {
+      name: 'failing',
+      inputs: () => [],
+      js: () => undefined,
+      wasm: {
+        layout,
+        encode: (_plan: unknown, call: WasmCall) => {
+          const job = layout.create();
+          job[HEADER.items] = 8;
+          call.alloc(1 << 20);
+          return { job, scratchBytes: 64 };
+        },
+        finish: () => undefined,
+      },
+    };
+    for (let round = 0; round < 5; round++) {
+      expect(() => backend.run(failing, { flops: 1e9 })).toThrow(/unknown job op/);
+      for (let wait = 0; wait < 200 && engine.stats().usedBytes > 0; wait++) await new Promise((r) => setTimeout(r, 20));
+      expect(engine.stats().usedBytes).toBe(0);
+    }
+    const q = randomTensor(rng(9), [1, 4, 256, 32]);
+    expect(maxError(engine.attention(q, q, q).data, referenceAttention(q, q, q).data)).toBeLessThan(1e-5);
+    engine.dispose();
   });
 
   it('dispose rejects further calls and lets the process exit', () => {
