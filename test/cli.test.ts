@@ -9,11 +9,23 @@ const CLI = new URL('../dist/cli.js', import.meta.url).pathname;
 const run = (...args: string[]) => spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', timeout: 120_000 });
 
 describe('wasm-attention CLI', () => {
-  it('info reports the runtime and the chosen build', () => {
+  it('info reports the runtime and the build every command uses: relaxed SIMD without any flag', () => {
+    // started without --experimental-wasm-relaxed-simd: on Node 20 the CLI starts itself again with it
     const report = JSON.parse(execFileSync(process.execPath, [CLI, 'info', '--json'], { encoding: 'utf8' }));
     expect(report.node).toBe(process.version);
     expect(report.simd).toBe(true);
-    expect(['wasm-simd', 'wasm-relaxed-simd']).toContain(report.build);
+    expect(report.relaxedSimd).toBe(true);
+    expect(report.build).toBe('wasm-relaxed-simd');
+    expect(report.version).toBe(JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')).version);
+    expect(run('--version').stdout.trim()).toBe(report.version);
+  });
+
+  it('refuses bad arguments before any work', () => {
+    for (const args of [['bench', '--repeats', '0'], ['bench', '--repeats', 'abc'], ['bench', '--threads', '0', '--backends', 'js'], ['verify', '--samples', '2.5'], ['verify', '--samples', '-5'], ['bench', '--svg', '/no/such/folder/chart.svg']]) {
+      const result = run(...args);
+      expect(result.status, args.join(' ')).toBe(2);
+      expect(result.stdout, args.join(' ')).toBe('');
+    }
   });
 
   it('verify passes the ONNX cases and a differential sample, and says so', () => {

@@ -31,7 +31,15 @@ describe('examples', () => {
       const k = Array.from({ length: steps * 16 }, (_, i) => value(i + 1000));
       const v = Array.from({ length: steps * 16 }, (_, i) => value(i + 2000));
       let last: { y: number[]; length: number } | undefined;
-      for (let t = 0; t < steps; t++) last = await post(`/sessions/${id}/step`, { q: q.slice(t * 32, t * 32 + 32), k: k.slice(t * 16, t * 16 + 16), v: v.slice(t * 16, t * 16 + 16) });
+      for (let t = 0; t < steps; t++) {
+        last = await post(`/sessions/${id}/step`, { q: q.slice(t * 32, t * 32 + 32), k: k.slice(t * 16, t * 16 + 16), v: v.slice(t * 16, t * 16 + 16) });
+        if (t === 4) {
+          // a refused step (q one float short) changes nothing: the next step is still position 6
+          const refused = await fetch(`${base}/sessions/${id}/step`, { method: 'POST', body: JSON.stringify({ q: q.slice(0, 31), k: k.slice(0, 16), v: v.slice(0, 16) }) });
+          expect(refused.status).toBe(400);
+          expect((await refused.json()).code).toBe('INVALID_TENSOR');
+        }
+      }
       expect(last!.length).toBe(steps);
       // the last step against one attention call over the whole sequence ([1, n, H·D] → [1, H, n, D])
       const heads = (flat: number[], h: number) => {

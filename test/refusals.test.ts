@@ -52,6 +52,11 @@ describe.each(BACKENDS)('refusals on %s', (backend) => {
     refused(() => e.kvCache({ batch: 1, kvHeads: 1, headDim: 4, maxSeq: 4, maxseq: 5 } as never), 'INVALID_OPTION', 'options.maxseq');
   });
 
+  it('checks the size of returnWeights before any kernel runs, in human units', () => {
+    const q = { data: new Float32Array(200_000 * 64), dims: [1, 1, 200_000, 64] };
+    refused(() => e.attention(q, q, q, { returnWeights: true }), 'OUT_OF_MEMORY', 'options.returnWeights', /149\.0 GiB/);
+  });
+
   it('says a { data, dims } tensor is needed when given a bare array', () => {
     const q = randomTensor(rng(3), [1, 1, 2, 4]);
     refused(() => e.attention(q.data as never, q, q), 'INVALID_TENSOR', 'q', /pass a tensor/);

@@ -34,11 +34,24 @@ export async function startServer({ backend = 'auto', port = 0, threads } = {}) 
     res.end(JSON.stringify(body));
   };
 
+  /** body[name] as float32, checked: `length` finite numbers; a refused step changes nothing. */
+  const floats = (body, name, length) => {
+    const value = body?.[name];
+    if (!Array.isArray(value) || value.length !== length || !value.every((x) => typeof x === 'number' && Number.isFinite(x))) {
+      throw Object.assign(new Error(`${name} must be an array of ${length} finite numbers`), { name: 'AttentionError', code: 'INVALID_TENSOR' });
+    }
+    return Float32Array.from(value);
+  };
+
   async function step(session, body) {
     const { cache, heads, kvHeads, headDim } = session;
+    // every input checked before the cache is touched
+    const q = floats(body, 'q', heads * headDim);
+    const k = floats(body, 'k', kvHeads * headDim);
+    const v = floats(body, 'v', kvHeads * headDim);
     if (cache.length >= cache.maxSeq) cache.reset();
-    cache.append({ data: Float32Array.from(body.k), dims: [1, kvHeads, 1, headDim] }, { data: Float32Array.from(body.v), dims: [1, kvHeads, 1, headDim] });
-    const y = await cache.attentionAsync({ data: Float32Array.from(body.q), dims: [1, heads, 1, headDim] });
+    cache.append({ data: k, dims: [1, kvHeads, 1, headDim] }, { data: v, dims: [1, kvHeads, 1, headDim] });
+    const y = await cache.attentionAsync({ data: q, dims: [1, heads, 1, headDim] });
     return { y: Array.from(y.data), length: cache.length };
   }
 
