@@ -1,5 +1,7 @@
 // The main job: attention on the default workload, each backend side by side in one run.
-//   npm run bench                     all shapes, all backends this runtime has
+//   npm run bench                     the default shapes, all backends this runtime has (about 2 minutes,
+//                                     about 1.5 GB of RSS at its peak; add --shapes decode-b8,long-4096
+//                                     for the big ones, which need several GB)
 //   node bench/attention.bench.js --shapes bert-128,decode --threads 1,2 --backends wasm-simd,js --json
 // For each shape, backend and thread count: median ms per call (inputs copied in and the result copied out),
 // GFLOP/s = 4·B·H·Sq·Skv·D / time (half for causal), the ratio to the js backend, and the max
@@ -10,7 +12,7 @@ import { Bench } from 'tinybench';
 import { createEngineSync } from '../dist/index.js';
 import { referenceAttention } from '../dist/reference.js';
 import { buildSupported } from '../dist/backends/wasm-module.js';
-import { relaunchWithRelaxedSimd } from './relaxed-flag.js';
+import { collect, relaunchWithRelaxedSimd } from './relaxed-flag.js';
 
 relaunchWithRelaxedSimd();
 
@@ -18,7 +20,8 @@ export const SHAPES = {
   'bert-128': { batch: 1, heads: 12, seqQ: 128, seqKV: 128, headDim: 64, causal: false },
   'bert-512': { batch: 1, heads: 12, seqQ: 512, seqKV: 512, headDim: 64, causal: false },
   'gpt-1024': { batch: 1, heads: 12, seqQ: 1024, seqKV: 1024, headDim: 64, causal: true },
-  decode: { batch: 8, heads: 32, seqQ: 1, seqKV: 2048, headDim: 128, causal: false },
+  decode: { batch: 2, heads: 32, seqQ: 1, seqKV: 2048, headDim: 128, causal: false },
+  'decode-b8': { batch: 8, heads: 32, seqQ: 1, seqKV: 2048, headDim: 128, causal: false },
   'long-4096': { batch: 1, heads: 8, seqQ: 4096, seqKV: 4096, headDim: 64, causal: true },
 };
 
@@ -65,6 +68,7 @@ for (const name of values.shapes.split(',')) {
       const ms = bench.tasks[0].result.latency.p50;
       rows.push({ shape: name, backend, threads, ms, gflops: flops / ms / 1e6, maxError });
       engine.dispose();
+      collect();
     }
   }
   if (!values.json) process.stderr.write('\n');
@@ -100,6 +104,7 @@ if (!values['skip-extras']) {
     const [decode, copy, small] = bench.tasks.map((t) => t.result.latency.p50);
     extras.push({ backend, decodeGBs: bytes / decode / 1e6, copyGBs: bytes / copy / 1e6, smallMicros: small });
     engine.dispose();
+    collect();
   }
 }
 

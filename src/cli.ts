@@ -30,7 +30,7 @@ Prints the Node version, whether this runtime validates the simd and relaxed-sim
 shared memory (threads), the build createEngine() picks, and the default thread count.`,
   bench: `wasm-attention bench [options]
 
-  --shapes LIST     comma-separated: ${'bert-128,bert-512,gpt-1024,decode,long-4096'} (default: the first four)
+  --shapes LIST     comma-separated: ${'bert-128,bert-512,gpt-1024,decode,decode-b8,long-4096'} (default: the first four)
   --backends LIST   comma-separated backends (default: every wasm build this runtime runs, and js)
   --threads LIST    comma-separated thread counts for the wasm backends (default: 1)
   --repeats N       timed calls per cell, median reported (an integer >= 1, default 5; js: at most 2)
@@ -48,7 +48,8 @@ const SHAPES: Record<string, { batch: number; heads: number; seqQ: number; seqKV
   'bert-128': { batch: 1, heads: 12, seqQ: 128, seqKV: 128, headDim: 64, causal: false },
   'bert-512': { batch: 1, heads: 12, seqQ: 512, seqKV: 512, headDim: 64, causal: false },
   'gpt-1024': { batch: 1, heads: 12, seqQ: 1024, seqKV: 1024, headDim: 64, causal: true },
-  decode: { batch: 8, heads: 32, seqQ: 1, seqKV: 2048, headDim: 128, causal: false },
+  decode: { batch: 2, heads: 32, seqQ: 1, seqKV: 2048, headDim: 128, causal: false },
+  'decode-b8': { batch: 8, heads: 32, seqQ: 1, seqKV: 2048, headDim: 128, causal: false },
   'long-4096': { batch: 1, heads: 8, seqQ: 4096, seqKV: 4096, headDim: 64, causal: true },
 };
 

@@ -4,6 +4,13 @@ import { describe, expect, it } from 'vitest';
 import { createEngineSync } from '../src/index.js';
 
 describe('examples', () => {
+  it('quick-start (the README\'s) runs and agrees with the reference', () => {
+    const out = execFileSync(process.execPath, [new URL('../examples/quick-start/index.js', import.meta.url).pathname], { encoding: 'utf8', timeout: 60_000 });
+    expect(out).toMatch(/y dims \[1,12,128,64\], async result identical: true/);
+    const error = Number(/reference: (\S+)/.exec(out)![1]);
+    expect(error).toBeLessThan(1e-5);
+  });
+
   it('transformer-block matches its float64 reference', async () => {
     const { main } = await import('../examples/transformer-block/index.js');
     expect(await main()).toBeLessThan(1e-5);
