@@ -22,7 +22,8 @@ describe('examples', () => {
     expect(yTensor.type).toBe('float32');
     expect(yTensor.dims).toEqual([1, 4, 6, 8]);
     expect(yHalf.type).toBe('float16');
-    expect(yHalf.data).toBeInstanceOf(Uint16Array);
+    // onnxruntime keeps float16 as Uint16Array bits, or as a Float16Array where the runtime has one (Node 24)
+    expect(['Uint16Array', 'Float16Array']).toContain(yHalf.data.constructor.name);
   });
 
   it('server serves decode steps that equal attention over the whole sequence', async () => {

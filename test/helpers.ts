@@ -1,6 +1,7 @@
 // Shared test helpers: a seeded generator, tensor makers, the backends under test, and the one
 // place where tolerances are stated.
-import { createEngineSync, type BackendName, type Engine } from '../src/index.js';
+import { expect } from 'vitest';
+import { AttentionError, createEngineSync, type BackendName, type Engine } from '../src/index.js';
 
 /** Backends this test process checks (set per vitest project, see vitest.config.ts). */
 export const BACKENDS = (process.env.TEST_BACKENDS ?? 'wasm-simd,js').split(',') as BackendName[];
@@ -74,4 +75,18 @@ export function maxError(actual: ArrayLike<number>, expected: ArrayLike<number>)
     worst = Math.max(worst, a === e ? 0 : Math.abs(a - e));
   }
   return worst;
+}
+
+/** Expects `call` to throw an AttentionError with this code and argument (and message, when given). */
+export function refused(call: () => unknown, code: string, argument?: string, message?: RegExp): void {
+  let error: unknown;
+  try {
+    call();
+  } catch (e) {
+    error = e;
+  }
+  expect(error).toBeInstanceOf(AttentionError);
+  expect((error as AttentionError).code).toBe(code);
+  expect((error as AttentionError).argument).toBe(argument);
+  if (message) expect((error as AttentionError).message).toMatch(message);
 }

@@ -2,6 +2,10 @@
 // present_key/present_value and qk_matmul_output, float32 and float16, on every backend.
 import { describe, expect, it } from 'vitest';
 import type { OnnxOutputTensor, OnnxTensor } from '../src/index.js';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
 import { OUTPUT_ROLES, conformanceCall, conformanceCases, conformanceTensor } from '../src/conformance.js';
 import { halfToFloat } from '../src/float16.js';
 import { BACKENDS, engineFor, tolerance } from './helpers.js';
@@ -39,5 +43,14 @@ describe.each(BACKENDS)('onnxAttention on %s', (backend) => {
       // tighter than ONNX for float32 outputs: float32 rounding of short reductions
       if (e.dtype === 'float32') expect(worst, role).toBeLessThan(2e-6);
     });
+  });
+});
+
+describe('conformance vectors', () => {
+  it('a truncated vector file is refused, naming the file', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'wasm-attention-vectors-'));
+    writeFileSync(join(dir, 'q.bin'), new Uint8Array(10)); // float32 [1, 4] needs 16 bytes
+    const url = pathToFileURL(`${dir}/`);
+    expect(() => conformanceTensor({ role: 'Q', dtype: 'float32', shape: [1, 4], file: 'q.bin' }, url)).toThrow(/q\.bin: 10 bytes, but float32 \[1,4\] needs 16/);
   });
 });

@@ -3,22 +3,9 @@
 // the answer, the ONNX entry point names attributes and inputs (and gives the outputs a node asks
 // for), and a misspelt option is refused instead of ignored.
 import { describe, expect, it } from 'vitest';
-import { AttentionError, createEngineSync } from '../src/index.js';
+import { createEngineSync } from '../src/index.js';
 import { referenceAttention } from '../src/reference.js';
-import { BACKENDS, engineFor, maxError, randomTensor, rng } from './helpers.js';
-
-function refused(call: () => unknown, code: string, argument: string | undefined, message?: RegExp): void {
-  let error: unknown;
-  try {
-    call();
-  } catch (e) {
-    error = e;
-  }
-  expect(error).toBeInstanceOf(AttentionError);
-  expect((error as AttentionError).code).toBe(code);
-  expect((error as AttentionError).argument).toBe(argument);
-  if (message) expect((error as AttentionError).message).toMatch(message);
-}
+import { BACKENDS, engineFor, maxError, randomTensor, refused, rng } from './helpers.js';
 
 describe.each(BACKENDS)('refusals on %s', (backend) => {
   const e = engineFor(backend);

@@ -2,25 +2,12 @@
 // runs, and leave the engine working and its memory as it was.
 import { describe, expect, it } from 'vitest';
 import { AttentionError, createEngine, createEngineSync, mergeAttention } from '../src/index.js';
-import { BACKENDS, engineFor, randomTensor, rng } from './helpers.js';
+import { BACKENDS, engineFor, randomTensor, refused, rng } from './helpers.js';
 
 const random = rng(5);
 const q = randomTensor(random, [1, 2, 4, 8]);
 const k = randomTensor(random, [1, 2, 6, 8]);
 const v = randomTensor(random, [1, 2, 6, 8]);
-
-function refused(call: () => unknown, code: string, argument: string | undefined, message?: RegExp): void {
-  let error: unknown;
-  try {
-    call();
-  } catch (e) {
-    error = e;
-  }
-  expect(error).toBeInstanceOf(AttentionError);
-  expect((error as AttentionError).code).toBe(code);
-  expect((error as AttentionError).argument).toBe(argument);
-  if (message) expect((error as AttentionError).message).toMatch(message);
-}
 
 describe.each(BACKENDS)('validation on %s', (backend) => {
   const e = engineFor(backend);

@@ -62,32 +62,6 @@ export interface AttentionMask {
   at: HeadStrides;
 }
 
-export interface AttentionPlan extends OpPlan {
-  batch: number;
-  qHeads: number;
-  kvHeads: number;
-  seqQ: number;
-  seqKV: number;
-  headDim: number;
-  valueDim: number;
-  q: Operand<Float32Array>;
-  k: Operand<Float32Array>;
-  v: Operand<Float32Array>;
-  strides: { q: HeadStrides; k: HeadStrides; v: HeadStrides; out: HeadStrides };
-  scale: number;
-  /** 0 when off. */
-  softcap: number;
-  /** Row i sees keys i + offset - left ..= i + offset + right; a negative left/right is unbounded. */
-  offset: number;
-  left: number;
-  right: number;
-  mask: AttentionMask | undefined;
-  out: Operand<Float32Array> | undefined;
-  outDims: number[];
-  returnWeights: boolean;
-  returnLogSumExp: boolean;
-}
-
 /** The shape and layout part of a plan: what a caller with its own layout (KV cache, ONNX, layer) provides. */
 export interface AttentionLayout {
   batch: number;
@@ -103,6 +77,20 @@ export interface AttentionLayout {
   strides: { q: HeadStrides; k: HeadStrides; v: HeadStrides; out: HeadStrides };
   outDims: number[];
   offset: number;
+}
+
+/** A checked attention call: its layout, the scalars and masks, and what was asked for besides. */
+export interface AttentionPlan extends OpPlan, AttentionLayout {
+  scale: number;
+  /** 0 when off. */
+  softcap: number;
+  /** Row i sees keys i + offset - left ..= i + offset + right; a negative left/right is unbounded. */
+  left: number;
+  right: number;
+  mask: AttentionMask | undefined;
+  out: Operand<Float32Array> | undefined;
+  returnWeights: boolean;
+  returnLogSumExp: boolean;
 }
 
 /** Options as read from the caller (once), not yet checked. */
