@@ -229,16 +229,16 @@ export class KVCache {
   }
 
   /**
-   * @internal checks, before a layer computes its projections, that a step of n positions with
-   * qHeads query heads fits and that its attention options hold: what step() will check again.
+   * @internal checks, before a layer computes its projections, that appending `appended` positions
+   * fits and that attention of n query rows with qHeads heads over the result holds its options:
+   * what step() will check again.
    */
-  checkStep(n: number, qHeads: number, options: AttentionOptionsRead): void {
+  checkStep(appended: number, n: number, qHeads: number, options: AttentionOptionsRead): void {
     this.live();
-    const counts = new Array<number>(this.batch).fill(n);
-    this.checkRoom(counts);
+    this.checkRoom(new Array<number>(this.batch).fill(appended));
     const dims = [this.batch, n, qHeads * this.headDim];
     const placeholder: TensorRead = { name: 'q', data: new Float32Array(dims[0] * dims[1] * dims[2]), dims, resident: undefined };
-    this.planAttention(placeholder, options, this.lengths.map((l) => l + n));
+    this.planAttention(placeholder, options, this.lengths.map((l) => l + appended));
   }
 
   /** Plans attention over sequences of the given lengths (the cache's own, or after an append). */

@@ -136,7 +136,7 @@ export function multiHeadAttention(backend: Backend, x: TensorLike<Float32Array>
   });
   // every check before any work: the attention options (and, with a cache, the room for this step)
   if (cache) {
-    cache.checkStep(seq, heads, attentionOptions);
+    cache.checkStep(seqKV, seq, heads, attentionOptions);
   } else {
     const nothing = new Float32Array(0);
     finishAttentionPlan(layout(nothing, nothing, nothing), attentionOptions, backend);
