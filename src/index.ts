@@ -4,6 +4,8 @@ export type { BackendName, EngineOptions, WasmBuild } from './engine.js';
 export { AttentionError } from './errors.js';
 export type { AttentionErrorCode } from './errors.js';
 export { ResidentTensor } from './memory/resident.js';
+export type { ResidentType } from './memory/resident.js';
+export type { MemoryStats } from './backend.js';
 export type { AttentionOptions, AttentionOutput } from './ops/attention/plan.js';
 export type { MatmulOptions } from './ops/matmul/plan.js';
 export type { SoftmaxOptions } from './ops/softmax/plan.js';
