@@ -16,6 +16,8 @@ import { attentionOp } from './ops/attention/index.js';
 import { type AttentionOptions, type AttentionOutput, planAttention } from './ops/attention/plan.js';
 import { matmulOp } from './ops/matmul/index.js';
 import { type MatmulOptions, planMatmul } from './ops/matmul/plan.js';
+import { rotaryOp } from './ops/rope/index.js';
+import { type RotaryOptions, planRotary } from './ops/rope/plan.js';
 import { softmaxOp } from './ops/softmax/index.js';
 import { type SoftmaxOptions, planSoftmax } from './ops/softmax/plan.js';
 import { cores } from './platform.js';
@@ -86,7 +88,7 @@ function checkEngineOptions(options: unknown): { backend: BackendName; threads: 
   return { backend: chooseBackend(opts.backend), threads, maxMemoryBytes };
 }
 
-/** Computes attention, matmul and softmax on one backend. Create with createEngine / createEngineSync. */
+/** Computes attention, matmul, softmax and rotary embeddings on one backend. Create with createEngine / createEngineSync. */
 export class Engine {
   /** The backend every call of this engine runs on. */
   readonly backend: BackendName;
@@ -151,6 +153,22 @@ export class Engine {
   async softmaxAsync(x: TensorLike<Float32Array>, options?: SoftmaxOptions): Promise<Tensor> {
     const backend = this.live();
     return backend.runAsync(softmaxOp, planSoftmax(x, options, backend));
+  }
+
+  /**
+   * Rotary position embedding (RoPE, as ONNX RotaryEmbedding): x [B, H, S, D] (or [B, S, H·D] with
+   * options.heads), the first `dims` elements of each head vector of token (b, s) rotated pairwise by
+   * angles p·base^(-2i/dims), p its position; half-split pairs (i, i + dims/2) or interleaved (2i, 2i+1).
+   */
+  rotary(x: TensorLike<Float32Array>, options: RotaryOptions): Tensor {
+    const backend = this.live();
+    return backend.run(rotaryOp, planRotary(x, options, backend));
+  }
+
+  /** rotary() on the worker threads; see attentionAsync. */
+  async rotaryAsync(x: TensorLike<Float32Array>, options: RotaryOptions): Promise<Tensor> {
+    const backend = this.live();
+    return backend.runAsync(rotaryOp, planRotary(x, options, backend));
   }
 
   /**

@@ -9,6 +9,7 @@ export type { MemoryStats } from './backend.js';
 export type { AttentionOptions, AttentionOutput } from './ops/attention/plan.js';
 export type { MatmulOptions } from './ops/matmul/plan.js';
 export type { SoftmaxOptions } from './ops/softmax/plan.js';
+export type { RotaryOptions } from './ops/rope/plan.js';
 export type { Tensor, TensorLike } from './tensor.js';
 export { mergeAttention } from './ops/attention/merge.js';
 export type { AttentionChunk } from './ops/attention/merge.js';

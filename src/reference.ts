@@ -5,3 +5,5 @@ export { referenceAttention } from './ops/attention/reference.js';
 export type { ReferenceAttention, ReferenceAttentionOptions } from './ops/attention/reference.js';
 export { referenceMatmul } from './ops/matmul/reference.js';
 export { referenceSoftmax } from './ops/softmax/reference.js';
+export { referenceRotary } from './ops/rope/reference.js';
+export type { ReferenceRotaryOptions } from './ops/rope/reference.js';

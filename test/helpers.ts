@@ -51,6 +51,11 @@ export const tolerance = {
   attention: (headDim: number, seqKV: number, maxScore: number): number =>
     4 * EPS32 * (Math.sqrt(headDim + 1) * (1 + maxScore) + Math.sqrt(seqKV + 1)),
   softmax: (cols: number, maxScaled: number): number => 16 * EPS32 * (Math.sqrt(cols + 1) + maxScaled),
+  /**
+   * RoPE, per element: cos and sin rounded to float32 (2^-24 each), two products and a sum, so
+   * |error| <= ~3·2^-24·(|x1| + |x2|) <= 3·EPS32·max|x|; 4·EPS32·max|x| whatever the position.
+   */
+  rotary: (maxInput: number): number => 4 * EPS32 * maxInput,
   /** ONNX's own: |a - e| <= atol + rtol*|e|. */
   onnx: { rtol: 1e-3, atol: 1e-7 },
 };

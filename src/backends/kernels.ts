@@ -16,6 +16,10 @@ export interface Kernels {
     offset: number, left: number, right: number, rowStats: number, scratch: number,
     weights: number, ldw: number,
   ): void;
+  f32_rope_rows(
+    x: number, ldx: number, y: number, ldy: number, rows: number, headDim: number, dims: number,
+    cos: number, sin: number, ldc: number, interleaved: number,
+  ): void;
   f32_attention_scratch_bytes(headDim: number, valueDim: number): number;
   f32_exp(x: number): number;
   copy_bytes(dst: number, src: number, bytes: number): void;

@@ -3,10 +3,12 @@
 import type { ItemRunner } from '../job.js';
 import { ATTENTION_JOB, runAttentionItem } from './attention/job.js';
 import { MATMUL_JOB, runMatmulItem } from './matmul/job.js';
+import { ROPE_JOB, runRopeItem } from './rope/job.js';
 import { SOFTMAX_JOB, runSoftmaxItem } from './softmax/job.js';
 
 export const ITEM_RUNNERS: ReadonlyMap<number, ItemRunner> = new Map([
   [ATTENTION_JOB.op, runAttentionItem],
   [MATMUL_JOB.op, runMatmulItem],
   [SOFTMAX_JOB.op, runSoftmaxItem],
+  [ROPE_JOB.op, runRopeItem],
 ]);
