@@ -49,14 +49,24 @@ function startWorker(onReady: () => void, onExit: (error: unknown) => void): Poo
     // V8 flags such as --experimental-wasm-relaxed-simd are process-wide and apply to them anyway.
     const worker = new nodeWorkers.Worker(WORKER_URL, { execArgv: [] });
     let error: unknown;
-    worker.on('message', (m) => m === 'ready' && onReady());
+    worker.on('message', (m: unknown) => {
+      if (m === 'ready') onReady();
+      else if (typeof m === 'object' && m !== null && 'failed' in m) error = (m as { failed: string }).failed;
+    });
     worker.on('error', (e) => (error = e));
     worker.on('exit', () => onExit(error));
     return { postMessage: (m) => worker.postMessage(m), terminate: () => void worker.terminate(), ref: () => worker.ref(), unref: () => worker.unref() };
   }
   const worker = new Worker(WORKER_URL, { type: 'module' });
-  worker.addEventListener('message', (e) => e.data === 'ready' && onReady());
-  worker.addEventListener('error', (e) => onExit(e.message), { once: true });
+  let failed: unknown;
+  worker.addEventListener('message', (e) => {
+    if (e.data === 'ready') onReady();
+    else if (e.data?.failed) {
+      failed = e.data.failed;
+      onExit(failed);
+    }
+  });
+  worker.addEventListener('error', (e) => failed === undefined && onExit(e.message), { once: true });
   return { postMessage: (m) => worker.postMessage(m), terminate: () => worker.terminate(), ref: () => {}, unref: () => {} };
 }
 

@@ -1,29 +1,39 @@
 // A pool worker (a Node worker thread, or a module Web Worker in a browser): instantiates the
 // engine's compiled kernels over the engine's shared memory, then waits for jobs (pool.ts) and runs
 // items until none is left. It never allocates WASM memory: inputs, outputs, scratch and the job
-// itself are laid out by the engine's thread.
+// itself are laid out by the engine's thread. If anything fails here, the worker clears its busy
+// word, says why, and ends itself, rather than dying of an uncaught exception (the pool sees the exit
+// and replaces it; terminating a worker while its runtime reports an uncaught exception has crashed
+// Node 24's V8).
 import { instantiateKernels } from '../backends/wasm-module.js';
 import { nodeWorkers } from '../platform.js';
 import { C, type WorkerInit, claimLoop } from './protocol.js';
 
 const port = nodeWorkers?.parentPort;
+const send = (message: unknown): void => (port ? port.postMessage(message) : postMessage(message));
 
 function run(init: WorkerInit): void {
-  const kernels = instantiateKernels(init.module, init.memory);
   const ctrl = new Int32Array(init.ctrl);
-  const job = new Float64Array(init.job);
-  // the pool counts a worker that dies before this as one that could not start
-  if (port) port.postMessage('ready');
-  else postMessage('ready');
-  let seen = 0;
-  for (;;) {
-    Atomics.wait(ctrl, C.epoch, seen);
-    const epoch = Atomics.load(ctrl, C.epoch);
-    if (epoch < 0) break;
-    seen = epoch;
-    claimLoop(kernels, init.memory, ctrl, job, init.slot);
+  try {
+    const kernels = instantiateKernels(init.module, init.memory);
+    const job = new Float64Array(init.job);
+    // the pool counts a worker that ends before this as one that could not start
+    send('ready');
+    let seen = 0;
+    for (;;) {
+      Atomics.wait(ctrl, C.epoch, seen);
+      const epoch = Atomics.load(ctrl, C.epoch);
+      if (epoch < 0) break;
+      seen = epoch;
+      claimLoop(kernels, init.memory, ctrl, job, init.slot);
+    }
+    port?.close();
+  } catch (error) {
+    Atomics.store(ctrl, C.busy + init.slot, 0);
+    send({ failed: String(error instanceof Error ? error.message : error) });
+    if (port) process.exit(1);
+    else close();
   }
-  port?.close();
 }
 
 if (port) port.once('message', run);
