@@ -4,15 +4,14 @@
 // pool (../pool/), lets the op read its result, and frees every temporary block, so nothing of a
 // call stays behind. Blocks that a retired crew of workers might still write are freed only once
 // those workers have exited.
-import type { Backend, Encoded, MemoryStats, Op, OpPlan, Operand, WasmBuild, WasmCall } from '../backend.js';
+import type { Backend, MemoryStats, Op, OpPlan, Operand, WasmBuild, WasmCall } from '../backend.js';
 import { AttentionError } from '../errors.js';
-import { HEADER } from '../job.js';
 import { WasmHeap } from '../memory/heap.js';
 import { type ResidentOwner, ResidentTensor, type ResidentType } from '../memory/resident.js';
-import { cores, isNode } from '../platform.js';
+import { cores } from '../platform.js';
 import { lengthOf } from '../tensor.js';
 import { type Settled, WorkerPool } from '../pool/pool.js';
-import { runItem } from '../pool/protocol.js';
+import { runJob, runJobAsync } from '../pool/schedule.js';
 import type { Kernels } from './kernels.js';
 import { compiledModule, instantiateKernels, sharedMemorySupported } from './wasm-module.js';
 
@@ -142,7 +141,7 @@ export class WasmBackend implements Backend, ResidentOwner {
     let settled: Settled;
     try {
       const encoded = op.wasm.encode(plan, call);
-      settled = this.execute(encoded, plan.flops, call);
+      settled = runJob(this.pool, this.kernels, encoded.job, encoded.scratchBytes, plan.flops, call);
       return op.wasm.finish(plan, call, encoded);
     } catch (error) {
       settled ??= (error as { settled?: Settled }).settled;
@@ -177,53 +176,13 @@ export class WasmBackend implements Backend, ResidentOwner {
         this.live();
       }
       const encoded = op.wasm.encode(plan, call);
-      const { job } = encoded;
-      if (job[HEADER.items] > 0) {
-        if (this.pool && !this.pool.degraded) {
-          this.layout(encoded, 1 + this.pool.threads, call);
-          await this.pool.runAsync(job);
-        } else {
-          this.runHere(encoded, call);
-        }
-      }
+      await runJobAsync(this.pool, this.kernels, encoded.job, encoded.scratchBytes, call);
       return op.wasm.finish(plan, call, encoded);
     } finally {
       call.close(undefined);
       this.asyncPending--;
       next();
     }
-  }
-
-  /** Scratch for each slot that may run items (slot 0 is the calling thread), and, on the pool, item flags. */
-  private layout(encoded: Encoded, slots: number, call: Call): void {
-    const { job } = encoded;
-    const perSlot = Math.ceil(Math.max(encoded.scratchBytes, 64) / 64) * 64;
-    job[HEADER.scratch] = call.alloc(perSlot * slots);
-    job[HEADER.scratchBytes] = perSlot;
-    if (slots > 1) {
-      job[HEADER.flags] = call.alloc(job[HEADER.items]);
-      this.heap.u8.fill(0, job[HEADER.flags], job[HEADER.flags] + job[HEADER.items]);
-    }
-  }
-
-  private runHere(encoded: Encoded, call: Call): void {
-    this.layout(encoded, 1, call);
-    const { job } = encoded;
-    const i32 = this.heap.i32;
-    for (let item = 0; item < job[HEADER.items]; item++) runItem(this.kernels, job, item, 0, i32);
-  }
-
-  /** Runs every item, on the pool when it is worth it (a browser's main thread may not block). */
-  private execute(encoded: Encoded, flops: number, call: Call): Settled {
-    const { job } = encoded;
-    if (job[HEADER.items] === 0) return undefined;
-    const pool = this.pool;
-    if (pool && isNode && pool.worthIt(flops, job[HEADER.items])) {
-      this.layout(encoded, 1 + pool.threads, call);
-      return pool.runSync(this.kernels, job);
-    }
-    this.runHere(encoded, call);
-    return undefined;
   }
 
   residentOf(view: ArrayBufferView, buffer: ArrayBufferLike, name: string): ResidentTensor | undefined {
