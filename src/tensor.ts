@@ -229,18 +229,17 @@ export function checkMask(read: TensorRead, target: readonly number[], resolver:
     stride *= d;
   }
   const last = target.length - 1;
-  if (last >= 0 && strides[last] === 0 && target[last] > 1) return expandLastDim(kind, operand, resolver, dims, strides, target[last]);
+  if (last >= 0 && strides[last] === 0 && target[last] > 1) return expandLastDim(kind, operand, dims, strides, target[last]);
   if (last >= 0) strides[last] = 1;
   return { kind, operand, strides };
 }
 
 /** A mask whose last dim broadcasts gets that dim materialised, so kernels always read it with stride 1. */
-function expandLastDim(kind: MaskKind, operand: Operand, resolver: OperandResolver, dims: number[], strides: number[], width: number): MaskView {
+function expandLastDim(kind: MaskKind, operand: Operand, dims: number[], strides: number[], width: number): MaskView {
   const rows = sizeOf(dims);
   const data = operand.array ?? operand.resident.data;
   const expanded = kind === 'bool' ? new Uint8Array(rows * width) : new Float32Array(rows * width);
   for (let r = 0; r < rows; r++) expanded.fill(data[operand.offset + r], r * width, (r + 1) * width);
-  void resolver;
   return { kind, operand: { array: expanded, offset: 0, length: expanded.length }, strides: strides.map((s, i) => (i === strides.length - 1 ? 1 : s * width)) };
 }
 
