@@ -25,6 +25,16 @@ export type Operand<T extends Float32Array | Uint8Array = Float32Array | Uint8Ar
  */
 export const resultArray = <T extends Float32Array | Uint8Array>(out: Operand<T> | undefined, computed: T): T => out?.user ?? computed;
 
+/**
+ * The array behind an operand as memory is now: the plain array itself, or a view of the resident
+ * tensor's part (valid while a call pins the tensor, released or not).
+ */
+export function operandArray<T extends Float32Array | Uint8Array>(operand: Operand<T>): T {
+  if (operand.array) return operand.array;
+  const data = operand.resident!.view() as T;
+  return (operand.offset === 0 && operand.length === data.length ? data : data.subarray(operand.offset, operand.offset + operand.length)) as T;
+}
+
 /** What a backend gives the plan functions: how to tell its own memory from ordinary arrays. */
 export interface OperandResolver {
   /**
@@ -67,6 +77,9 @@ export interface Encoded {
   readonly job: Float64Array;
   /** Scratch bytes each thread that runs items needs. */
   readonly scratchBytes: number;
+  /** Where the op's result is (WasmCall.output's address), and its elements. */
+  readonly outPtr: number;
+  readonly size: number;
 }
 
 /** How an op runs on the wasm kernels: its job layout, the encoder, and what follows the items. */

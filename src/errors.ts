@@ -26,3 +26,12 @@ export class AttentionError extends Error {
     this.argument = argument;
   }
 }
+
+/** Bytes in human units: 2.1 GiB. */
+export function human(bytes: number): string {
+  const units = ['bytes', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB'];
+  let value = bytes;
+  let unit = 0;
+  while (value >= 1024 && unit < units.length - 1) [value, unit] = [value / 1024, unit + 1];
+  return `${value.toFixed(unit === 0 ? 0 : 1)} ${units[unit]}`;
+}

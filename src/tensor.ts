@@ -7,8 +7,8 @@
 // checks what it read: typed arrays through the built-in %TypedArray% getters (a subclass that lies
 // about its length, or a Proxy, cannot fool them) into plain views that no user code can reach. So
 // what was checked is exactly what the kernels get.
-import type { Operand, OperandResolver } from './backend.js';
-import { AttentionError } from './errors.js';
+import { type Operand, type OperandResolver, operandArray } from './backend.js';
+import { AttentionError, human } from './errors.js';
 import { ResidentTensor } from './memory/resident.js';
 
 /** Any object with row-major data and integer dims (onnxruntime's Tensor fits as it is). */
@@ -109,7 +109,7 @@ export const MAX_RESULT = 2 ** 30 - 16;
 /** Refuses, before anything runs, a result of more elements than MAX_RESULT. */
 export function checkResultSize(elements: number, what: string, argument: string): void {
   if (elements > MAX_RESULT) {
-    throw new AttentionError('OUT_OF_MEMORY', `${what} would have ${elements} elements (${(elements / 2 ** 28).toFixed(1)} GiB of float32); at most ${MAX_RESULT} fit`, argument);
+    throw new AttentionError('OUT_OF_MEMORY', `${what} would have ${elements} elements (${human(4 * elements)} of float32); at most ${human(4 * MAX_RESULT)} fit`, argument);
   }
 }
 
@@ -237,9 +237,9 @@ export function checkMask(read: TensorRead, target: readonly number[], resolver:
 /** A mask whose last dim broadcasts gets that dim materialised, so kernels always read it with stride 1. */
 function expandLastDim(kind: MaskKind, operand: Operand, dims: number[], strides: number[], width: number): MaskView {
   const rows = sizeOf(dims);
-  const data = operand.array ?? operand.resident.data;
+  const data = operandArray(operand);
   const expanded = kind === 'bool' ? new Uint8Array(rows * width) : new Float32Array(rows * width);
-  for (let r = 0; r < rows; r++) expanded.fill(data[operand.offset + r], r * width, (r + 1) * width);
+  for (let r = 0; r < rows; r++) expanded.fill(data[r], r * width, (r + 1) * width);
   return { kind, operand: { array: expanded, offset: 0, length: expanded.length }, strides: strides.map((s, i) => (i === strides.length - 1 ? 1 : s * width)) };
 }
 

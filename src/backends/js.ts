@@ -1,16 +1,9 @@
 // The js backend: runs any op's plan with the op's plain-TypeScript implementation. Its resident
 // tensors are ordinary arrays behind the same handles as the wasm backend's, so a released tensor
 // is refused here too.
-import type { ArrayOf, Backend, MemoryStats, Op, OpPlan, Operand } from '../backend.js';
+import { type Backend, type MemoryStats, type Op, type OpPlan, operandArray } from '../backend.js';
 import { AttentionError } from '../errors.js';
 import { type ResidentOwner, ResidentTensor, type ResidentType } from '../memory/resident.js';
-
-/** The current array behind an operand. */
-const arrayOf: ArrayOf = <T extends Float32Array | Uint8Array>(operand: Operand<T>): T => {
-  if (operand.array) return operand.array;
-  const data = operand.resident!.data as T;
-  return (operand.offset === 0 && operand.length === data.length ? data : data.subarray(operand.offset, operand.offset + operand.length)) as T;
-};
 
 export class JsBackend implements Backend, ResidentOwner {
   readonly name = 'js' as const;
@@ -25,7 +18,7 @@ export class JsBackend implements Backend, ResidentOwner {
 
   run<P extends OpPlan, R>(op: Op<P, R>, plan: P): R {
     this.live();
-    return op.js(plan, arrayOf);
+    return op.js(plan, operandArray);
   }
 
   async runAsync<P extends OpPlan, R>(op: Op<P, R>, plan: P): Promise<R> {

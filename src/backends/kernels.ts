@@ -1,6 +1,9 @@
 // The kernels' exports as TypeScript sees them: the signatures of assembly/index.ts, pointers as
 // byte offsets into the module's (imported) linear memory. Kept apart from the loader so that jobs,
 // the pool and the ops can name the kernels without importing the loader.
+/** The mask kinds the kernels take (0: no mask). */
+export const MASK_KIND = { bool: 1, float: 2 } as const;
+
 export interface Kernels {
   heap_base(): number;
   f32_gemm(m: number, n: number, k: number, a: number, lda: number, b: number, ldb: number, transB: number, c: number, ldc: number, scratch: number): void;

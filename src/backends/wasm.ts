@@ -4,7 +4,7 @@
 // pool (../pool/), lets the op read its result, and frees every temporary block, so nothing of a
 // call stays behind. Blocks that a retired crew of workers might still write are freed only once
 // those workers have exited.
-import type { Backend, MemoryStats, Op, OpPlan, Operand, WasmBuild, WasmCall } from '../backend.js';
+import { type Backend, type MemoryStats, type Op, type OpPlan, type Operand, type WasmBuild, type WasmCall, operandArray } from '../backend.js';
 import { AttentionError } from '../errors.js';
 import { WasmHeap } from '../memory/heap.js';
 import { type ResidentOwner, ResidentTensor, type ResidentType } from '../memory/resident.js';
@@ -73,10 +73,7 @@ class Call implements WasmCall {
   }
 
   collect(ptr: number, elements: number, out: Operand<Float32Array> | undefined): Float32Array {
-    if (out?.resident) {
-      const view = out.resident.view() as Float32Array;
-      return out.offset === 0 && out.length === view.length ? view : view.subarray(out.offset, out.offset + out.length);
-    }
+    if (out?.resident) return operandArray<Float32Array>(out);
     const view = this.f32.subarray(ptr >>> 2, (ptr >>> 2) + elements);
     if (out) {
       // an async call's out may have been detached or resized by the caller while the call ran

@@ -6,7 +6,7 @@
 // Every call is planned whole before anything changes: an append checks its shapes, counts and the
 // capacity first; a layer step (append, then attend) also checks the attention options against the
 // lengths it will have, so a refused call leaves the cache as it was.
-import type { Backend, Operand } from '../backend.js';
+import { type Backend, type Operand, operandArray } from '../backend.js';
 import { AttentionError } from '../errors.js';
 import type { ResidentTensor } from '../memory/resident.js';
 import { attentionOp } from '../ops/attention/index.js';
@@ -14,7 +14,7 @@ import {
   type AttentionLayout, type AttentionOptions, type AttentionOptionsRead, type AttentionOutput, type AttentionPlan, type HeadStrides,
   batchSlice, finishAttentionPlan, packed, readAttentionOptions,
 } from '../ops/attention/plan.js';
-import { type TensorLike, type TensorRead, describe, floatTensor, readOptions, readTensor } from '../tensor.js';
+import { type Checked, type TensorLike, type TensorRead, describe, floatTensor, readOptions, readTensor } from '../tensor.js';
 
 export interface KVCacheOptions {
   batch: number;
@@ -180,7 +180,7 @@ export class KVCache {
     });
     const n = dims.length === 3 ? dims[1] : dims[2];
     const strides = dims.length === 3 ? { batch: n * this.kvHeads * width, head: width, row: this.kvHeads * width } : packed(this.kvHeads, n, width);
-    return { data: arrayOf(operand), n, strides };
+    return { data: operandArray(operand), n, strides };
   }
 
   /**
@@ -236,16 +236,22 @@ export class KVCache {
   checkStep(appended: number, n: number, qHeads: number, options: AttentionOptionsRead): void {
     this.live();
     this.checkRoom(new Array<number>(this.batch).fill(appended));
+    // q stands in by its shape: the plan reads no data, and no `out` is given to overlap it
     const dims = [this.batch, n, qHeads * this.headDim];
-    const placeholder: TensorRead = { name: 'q', data: new Float32Array(dims[0] * dims[1] * dims[2]), dims, resident: undefined };
-    this.planAttention(placeholder, options, this.lengths.map((l) => l + appended));
+    const q: Operand<Float32Array> = { array: new Float32Array(0), offset: 0, length: dims[0] * dims[1] * dims[2] };
+    this.planChecked({ operand: q, dims }, options, this.lengths.map((l) => l + appended));
   }
 
   /** Plans attention over sequences of the given lengths (the cache's own, or after an append). */
   private planAttention(qRead: TensorRead, options: AttentionOptionsRead, lengths: number[]): { plan: AttentionPlan; lengths: number[] } {
+    return this.planChecked(floatTensor(qRead, this.backend), options, lengths);
+  }
+
+  /** planAttention with q already checked as a float32 tensor. */
+  private planChecked(qChecked: Checked<Float32Array>, options: AttentionOptionsRead, lengths: number[]): { plan: AttentionPlan; lengths: number[] } {
     const [keys, values] = this.live();
     const opts = { ...options, causal: options.causal ?? true };
-    const { operand: q, dims: qDims } = floatTensor(qRead, this.backend);
+    const { operand: q, dims: qDims } = qChecked;
     if (qDims.length !== 3 && qDims.length !== 4) throw new AttentionError('INVALID_DIMS', `q must be [B, Hq, n, D] or [B, n, Hq·D], got dims [${qDims}]`, 'q.dims');
     if (qDims.length === 3 && qDims[2] % this.headDim !== 0) {
       throw new AttentionError('SHAPE_MISMATCH', `q.dims[2] is ${qDims[2]}, not a multiple of the cache's head dim ${this.headDim}`, 'q.dims[2]');
@@ -298,17 +304,11 @@ export class KVCache {
         }
       }
     }
-    const output: AttentionOutput = { data: data ?? (out.resident!.data as Float32Array).subarray(out.offset, out.offset + out.length), dims: plan.outDims };
+    const output: AttentionOutput = { data: data ?? operandArray(out), dims: plan.outDims };
     if (lse) output.logSumExp = { data: lse, dims: [plan.batch, plan.qHeads, plan.seqQ] };
     if (weights) output.weights = { data: weights, dims: [plan.batch, plan.qHeads, plan.seqQ, plan.seqKV] };
     return output;
   }
-}
-
-/** The array behind an operand (entries to append are copied from JS, resident or not). */
-function arrayOf(operand: Operand<Float32Array>): Float32Array {
-  if (operand.array) return operand.array;
-  return (operand.resident!.data as Float32Array).subarray(operand.offset, operand.offset + operand.length);
 }
 
 /** options.counts read once into a snapshot: `batch` integers >= 0 (holes and non-integers refused). */

@@ -7,7 +7,7 @@
 // q attends over everything cached.
 // Every argument is read once and checked before anything runs; with a cache, the attention options
 // are checked against the lengths after this step before the cache is touched (KVCache.step).
-import type { Backend } from '../backend.js';
+import { type Backend, operandArray } from '../backend.js';
 import { AttentionError } from '../errors.js';
 import { KVCache } from './kv-cache.js';
 import { attentionOp } from '../ops/attention/index.js';
@@ -51,7 +51,7 @@ const LAYER_KEYS = ['heads', 'kvHeads', 'causal', 'mask', 'scale', 'softcap', 'w
 const asTensor = (t: Checked<Float32Array>): TensorLike<Float32Array> =>
   t.operand.resident && t.operand.offset === 0 && t.operand.length === t.operand.resident.length
     ? (t.operand.resident as unknown as TensorLike<Float32Array>)
-    : { data: t.operand.array ?? (t.operand.resident!.data as Float32Array).subarray(t.operand.offset, t.operand.offset + t.operand.length), dims: t.dims };
+    : { data: operandArray(t.operand), dims: t.dims };
 
 function addBias(t: Tensor, bias: Checked<Float32Array> | undefined): Tensor {
   if (!bias) return t;

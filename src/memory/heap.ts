@@ -3,7 +3,7 @@
 // so space is reused across calls and memory grows only when a call needs more than has ever been
 // free at once. Blocks are 64-byte aligned (a cache line; v128 loads need 16). Free blocks are kept
 // sorted by address and merged with their neighbours, first fit.
-import { AttentionError } from '../errors.js';
+import { AttentionError, human } from '../errors.js';
 import { BlockTable } from './block-table.js';
 
 const ALIGN = 64;
@@ -18,14 +18,6 @@ const guardsOn = (): boolean => typeof process !== 'undefined' && process.env?.W
 const PAGE = 65536;
 const alignUp = (n: number, a: number): number => Math.ceil(n / a) * a;
 
-/** Bytes in human units: 2.1 GiB. */
-export function human(bytes: number): string {
-  const units = ['bytes', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB'];
-  let value = bytes;
-  let unit = 0;
-  while (value >= 1024 && unit < units.length - 1) [value, unit] = [value / 1024, unit + 1];
-  return `${value.toFixed(unit === 0 ? 0 : 1)} ${units[unit]}`;
-}
 
 export interface HeapStats {
   /** Bytes of linear memory (all of it, static data included). */

@@ -8,7 +8,6 @@
 //   (visible: i + offset - left <= j <= i + offset + right); a row that sees no key gives zeros.
 import type { Operand, OperandResolver, OpPlan } from '../../backend.js';
 import { AttentionError } from '../../errors.js';
-import { human } from '../../memory/heap.js';
 import {
   type MaskView, type Tensor, type TensorLike, type TensorRead, checkBoolean, checkResultSize, checkFinite, checkFloat32, checkMask, checkNoOverlap, checkOut, describe,
   floatTensor, readOptions, readTensor, sizeOf,
@@ -202,7 +201,7 @@ export function finishAttentionPlan(layout: AttentionLayout, opts: AttentionOpti
     const view = checkMask(opts.mask, [batch, qHeads, seqQ, seqKV], resolver, 'the scores [B, Hq, Sq, Skv]');
     mask = { kind: view.kind, operand: view.operand, at: { batch: view.strides[0], head: view.strides[1], row: view.strides[2] } };
   }
-  if (returnWeights) checkWeightsSize(batch * qHeads * seqQ * seqKV);
+  if (returnWeights) checkResultSize(batch * qHeads * seqQ * seqKV, 'returnWeights: the weights', 'options.returnWeights');
   checkNoOverlap(out, [[layout.q, 'q.data'], [layout.k, 'k.data'], [layout.v, 'v.data'], [mask?.operand, `${name}.mask.data`]]);
   const flops = 2 * batch * qHeads * seqQ * seqKV * (headDim + valueDim);
   // built field by field: an object spread of this many fields costs microseconds, per call
@@ -211,16 +210,6 @@ export function finishAttentionPlan(layout: AttentionLayout, opts: AttentionOpti
     flops, batch, qHeads, kvHeads, seqQ, seqKV, headDim, valueDim, q, k, v, strides, outDims, offset,
     scale, softcap, left, right, mask, out, returnWeights, returnLogSumExp,
   };
-}
-
-/** Largest weights matrix returnWeights gives: what one Float32Array (and WASM memory) can hold. */
-const MAX_WEIGHTS = 2 ** 30 - 16;
-
-/** Refuses, before any kernel runs, a weights matrix no array can hold. */
-function checkWeightsSize(elements: number): void {
-  if (elements > MAX_WEIGHTS) {
-    throw new AttentionError('OUT_OF_MEMORY', `returnWeights would materialise ${elements} weights (${human(4 * elements)}); at most ${human(4 * MAX_WEIGHTS)} fit`, 'options.returnWeights');
-  }
 }
 
 /** A part of an operand: `length` elements from element `start`. */

@@ -2,12 +2,12 @@
 // result back: the output, the log-sum-exp from the kernel's per-row [max, sum], the weights the
 // kernel wrote. Split-KV is decided by the shape alone, so every thread count computes the same bits.
 import type { Encoded, WasmCall, WasmOp } from '../../backend.js';
+import { MASK_KIND } from '../../backends/kernels.js';
 import { HEADER } from '../../job.js';
 import { ATTENTION_JOB, ATTENTION_ROW_CHUNK, SPLIT_KV_CHUNK, SPLIT_KV_MAX_ROWS, SPLIT_KV_MIN_KEYS, mergeSplitKV } from './job.js';
 import type { AttentionOutput, AttentionPlan, HeadStrides } from './plan.js';
 
 const J = ATTENTION_JOB.at;
-export const MASK_KIND = { bool: 1, float: 2 } as const;
 
 /** Each tensor's strides sit in three consecutive job fields: batch, head, row. */
 function putStrides(job: Float64Array, at: number, strides: HeadStrides): void {
@@ -18,8 +18,6 @@ function putStrides(job: Float64Array, at: number, strides: HeadStrides): void {
 
 /** What encode laid out beyond the job: where the result is. */
 interface AttentionEncoded extends Encoded {
-  outPtr: number;
-  size: number;
   splitKV: boolean;
 }
 

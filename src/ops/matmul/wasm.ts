@@ -1,20 +1,17 @@
 // Matmul on the wasm kernels: a, b and the per-matrix offsets laid out in WASM memory as a job.
 import type { Encoded, WasmCall, WasmOp } from '../../backend.js';
 import { HEADER } from '../../job.js';
+import { tensorOutput } from '../output.js';
 import type { Tensor } from '../../tensor.js';
 import { GEMM_M_CHUNK, GEMM_N_CHUNK, MATMUL_JOB } from './job.js';
 import type { MatmulPlan } from './plan.js';
 
 const J = MATMUL_JOB.at;
 
-interface MatmulEncoded extends Encoded {
-  size: number;
-}
-
 export const matmulWasm: WasmOp<MatmulPlan, Tensor> = {
   layout: MATMUL_JOB,
 
-  encode(plan: MatmulPlan, call: WasmCall): MatmulEncoded {
+  encode(plan: MatmulPlan, call: WasmCall): Encoded {
     const { m, n, k } = plan;
     const matrices = plan.aOffsets.length;
     const job = MATMUL_JOB.create();
@@ -25,7 +22,8 @@ export const matmulWasm: WasmOp<MatmulPlan, Tensor> = {
     job[J.a] = call.stage(plan.a, 'a.data');
     job[J.b] = call.stage(plan.b, 'b.data');
     const size = matrices * m * n;
-    job[J.c] = call.output(plan.out, size);
+    const outPtr = call.output(plan.out, size);
+    job[J.c] = outPtr;
     job[J.transB] = plan.transposeB ? 1 : 0;
     job[J.offsets] = call.alloc(8 * matrices);
     const i32 = call.i32;
@@ -39,10 +37,8 @@ export const matmulWasm: WasmOp<MatmulPlan, Tensor> = {
     job[J.mChunks] = Math.ceil(m / GEMM_M_CHUNK);
     job[J.nChunks] = Math.ceil(n / GEMM_N_CHUNK);
     job[HEADER.items] = matrices * job[J.mChunks] * job[J.nChunks];
-    return { job, scratchBytes: call.kernels.f32_gemm_scratch_bytes(), size };
+    return { job, scratchBytes: call.kernels.f32_gemm_scratch_bytes(), outPtr, size };
   },
 
-  finish(plan: MatmulPlan, call: WasmCall, encoded: Encoded): Tensor {
-    return { data: call.collect(encoded.job[J.c], (encoded as MatmulEncoded).size, plan.out), dims: plan.outDims };
-  },
+  finish: tensorOutput,
 };

@@ -1,26 +1,24 @@
 // Softmax on the wasm kernels: x, the mask and its per-matrix offsets laid out as a job.
 import type { Encoded, WasmCall, WasmOp } from '../../backend.js';
 import { HEADER } from '../../job.js';
+import { tensorOutput } from '../output.js';
 import type { Tensor } from '../../tensor.js';
-import { MASK_KIND } from '../attention/wasm.js';
+import { MASK_KIND } from '../../backends/kernels.js';
 import { SOFTMAX_JOB, SOFTMAX_ROW_CHUNK } from './job.js';
 import type { SoftmaxPlan } from './plan.js';
 
 const J = SOFTMAX_JOB.at;
 
-interface SoftmaxEncoded extends Encoded {
-  size: number;
-}
-
 export const softmaxWasm: WasmOp<SoftmaxPlan, Tensor> = {
   layout: SOFTMAX_JOB,
 
-  encode(plan: SoftmaxPlan, call: WasmCall): SoftmaxEncoded {
+  encode(plan: SoftmaxPlan, call: WasmCall): Encoded {
     const { matrices, rows, cols, mask } = plan;
     const job = SOFTMAX_JOB.create();
     job[J.x] = call.stage(plan.x, 'x.data');
     const size = matrices * rows * cols;
-    job[J.out] = call.output(plan.out, size);
+    const outPtr = call.output(plan.out, size);
+    job[J.out] = outPtr;
     job[J.rows] = rows;
     job[J.cols] = cols;
     job[J.scale] = plan.scale;
@@ -36,10 +34,8 @@ export const softmaxWasm: WasmOp<SoftmaxPlan, Tensor> = {
     job[J.rowChunk] = SOFTMAX_ROW_CHUNK;
     job[J.rowChunks] = Math.ceil(rows / SOFTMAX_ROW_CHUNK);
     job[HEADER.items] = matrices * job[J.rowChunks];
-    return { job, scratchBytes: 0, size };
+    return { job, scratchBytes: 0, outPtr, size };
   },
 
-  finish(plan: SoftmaxPlan, call: WasmCall, encoded: Encoded): Tensor {
-    return { data: call.collect(encoded.job[J.out], (encoded as SoftmaxEncoded).size, plan.out), dims: plan.outDims };
-  },
+  finish: tensorOutput,
 };
