@@ -7,8 +7,9 @@
 // Arguments read once and checked; the cos/sin tables [B·S or S, dims/2] are built here.
 import type { Operand, OperandResolver, OpPlan } from '../../backend.js';
 import { AttentionError } from '../../errors.js';
+import { angleTables, readRope } from './options.js';
 import {
-  type TensorLike, type TensorRead, checkBoolean, checkFinite, checkNoOverlap, checkOut, describe, floatTensor, plainTypedArray,
+  type TensorLike, type TensorRead, checkNoOverlap, checkOut, describe, floatTensor, plainTypedArray,
   readOptions, readTensor, sizeOf, typedArrayName,
 } from '../../tensor.js';
 
@@ -84,21 +85,7 @@ export function planRotary(x: unknown, options: unknown, resolver: OperandResolv
     if (xDims[2] % h !== 0) throw new AttentionError('SHAPE_MISMATCH', `x.dims[2] (H·D) is ${xDims[2]}, not a multiple of options.heads ${h}`, 'options.heads');
     [batch, seq, heads, headDim] = [xDims[0], xDims[1], h, xDims[2] / h];
   }
-  const base = checkFinite(opts.base, 'options.base', 10000);
-  if (!(base > 0)) throw new AttentionError('INVALID_OPTION', `options.base must be > 0, got ${base}`, 'options.base');
-  let dims = headDim;
-  if (opts.dims !== undefined) {
-    const d = opts.dims;
-    if (typeof d !== 'number' || !Number.isSafeInteger(d) || d < 0) {
-      throw new AttentionError('INVALID_OPTION', `options.dims must be a non-negative integer, got ${describe(d)}`, 'options.dims');
-    }
-    if (d > headDim) throw new AttentionError('INVALID_OPTION', `options.dims is ${d}, more than the head dim ${headDim}`, 'options.dims');
-    if (d !== 0) dims = d; // 0 means the whole head, as ONNX's rotary_embedding_dim
-  }
-  if (dims % 2 !== 0) {
-    throw new AttentionError('INVALID_OPTION', `options.dims must be even, got ${dims}${opts.dims === undefined || opts.dims === 0 ? ' (the head dim, its default)' : ''}`, 'options.dims');
-  }
-  const interleaved = checkBoolean(opts.interleaved, 'options.interleaved');
+  const { base, dims, interleaved } = readRope({ base: opts.base, dims: opts.dims, interleaved: opts.interleaved }, headDim, 'options')!;
   const positions = checkPositions(positionsRead, batch, seq, resolver);
   const tableBatchStride = positionsRead.dims.length === 2 ? seq : 0;
   const { cos, sin } = angleTables(positions, dims, base);
@@ -152,21 +139,4 @@ function checkPositions(read: TensorRead, batch: number, seq: number, resolver: 
     out[i] = p;
   }
   return out;
-}
-
-/** cos and sin of p·base^(-2i/dims) for every position p and pair i < dims/2, in float64, rounded to float32. */
-function angleTables(positions: Float64Array, dims: number, base: number): { cos: Float32Array; sin: Float32Array } {
-  const half = dims / 2;
-  const theta = new Float64Array(half);
-  for (let i = 0; i < half; i++) theta[i] = base ** ((-2 * i) / dims);
-  const cos = new Float32Array(positions.length * half);
-  const sin = new Float32Array(positions.length * half);
-  for (let t = 0; t < positions.length; t++) {
-    for (let i = 0; i < half; i++) {
-      const angle = positions[t] * theta[i];
-      cos[t * half + i] = Math.cos(angle);
-      sin[t * half + i] = Math.sin(angle);
-    }
-  }
-  return { cos, sin };
 }
