@@ -43,7 +43,7 @@ export const ATT_BR: i32 = 8 * GEMM_MR;
 export const ATT_BC: i32 = 128;
 
 // @ts-ignore: decorator
-@inline function roundUp8(n: i32): i32 {
+@inline export function roundUp8(n: i32): i32 {
   return (n + 7) & ~7;
 }
 
@@ -55,7 +55,7 @@ export function f32_attention_scratch_bytes(headDim: i32, valueDim: i32): i32 {
 
 /** dst[d] = daz(scale * daz(src[d])) for d < n; returns whether some product overflowed to ±inf
  * from a finite src[d] (a NaN or infinite q is left to propagate as it would). */
-function copyScaled(src: usize, dst: usize, n: i32, scale: f32): bool {
+export function copyScaled(src: usize, dst: usize, n: i32, scale: f32): bool {
   const vs = f32x4.splat(scale);
   let inMax = f32x4.splat(0.0), outMax = f32x4.splat(0.0);
   let d = 0;
@@ -82,7 +82,7 @@ function copyScaled(src: usize, dst: usize, n: i32, scale: f32): bool {
 /** S[i][j] = qTile_i · k_j for i < br, j < bc (row i of S at sTile + i*ATT_BC; columns up to bc rounded
  * up to 8 are written on the tile path). Tile path: K block packed as Kᵀ panels into kT, then the GEMM
  * micro-kernel; row path: dotScores reads the K rows in place. */
-function scoreTile(rowPath: bool, qTileRows: usize, br: i32, kBlock: usize, ldk: i32, bc: i32, headDim: i32, kT: usize, sTile: usize): void {
+export function scoreTile(rowPath: bool, qTileRows: usize, br: i32, kBlock: usize, ldk: i32, bc: i32, headDim: i32, kT: usize, sTile: usize): void {
   if (rowPath) {
     for (let i = 0; i < br; i++) dotScores(qTileRows + ((<usize>i * headDim) << 2), kBlock, ldk, bc, headDim, sTile + ((<usize>i * ATT_BC) << 2));
     return;
@@ -95,6 +95,43 @@ function scoreTile(rowPath: bool, qTileRows: usize, br: i32, kBlock: usize, ldk:
       gemm_tile(min(GEMM_MR, br - i0), 8, headDim, qTile, headDim, kT + ((<usize>p * headDim) << 2),
         sTile + ((<usize>i0 * ATT_BC + p) << 2), ATT_BC, false);
     }
+  }
+}
+
+/** Folds one row's tile of scores (transformed by scoreRow, whose max was rowMax) into the row's
+ * running max (at mAt), sum (at lAt) and output accumulator oRow (dvPad floats, rescaled only when
+ * the max changes); leaves p = exp(t - m)·2^-pShift in sRow for the P·V product (0 if the row saw nothing yet). */
+// @ts-ignore: decorator
+@inline export function foldRow(sRow: usize, bcPad: i32, rowMax: f32, mAt: usize, lAt: usize, oRow: usize, dvPad: i32, pShift: i32): void {
+  const mOld = load<f32>(mAt);
+  const mNew = max(mOld, rowMax);
+  if (mNew == -Infinity) {
+    memory.fill(sRow, 0, (<usize>bcPad) << 2);
+    return;
+  }
+  const sum = expRow(sRow, bcPad, mNew, pShift);
+  let l = load<f32>(lAt);
+  if (mNew != mOld && mOld != -Infinity) {
+    const alpha = exp1(mOld - mNew);
+    scaleRow(oRow, dvPad, alpha);
+    l *= alpha;
+  }
+  store<f32>(lAt, l + sum);
+  store<f32>(mAt, mNew);
+}
+
+/** dst = oRow / l (valueDim floats; 0 for a row that saw no key), and [m, l·2^pShift] at stats when it is not 0. */
+// @ts-ignore: decorator
+@inline export function finishRow(oRow: usize, l: f32, m: f32, dst: usize, valueDim: i32, stats: usize, pUnshift: f32): void {
+  if (l > 0 || l != l) {
+    scaleRow(oRow, valueDim, 1.0 / l);
+    memory.copy(dst, oRow, (<usize>valueDim) << 2);
+  } else {
+    memory.fill(dst, 0, (<usize>valueDim) << 2);
+  }
+  if (stats != 0) {
+    store<f32>(stats, m);
+    store<f32>(stats, l * pUnshift, 4);
   }
 }
 
@@ -158,21 +195,7 @@ export function f32_attention(
         const maskRow = mask + ((<usize>r * maskRowStride + j0) << maskShift);
         const rowMax = scoreRow(sRow, sRow, bcPad, scoreScale, cap, maskRow, maskKind, lo, hi, true);
         if (weights != 0) memory.copy(weights + ((<usize>r * ldw + j0) << 2), sRow, (<usize>bc) << 2); // t, for the p pass
-        const mOld = load<f32>(mRow + (<usize>i << 2));
-        const mNew = max(mOld, rowMax);
-        if (mNew == -Infinity) {
-          memory.fill(sRow, 0, (<usize>bcPad) << 2);
-          continue;
-        }
-        const sum = expRow(sRow, bcPad, mNew, pShift);
-        let l = load<f32>(lRow + (<usize>i << 2));
-        if (mNew != mOld && mOld != -Infinity) {
-          const alpha = exp1(mOld - mNew);
-          scaleRow(oTile + ((<usize>i * dvPad) << 2), dvPad, alpha);
-          l *= alpha;
-        }
-        store<f32>(lRow + (<usize>i << 2), l + sum);
-        store<f32>(mRow + (<usize>i << 2), mNew);
+        foldRow(sRow, bcPad, rowMax, mRow + (<usize>i << 2), lRow + (<usize>i << 2), oTile + ((<usize>i * dvPad) << 2), dvPad, pShift);
       }
       // O += P·V, with the value block packed into 8-wide panels (the row path reads V in place)
       const vBlock = v + ((<usize>j0 * ldv) << 2);
@@ -191,20 +214,8 @@ export function f32_attention(
     }
     // out = o / l
     for (let i = 0; i < br; i++) {
-      const l = load<f32>(lRow + (<usize>i << 2));
-      const oRow = oTile + ((<usize>i * dvPad) << 2);
-      const dst = out + ((<usize>(q0 + i) * ldo) << 2);
-      if (l > 0 || l != l) {
-        scaleRow(oRow, valueDim, 1.0 / l);
-        memory.copy(dst, oRow, (<usize>valueDim) << 2);
-      } else {
-        memory.fill(dst, 0, (<usize>valueDim) << 2);
-      }
-      if (rowStats != 0) {
-        const statsAt = rowStats + ((<usize>(q0 + i)) << 3);
-        store<f32>(statsAt, load<f32>(mRow + (<usize>i << 2)));
-        store<f32>(statsAt, l * pUnshift, 4);
-      }
+      finishRow(oTile + ((<usize>i * dvPad) << 2), load<f32>(lRow + (<usize>i << 2)), load<f32>(mRow + (<usize>i << 2)),
+        out + ((<usize>(q0 + i) * ldo) << 2), valueDim, rowStats == 0 ? 0 : rowStats + ((<usize>(q0 + i)) << 3), pUnshift);
     }
     if (weights == 0) continue;
     // p[i][j] = exp(t[i][j] - m_i) / l_i in place over the scores the first pass left in the weights

@@ -9,6 +9,7 @@ import { WasmBackend } from './backends/wasm.js';
 import { WASM_BUILDS, bestBuild, buildSupported, buildsLoaded, compiledModule, loadBuilds, sharedMemorySupported } from './backends/wasm-module.js';
 import { AttentionError } from './errors.js';
 import { KVCache, type KVCacheOptions } from './features/kv-cache.js';
+import { KVPool, type KVPoolOptions } from './features/kv-pool.js';
 import { type MultiHeadOptions, type MultiHeadWeights, multiHeadAttention } from './features/layer.js';
 import { type OnnxAttentionAttributes, type OnnxAttentionInputs, type OnnxAttentionOutputs, type OnnxAttentionRequest, onnxAttention } from './features/onnx.js';
 import type { ResidentTensor } from './memory/resident.js';
@@ -209,6 +210,15 @@ export class Engine {
   /** A KV cache whose keys and values live in this engine's memory; see KVCache. */
   kvCache(options: KVCacheOptions): KVCache {
     return new KVCache(this.live(), options);
+  }
+
+  /**
+   * A paged KV pool for serving many sequences at once: pages taken on demand, forks that share
+   * pages, and one attention call per step over every sequence in it (pool.step, pool.stepAsync,
+   * pool.batcher). See features/kv-pool.ts.
+   */
+  kvPool(options: KVPoolOptions): KVPool {
+    return new KVPool(this.live(), options);
   }
 
   /**

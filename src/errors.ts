@@ -5,10 +5,12 @@ export type AttentionErrorCode =
   | 'INVALID_DIMS'
   | 'SHAPE_MISMATCH'
   | 'INVALID_OPTION'
+  | 'INVALID_ARGUMENT'
   | 'UNSUPPORTED'
   | 'OUT_OF_MEMORY'
   | 'WORKER_FAILED'
   | 'CACHE_FULL'
+  | 'BUSY'
   | 'DISPOSED';
 
 /**

@@ -15,6 +15,10 @@ export { mergeAttention } from './ops/attention/merge.js';
 export type { AttentionChunk } from './ops/attention/merge.js';
 export { KVCache } from './features/kv-cache.js';
 export type { CacheAttentionOptions, KVCacheOptions } from './features/kv-cache.js';
+export { KVPool, KVSequence } from './features/kv-pool.js';
+export type { Batcher, KVPoolOptions, KVPoolStats, PoolStepItem, PoolStepOptions } from './features/kv-pool.js';
+export type { BatcherOptions } from './features/batcher.js';
+export type { RopeOptions } from './ops/rope/options.js';
 export type {
   OnnxAttentionAttributes, OnnxAttentionInputs, OnnxAttentionOutputs, OnnxAttentionRequest, OnnxOutputTensor, OnnxTensor,
 } from './features/onnx.js';

@@ -24,6 +24,13 @@ export interface Kernels {
     cos: number, sin: number, ldc: number, interleaved: number,
   ): void;
   f32_attention_scratch_bytes(headDim: number, valueDim: number): number;
+  f32_attention_paged(
+    q: number, ldqHead: number, ldqPos: number, out: number, ldoHead: number, ldoPos: number,
+    positions: number, group: number, pages: number, pageSize: number, kOffset: number, vOffset: number,
+    keyStart: number, keyEnd: number, headDim: number, valueDim: number,
+    scale: number, cap: number, offset: number, left: number, rowStats: number, scratch: number,
+  ): void;
+  f32_attention_paged_scratch_bytes(headDim: number, valueDim: number): number;
   f32_exp(x: number): number;
   copy_bytes(dst: number, src: number, bytes: number): void;
 }

@@ -1,0 +1,151 @@
+// Causal attention over a paged KV history, for one (sequence, kv head) slice and the `group` query
+// heads that share that kv head (grouped-query attention): every key and value row is read once for
+// all of them.
+//
+//   rows r = i·group + g for query position i < positions and head g < group (position-major), so
+//   a decode step's group heads form one block of rows against the same keys;
+//   out[r] = sum_j p[r][j] v[j],  p[r] = softmax_j( softcap(scale · (q[r]·k[j])) ),
+//   over the visible keys j: keyStart <= j < keyEnd, j <= i + offset, and j >= i + offset - left
+//   when left >= 0 (a sliding window). A row with no visible key gives 0 (and sum 0 in rowStats).
+//
+// Layout: q row (i, g) at q + g·ldqHead + i·ldqPos (elements, headDim floats), out row (i, g) at
+// out + g·ldoHead + i·ldoPos (valueDim floats). Key j lives in page j / pageSize: its address is the
+// u32 at pages + 4·(j / pageSize); the key row is at that address + kOffset + (j % pageSize)·headDim·4
+// bytes and the value row at + vOffset + (j % pageSize)·valueDim·4 (one page holds pageSize positions
+// of every kv head; the offsets pick this head's part). rowStats (0 = none) receives [max_r, sum_r]
+// per row r, so a caller that split the keys over several calls (flash-decoding) merges them
+// exactly (see f32-attention-flash-simd.ts for the scaling of p and the sums).
+//
+// Same algorithm as f32_attention: blocks of ATT_BR rows stream blocks of ATT_BC keys with an
+// online softmax. The row path (fewer rows than the GEMM tile) reads K and V where they lie, page
+// segment by page segment; the tile path first gathers the block's key and value rows from their
+// pages into scratch, then packs and multiplies them as f32_attention does.
+
+import { GEMM_MR, gemm_tile } from './f32-gemm-tile';
+import { f32_pack_panels } from './f32-pack-panels-simd';
+import { scoreRow, MASK_NONE } from './f32-softmax-scale-mask-simd';
+import { dotScores, addWeighted } from './f32-attention-rows-simd';
+import {
+  ATT_BR, ATT_BC, copyScaled, f32_attention_scratch_bytes, finishRow, foldRow, roundUp8, scoreTile,
+} from './f32-attention-flash-simd';
+
+/** Scratch bytes f32_attention_paged needs: f32_attention's, plus a gathered key and value block. */
+export function f32_attention_paged_scratch_bytes(headDim: i32, valueDim: i32): i32 {
+  return f32_attention_scratch_bytes(headDim, valueDim) + 4 * ATT_BC * (headDim + valueDim);
+}
+
+/** Address of row j (of `width` floats) of this head's part of its page. */
+// @ts-ignore: decorator
+@inline function pagedRow(pages: usize, pageSize: i32, partOffset: i32, width: i32, j: i32): usize {
+  const page = <usize>load<u32>(pages + ((<usize>(j / pageSize)) << 2));
+  return page + <usize>partOffset + ((<usize>(j % pageSize) * <usize>width) << 2);
+}
+
+/** Causal attention over paged keys and values; see the file header for the exact contract. */
+export function f32_attention_paged(
+  q: usize, ldqHead: i32, ldqPos: i32, out: usize, ldoHead: i32, ldoPos: i32,
+  positions: i32, group: i32, pages: usize, pageSize: i32, kOffset: i32, vOffset: i32,
+  keyStart: i32, keyEnd: i32, headDim: i32, valueDim: i32,
+  scale: f32, cap: f32, offset: i32, left: i32, rowStats: usize, scratch: usize,
+): void {
+  const dvPad = roundUp8(valueDim);
+  const kT = scratch;
+  const vPanels = kT + ((<usize>headDim * ATT_BC) << 2);
+  const sTile = vPanels + ((<usize>ATT_BC * dvPad) << 2);
+  const oTile = sTile + ((<usize>ATT_BR * ATT_BC) << 2);
+  const mRow = oTile + ((<usize>ATT_BR * dvPad) << 2);
+  const lRow = mRow + ((<usize>ATT_BR) << 2);
+  const qTileRows = lRow + ((<usize>ATT_BR) << 2);
+  const kGather = qTileRows + ((<usize>ATT_BR * headDim) << 2);
+  const vGather = kGather + ((<usize>ATT_BC * headDim) << 2);
+  const rows = positions * group;
+  const pShift = 33 - clz(max(keyEnd - keyStart, 1));
+  const pUnshift: f32 = reinterpret<f32>((127 + pShift) << 23);
+
+  for (let r0 = 0; r0 < rows; r0 += ATT_BR) {
+    const br = min(ATT_BR, rows - r0);
+    const rowPath = br < GEMM_MR;
+    memory.fill(oTile, 0, (<usize>br * dvPad) << 2);
+    // the block's q rows, scaled and flushed as in f32_attention (scores scaled instead on overflow)
+    let qOverflow = false;
+    for (let r = 0; r < br; r++) {
+      const i = (r0 + r) / group, g = (r0 + r) % group;
+      const src = q + ((<usize>g * ldqHead + <usize>i * ldqPos) << 2);
+      qOverflow = copyScaled(src, qTileRows + ((<usize>r * headDim) << 2), headDim, scale) || qOverflow;
+    }
+    if (qOverflow) {
+      for (let r = 0; r < br; r++) {
+        const i = (r0 + r) / group, g = (r0 + r) % group;
+        copyScaled(q + ((<usize>g * ldqHead + <usize>i * ldqPos) << 2), qTileRows + ((<usize>r * headDim) << 2), headDim, 1);
+      }
+    }
+    const scoreScale: f32 = qOverflow ? scale : 1;
+    for (let r = 0; r < br; r++) {
+      store<f32>(mRow + (<usize>r << 2), -Infinity);
+      store<f32>(lRow + (<usize>r << 2), 0);
+    }
+    // keys any row of the block sees
+    const iFirst = r0 / group, iLast = (r0 + br - 1) / group;
+    const jlo = left < 0 ? keyStart : max(keyStart, iFirst + offset - left);
+    const jhi = min(keyEnd, iLast + offset + 1);
+
+    for (let j0 = jlo; j0 < jhi; j0 += ATT_BC) {
+      const bc = min(ATT_BC, jhi - j0);
+      const bcPad = roundUp8(bc);
+      if (rowPath) {
+        // scores page segment by page segment, K read in place
+        for (let j = j0; j < j0 + bc;) {
+          const seg = min(j0 + bc - j, pageSize - j % pageSize);
+          const kSeg = pagedRow(pages, pageSize, kOffset, headDim, j);
+          for (let r = 0; r < br; r++) {
+            dotScores(qTileRows + ((<usize>r * headDim) << 2), kSeg, headDim, seg, headDim, sTile + ((<usize>r * ATT_BC + (j - j0)) << 2));
+          }
+          j += seg;
+        }
+      } else {
+        // gather the block's keys and values into contiguous rows, then the GEMM tile path
+        for (let j = j0; j < j0 + bc;) {
+          const seg = min(j0 + bc - j, pageSize - j % pageSize);
+          memory.copy(kGather + ((<usize>(j - j0) * headDim) << 2), pagedRow(pages, pageSize, kOffset, headDim, j), (<usize>seg * headDim) << 2);
+          memory.copy(vGather + ((<usize>(j - j0) * valueDim) << 2), pagedRow(pages, pageSize, vOffset, valueDim, j), (<usize>seg * valueDim) << 2);
+          j += seg;
+        }
+        scoreTile(false, qTileRows, br, kGather, headDim, bc, headDim, kT, sTile);
+      }
+      // online softmax, row by row: row (i, g) sees keys up to i + offset (and from i + offset - left)
+      for (let r = 0; r < br; r++) {
+        const i = (r0 + r) / group;
+        const lo = left < 0 ? 0 : i + offset - left - j0;
+        const hi = min(bc, i + offset + 1 - j0);
+        const sRow = sTile + ((<usize>r * ATT_BC) << 2);
+        const rowMax = scoreRow(sRow, sRow, bcPad, scoreScale, cap, 0, MASK_NONE, lo, hi, true);
+        foldRow(sRow, bcPad, rowMax, mRow + (<usize>r << 2), lRow + (<usize>r << 2), oTile + ((<usize>r * dvPad) << 2), dvPad, pShift);
+      }
+      // O += P·V
+      if (rowPath) {
+        for (let j = j0; j < j0 + bc;) {
+          const seg = min(j0 + bc - j, pageSize - j % pageSize);
+          const vSeg = pagedRow(pages, pageSize, vOffset, valueDim, j);
+          for (let r = 0; r < br; r++) {
+            addWeighted(sTile + ((<usize>r * ATT_BC + (j - j0)) << 2), seg, vSeg, valueDim, valueDim, oTile + ((<usize>r * dvPad) << 2));
+          }
+          j += seg;
+        }
+        continue;
+      }
+      f32_pack_panels(vGather, valueDim, false, bc, valueDim, vPanels);
+      for (let i0 = 0; i0 < br; i0 += GEMM_MR) {
+        const pTile = sTile + ((<usize>i0 * ATT_BC) << 2);
+        for (let p = 0; p < dvPad; p += 8) {
+          gemm_tile(min(GEMM_MR, br - i0), 8, bc, pTile, ATT_BC, vPanels + ((<usize>p * bc) << 2),
+            oTile + ((<usize>i0 * dvPad + p) << 2), dvPad, true);
+        }
+      }
+    }
+    for (let r = 0; r < br; r++) {
+      const i = (r0 + r) / group, g = (r0 + r) % group;
+      finishRow(oTile + ((<usize>r * dvPad) << 2), load<f32>(lRow + (<usize>r << 2)), load<f32>(mRow + (<usize>r << 2)),
+        out + ((<usize>g * ldoHead + <usize>i * ldoPos) << 2), valueDim, rowStats == 0 ? 0 : rowStats + ((<usize>(r0 + r)) << 3), pUnshift);
+    }
+  }
+}

@@ -1,0 +1,668 @@
+// A paged KV pool: the keys and values of many sequences in fixed-size pages of the engine's memory
+// (PagedAttention), taken on demand and shared between forks, with one attention call per step over
+// all the sequences that take part (continuous batching).
+//
+// A page holds pageSize positions of every kv head: keys [kvHeads, pageSize, Dk], then values
+// [kvHeads, pageSize, Dv]. Pages live in slabs (resident tensors of several pages each), reserved as
+// they are first needed and kept for reuse until the pool is disposed. A sequence is a list of page
+// ids and a length; each page has a reference count (forks share pages), and a page goes back to the
+// free list when its count reaches 0 and no running step reads it.
+//
+// A step (pool.step) reads and checks every item first, then counts the pages it needs (new pages,
+// and a copy of each shared, partly filled last page it will write: copy-on-write); if they do not
+// fit, it refuses with CACHE_FULL and nothing changed. Then it writes each item's k (rotated by RoPE
+// when asked) and v into its pages, rotates q, and runs one paged-attention call over all items
+// (src/ops/paged-attention/). If that call fails, every sequence of the step is put back as it was.
+import { type Backend, type Operand, operandArray } from '../backend.js';
+import { AttentionError, human } from '../errors.js';
+import type { ResidentTensor } from '../memory/resident.js';
+import { pagedAttentionOp } from '../ops/paged-attention/index.js';
+import type { PagedAttentionPlan, PagedItem, PageStore } from '../ops/paged-attention/plan.js';
+import { pageParts, pagedFlops } from '../ops/paged-attention/plan.js';
+import { type RopeOptions, type RopeSpec, angleTables, positionRange, readRope } from '../ops/rope/options.js';
+import { type Tensor, type TensorLike, checkFinite, checkFloat32, describe, floatTensor, readOptions, readTensor } from '../tensor.js';
+import { type BatcherOptions, StepBatcher } from './batcher.js';
+
+export interface KVPoolOptions {
+  kvHeads: number;
+  headDim: number;
+  /** Default: headDim. */
+  valueDim?: number;
+  /** Positions per page; default 16. */
+  pageSize?: number;
+  /** Capacity in positions (rounded up to whole pages). Give this or maxBytes. */
+  maxTokens?: number;
+  /** Capacity in bytes of pages. Give this or maxTokens. */
+  maxBytes?: number;
+}
+
+/** One item of a step: q [Hq, n, Dk], k [Hkv, n, Dk], v [Hkv, n, Dv] for one sequence of the pool. */
+export interface PoolStepItem {
+  sequence: KVSequence;
+  q: TensorLike<Float32Array>;
+  k: TensorLike<Float32Array>;
+  v: TensorLike<Float32Array>;
+}
+
+export interface PoolStepOptions {
+  /** Default 1/sqrt(headDim). */
+  scale?: number;
+  /** c > 0: each scaled score s becomes c·tanh(s/c). */
+  softcap?: number;
+  /** A sliding window: query position p sees keys p - left .. p. */
+  window?: { left?: number };
+  /** Rotate q and k by their absolute positions (the sequence's length before the step, plus i). */
+  rope?: RopeOptions;
+}
+
+export interface KVPoolStats {
+  pageSize: number;
+  /** Pages the pool may hold (its capacity). */
+  pages: number;
+  /** Pages held by sequences now. */
+  pagesUsed: number;
+  /** Live sequences. */
+  sequences: number;
+  /** Bytes of pages reserved in the engine's memory now. */
+  bytes: number;
+  /** Bytes one cached position takes (keys and values of every kv head). */
+  bytesPerToken: number;
+}
+
+/** Bytes of memory per slab of pages, about (a slab holds at least one page). */
+const SLAB_BYTES = 8 * 2 ** 20;
+/** export() format: magic, then version, dtype (0: float32), kvHeads, headDim, valueDim, length as u32 little-endian. */
+const EXPORT_MAGIC = 0x564b4157; // 'WAKV' read as a little-endian u32
+const EXPORT_VERSION = 1;
+const EXPORT_HEADER_BYTES = 32;
+
+/** Keys and values of n new positions for one sequence, read once and checked. */
+interface Entries {
+  sequence: KVSequence;
+  k: Float32Array;
+  v: Float32Array;
+  n: number;
+}
+
+/** Continuous batching over a pool; see pool.batcher(). */
+export interface Batcher {
+  /** pool.step for one sequence, run in a batch with whatever other calls are waiting; resolves to its output [Hq, n, Dv]. */
+  step(sequence: KVSequence, q: TensorLike<Float32Array>, k: TensorLike<Float32Array>, v: TensorLike<Float32Array>, options?: PoolStepOptions): Promise<Tensor>;
+  /** Calls waiting for a step. */
+  readonly waiting: number;
+}
+
+/** @internal a step's items read once and checked, with the step's options */
+export interface StepRead {
+  entries: Array<Entries & { q: Operand<Float32Array>; qHeads: number }>;
+  scale: number;
+  softcap: number;
+  left: number;
+  rope: RopeSpec | undefined;
+}
+
+/** What applying a step changed in one sequence, to put it back. */
+interface Undo {
+  sequence: KVSequence;
+  pages: number[];
+  length: number;
+  /** Pages taken from the free list. */
+  taken: number[];
+  /** The shared page a copy-on-write replaced (its reference was dropped), or -1. */
+  unshared: number;
+}
+
+/** A sequence of the pool: its pages and length. Make one with pool.sequence(), fork() or pool.import(). */
+export class KVSequence {
+  readonly #pool: KVPool;
+  /** @internal page ids in order */
+  pages: number[];
+  #length: number;
+  #disposed = false;
+  /** @internal steps queued or running on this sequence (stepAsync) */
+  busy = 0;
+
+  /** @internal use pool.sequence() */
+  constructor(pool: KVPool, pages: number[], length: number) {
+    this.#pool = pool;
+    this.pages = pages;
+    this.#length = length;
+  }
+
+  /** Positions held. */
+  get length(): number {
+    return this.#length;
+  }
+
+  /** @internal */
+  setLength(length: number): void {
+    this.#length = length;
+  }
+
+  get disposed(): boolean {
+    return this.#disposed;
+  }
+
+  /** @internal whether this sequence belongs to `pool` */
+  of(pool: KVPool): boolean {
+    return this.#pool === pool;
+  }
+
+  /** Stores k [Hkv, n, Dk] and v [Hkv, n, Dv] as given (no attention, no rotation), after the positions held. */
+  append(k: TensorLike<Float32Array>, v: TensorLike<Float32Array>): void {
+    this.#pool.appendTo(this, k, v);
+  }
+
+  /** A new sequence holding the same positions: it shares this one's pages until either writes into a shared one. */
+  fork(): KVSequence {
+    return this.#pool.forkOf(this);
+  }
+
+  /** The keys and values held, as bytes that pool.import() (of any pool with the same heads and dims) turns back into a sequence. */
+  export(): Uint8Array {
+    return this.#pool.exportOf(this);
+  }
+
+  /** Gives the sequence's pages back (those no fork still holds). Later use throws DISPOSED. */
+  dispose(): void {
+    if (this.#disposed) return;
+    this.#disposed = true;
+    this.#pool.forget(this);
+    this.pages = [];
+    this.#length = 0;
+  }
+
+  /** @internal the pool's disposal */
+  drop(): void {
+    this.#disposed = true;
+    this.pages = [];
+  }
+}
+
+export class KVPool {
+  readonly kvHeads: number;
+  readonly headDim: number;
+  readonly valueDim: number;
+  readonly pageSize: number;
+  /** Pages the pool may hold. */
+  readonly maxPages: number;
+  private readonly backend: Backend;
+  private readonly slabPages: number;
+  private readonly pageFloats: number;
+  private slabs: ResidentTensor[] = [];
+  private readonly refs: Int32Array;
+  private free: number[] = [];
+  /** Pages whose last reference went while a step was running: free once no step runs. */
+  private pendingFree: number[] = [];
+  private running = 0;
+  private readonly live = new Set<KVSequence>();
+  private asyncTail: Promise<void> = Promise.resolve();
+  private disposed = false;
+
+  /** @internal use engine.kvPool */
+  constructor(backend: Backend, options: KVPoolOptions) {
+    const opts = readOptions(options, 'options', ['kvHeads', 'headDim', 'valueDim', 'pageSize', 'maxTokens', 'maxBytes']);
+    const int = (name: keyof KVPoolOptions, min: number, fallback?: number): number => {
+      const value = opts[name] ?? fallback;
+      if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < min) {
+        throw new AttentionError('INVALID_OPTION', `options.${name} must be an integer >= ${min}, got ${describe(value)}`, `options.${name}`);
+      }
+      return value;
+    };
+    this.kvHeads = int('kvHeads', 1);
+    this.headDim = int('headDim', 1);
+    this.valueDim = int('valueDim', 1, this.headDim);
+    this.pageSize = int('pageSize', 1, 16);
+    this.pageFloats = this.pageSize * this.kvHeads * (this.headDim + this.valueDim);
+    const pageBytes = 4 * this.pageFloats;
+    if (opts.maxTokens === undefined && opts.maxBytes === undefined) {
+      throw new AttentionError('INVALID_OPTION', 'options.maxTokens or options.maxBytes is required: the most the pool may hold', 'options.maxTokens');
+    }
+    if (opts.maxTokens !== undefined && opts.maxBytes !== undefined) {
+      throw new AttentionError('INVALID_OPTION', 'give options.maxTokens or options.maxBytes, not both', 'options.maxBytes');
+    }
+    this.maxPages = opts.maxTokens !== undefined ? Math.ceil(int('maxTokens', 1) / this.pageSize) : Math.floor(int('maxBytes', 1) / pageBytes);
+    if (this.maxPages < 1) {
+      throw new AttentionError('INVALID_OPTION', `options.maxBytes ${opts.maxBytes} holds no page of ${human(pageBytes)}`, 'options.maxBytes');
+    }
+    if (this.maxPages > 2 ** 24 || pageBytes > 2 ** 30) {
+      throw new AttentionError('OUT_OF_MEMORY', `a pool of ${this.maxPages} pages of ${human(pageBytes)} is more than the engine's memory can address`, opts.maxTokens !== undefined ? 'options.maxTokens' : 'options.maxBytes');
+    }
+    this.slabPages = Math.max(1, Math.min(this.maxPages, Math.floor(SLAB_BYTES / pageBytes)));
+    this.refs = new Int32Array(this.maxPages);
+    this.backend = backend;
+  }
+
+  private check(): void {
+    this.backend.live();
+    if (this.disposed) throw new AttentionError('DISPOSED', 'this KV pool was disposed');
+  }
+
+  /** A new, empty sequence. */
+  sequence(): KVSequence {
+    this.check();
+    const sequence = new KVSequence(this, [], 0);
+    this.live.add(sequence);
+    return sequence;
+  }
+
+  stats(): KVPoolStats {
+    let used = 0;
+    for (const r of this.refs) if (r > 0) used++;
+    return {
+      pageSize: this.pageSize,
+      pages: this.maxPages,
+      pagesUsed: used,
+      sequences: this.live.size,
+      bytes: this.slabs.reduce((sum, slab) => sum + 4 * slab.length, 0),
+      bytesPerToken: 4 * this.kvHeads * (this.headDim + this.valueDim),
+    };
+  }
+
+  /**
+   * Appends each item's k and v to its sequence, then attends its q over the sequence's whole
+   * history (causal, aligned bottom-right: query i of n sees keys up to length - n + i). Returns
+   * each item's output [Hq, n, Dv], in item order.
+   */
+  step(items: readonly PoolStepItem[], options?: PoolStepOptions): Tensor[] {
+    this.check();
+    const read = this.readStep(items, options, false);
+    for (const { sequence } of read.entries) this.notBusy(sequence);
+    return this.runStep(read);
+  }
+
+  /** step() on the engine's worker threads. Steps of one pool run in call order. */
+  async stepAsync(items: readonly PoolStepItem[], options?: PoolStepOptions): Promise<Tensor[]> {
+    this.check();
+    // inputs are copied now: the caller may reuse its arrays at once
+    const read = this.readStep(items, options, true);
+    for (const { sequence } of read.entries) sequence.busy++;
+    try {
+      return await this.queued(read);
+    } finally {
+      for (const { sequence } of read.entries) sequence.busy--;
+    }
+  }
+
+  /** @internal runs a read step on the workers once the pool's earlier async steps are done */
+  async queued(read: StepRead): Promise<Tensor[]> {
+    const previous = this.asyncTail;
+    let next!: () => void;
+    this.asyncTail = new Promise<void>((resolve) => (next = resolve));
+    try {
+      await previous;
+      this.check();
+      return await this.runStep(read, true);
+    } finally {
+      next();
+    }
+  }
+
+  /** A batcher: calls arriving while a step runs go into the next step together; see Batcher. */
+  batcher(options?: BatcherOptions): Batcher {
+    this.check();
+    return new StepBatcher<KVSequence, StepRead>(this, options);
+  }
+
+  /** Makes a sequence from sequence.export()'s bytes. */
+  import(bytes: Uint8Array | ArrayBuffer): KVSequence {
+    this.check();
+    const { k, v, length } = this.readExport(bytes);
+    const sequence = new KVSequence(this, [], 0);
+    const entries: Entries = { sequence, k, v, n: length };
+    this.reserve([entries]);
+    this.apply([entries], undefined);
+    this.live.add(sequence);
+    return sequence;
+  }
+
+  /** Gives every page back to the engine; every sequence of the pool is disposed. */
+  dispose(): void {
+    if (this.disposed) return;
+    this.disposed = true;
+    for (const sequence of this.live) sequence.drop();
+    this.live.clear();
+    for (const slab of this.slabs) slab.release();
+    this.slabs = [];
+  }
+
+  /** @internal sequence.append */
+  appendTo(sequence: KVSequence, k: TensorLike<Float32Array>, v: TensorLike<Float32Array>): void {
+    this.check();
+    this.usable(sequence, 'sequence');
+    this.notBusy(sequence);
+    const entries = this.readEntries(sequence, readTensor(k, 'k'), readTensor(v, 'v'), false, 'k', 'v');
+    this.reserve([entries]);
+    this.apply([entries], undefined);
+  }
+
+  /** @internal sequence.fork */
+  forkOf(sequence: KVSequence): KVSequence {
+    this.check();
+    this.usable(sequence, 'sequence');
+    this.notBusy(sequence);
+    for (const page of sequence.pages) this.refs[page]++;
+    const fork = new KVSequence(this, [...sequence.pages], sequence.length);
+    this.live.add(fork);
+    return fork;
+  }
+
+  /** @internal sequence.export */
+  exportOf(sequence: KVSequence): Uint8Array {
+    this.check();
+    this.usable(sequence, 'sequence');
+    this.notBusy(sequence);
+    const { kvHeads, headDim, valueDim } = this;
+    const length = sequence.length;
+    const bytes = new Uint8Array(EXPORT_HEADER_BYTES + 4 * kvHeads * length * (headDim + valueDim));
+    const header = new DataView(bytes.buffer);
+    [EXPORT_MAGIC, EXPORT_VERSION, 0, kvHeads, headDim, valueDim, length].forEach((x, i) => header.setUint32(4 * i, x, true));
+    const k = new Float32Array(kvHeads * length * headDim);
+    const v = new Float32Array(kvHeads * length * valueDim);
+    this.copyRows(sequence.pages, length, k, v, 'read');
+    const body = new DataView(bytes.buffer, EXPORT_HEADER_BYTES);
+    k.forEach((x, i) => body.setFloat32(4 * i, x, true));
+    v.forEach((x, i) => body.setFloat32(4 * (k.length + i), x, true));
+    return bytes;
+  }
+
+  /** @internal sequence.dispose: drops its reference to each of its pages */
+  forget(sequence: KVSequence): void {
+    this.live.delete(sequence);
+    for (const page of sequence.pages) this.release(page);
+  }
+
+  private release(page: number): void {
+    if (this.disposed) return;
+    if (--this.refs[page] > 0) return;
+    if (this.running > 0) this.pendingFree.push(page);
+    else this.free.push(page);
+  }
+
+  private usable(sequence: unknown, name: string): asserts sequence is KVSequence {
+    if (!(sequence instanceof KVSequence) || !sequence.of(this)) {
+      throw new AttentionError('INVALID_ARGUMENT', `${name} must be a live sequence of this pool (pool.sequence(), fork() or pool.import()), got ${describe(sequence)}`, name);
+    }
+    if (sequence.disposed) throw new AttentionError('DISPOSED', `${name} was disposed`, name);
+  }
+
+  /** @internal */
+  notBusy(sequence: KVSequence): void {
+    if (sequence.busy > 0) {
+      throw new AttentionError('BUSY', 'this sequence has a stepAsync queued or running: await it first (or use the batcher, which keeps each sequence\'s steps in order)', 'sequence');
+    }
+  }
+
+  /** @internal reads and checks every item and the options; copies the data when `copy` (async steps) */
+  readStep(items: unknown, options: unknown, copy: boolean): StepRead {
+    if (!Array.isArray(items)) throw new AttentionError('INVALID_ARGUMENT', `items must be an array of { sequence, q, k, v }, got ${describe(items)}`, 'items');
+    const opts = readOptions(options, 'options', ['scale', 'softcap', 'window', 'rope']);
+    const scale = checkFloat32(opts.scale, 'options.scale', 1 / Math.sqrt(this.headDim));
+    const softcap = checkFinite(opts.softcap, 'options.softcap', 0);
+    if (opts.softcap !== undefined && !(Math.fround(softcap) > 0 && Number.isFinite(Math.fround(softcap)))) {
+      throw new AttentionError('INVALID_OPTION', `options.softcap must be > 0 and within float32 range (leave it out to turn softcapping off), got ${softcap}`, 'options.softcap');
+    }
+    let left = -1;
+    if (opts.window !== undefined) {
+      const value = readOptions(opts.window, 'options.window', ['left']).left;
+      if (value !== undefined) {
+        if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < 0) {
+          throw new AttentionError('INVALID_OPTION', `options.window.left must be a non-negative integer, got ${describe(value)}`, 'options.window.left');
+        }
+        left = Math.min(value, 2 ** 30);
+      }
+    }
+    const rope = readRope(opts.rope, this.headDim);
+    const snapshot = [...(items as unknown[])];
+    const seen = new Set<KVSequence>();
+    const entries = snapshot.map((raw, s) => {
+      const name = `items[${s}]`;
+      if (raw === undefined) throw new AttentionError('INVALID_ARGUMENT', `${name} must be { sequence, q, k, v }, got undefined`, name);
+      const item = readOptions(raw, name, ['sequence', 'q', 'k', 'v']);
+      const sequence = item.sequence;
+      this.usable(sequence, `${name}.sequence`);
+      if (seen.has(sequence)) throw new AttentionError('INVALID_ARGUMENT', `${name}.sequence appears twice in one step; give it one item with all its new positions`, `${name}.sequence`);
+      seen.add(sequence);
+      const qRead = readTensor(item.q, `${name}.q`);
+      const entries = this.readEntries(sequence, readTensor(item.k, `${name}.k`), readTensor(item.v, `${name}.v`), copy, `${name}.k`, `${name}.v`);
+      const q = floatTensor(qRead, this.backend);
+      if (q.dims.length !== 3) throw new AttentionError('INVALID_DIMS', `${name}.q must be [Hq, n, Dk], got dims [${q.dims}]`, `${name}.q.dims`);
+      const [qHeads, n, headDim] = q.dims;
+      if (qHeads < 1 || qHeads % this.kvHeads !== 0) {
+        throw new AttentionError('SHAPE_MISMATCH', `${name}.q.dims[0] (query heads) is ${qHeads}, not a positive multiple of the pool's ${this.kvHeads} kv heads`, `${name}.q.dims[0]`);
+      }
+      if (n !== entries.n) throw new AttentionError('SHAPE_MISMATCH', `${name}.q has ${n} positions but k has ${entries.n}`, `${name}.q.dims[1]`);
+      if (headDim !== this.headDim) throw new AttentionError('SHAPE_MISMATCH', `${name}.q.dims[2] (head dim) is ${headDim} but the pool holds ${this.headDim}`, `${name}.q.dims[2]`);
+      const qOperand: Operand<Float32Array> = copy ? { array: operandArray(q.operand).slice(), offset: 0, length: q.operand.length } : q.operand;
+      return { ...entries, q: qOperand, qHeads };
+    });
+    return { entries, scale, softcap, left, rope };
+  }
+
+  /** Checks one sequence's new keys [Hkv, n, Dk] and values [Hkv, n, Dv] (n >= 1). */
+  private readEntries(sequence: KVSequence, kRead: ReturnType<typeof readTensor>, vRead: ReturnType<typeof readTensor>, copy: boolean, kName: string, vName: string): Entries {
+    const k = floatTensor(kRead, this.backend);
+    const v = floatTensor(vRead, this.backend);
+    for (const [t, name, width] of [[k, kName, this.headDim], [v, vName, this.valueDim]] as const) {
+      if (t.dims.length !== 3) throw new AttentionError('INVALID_DIMS', `${name} must be [Hkv, n, ${width}], got dims [${t.dims}]`, `${name}.dims`);
+      if (t.dims[0] !== this.kvHeads) throw new AttentionError('SHAPE_MISMATCH', `${name}.dims[0] (kv heads) is ${t.dims[0]} but the pool holds ${this.kvHeads}`, `${name}.dims[0]`);
+      if (t.dims[2] !== width) throw new AttentionError('SHAPE_MISMATCH', `${name}.dims[2] is ${t.dims[2]} but the pool holds ${width}`, `${name}.dims[2]`);
+      if (t.dims[1] < 1) throw new AttentionError('SHAPE_MISMATCH', `${name} has no new position (dims [${t.dims}]); n must be >= 1`, `${name}.dims[1]`);
+    }
+    if (v.dims[1] !== k.dims[1]) throw new AttentionError('SHAPE_MISMATCH', `${vName} has ${v.dims[1]} positions but ${kName} has ${k.dims[1]}`, `${vName}.dims[1]`);
+    const data = (t: typeof k): Float32Array => (copy ? operandArray(t.operand).slice() : operandArray(t.operand));
+    return { sequence, k: data(k), v: data(v), n: k.dims[1] };
+  }
+
+  /** Pages the entries need beyond those they hold (a copy of a shared, partly filled last page counts). */
+  private reserve(entries: readonly Entries[]): void {
+    let needed = 0;
+    for (const { sequence, n } of entries) {
+      const held = sequence.pages.length;
+      needed += Math.ceil((sequence.length + n) / this.pageSize) - held;
+      if (sequence.length % this.pageSize !== 0 && this.refs[sequence.pages[held - 1]] > 1) needed++;
+    }
+    const open = this.free.length + Math.max(0, this.maxPages - this.slabs.length * this.slabPages);
+    if (needed > open) {
+      throw new AttentionError('CACHE_FULL', `the step needs ${needed} more pages of ${this.pageSize} positions; the pool has ${open} of its ${this.maxPages} free`, 'items');
+    }
+    // reserve the slabs the new pages need now, so nothing below can fail for memory
+    const slabsBefore = this.slabs.length;
+    try {
+      while (this.free.length < needed) this.growSlab();
+    } catch (error) {
+      while (this.slabs.length > slabsBefore) this.dropSlab();
+      throw error;
+    }
+  }
+
+  private growSlab(): void {
+    const first = this.slabs.length * this.slabPages;
+    const pages = Math.min(this.slabPages, this.maxPages - first);
+    this.slabs.push(this.backend.tensor([this.slabPages * this.pageFloats], 'float32'));
+    for (let p = first + pages - 1; p >= first; p--) this.free.push(p);
+  }
+
+  private dropSlab(): void {
+    const slab = this.slabs.pop()!;
+    const first = this.slabs.length * this.slabPages;
+    this.free = this.free.filter((p) => p < first);
+    slab.release();
+  }
+
+  private take(undo: Undo): number {
+    const page = this.free.pop()!;
+    this.refs[page] = 1;
+    undo.taken.push(page);
+    return page;
+  }
+
+  /**
+   * Writes each entry's keys (rotated when `rope`) and values after its sequence's positions,
+   * taking pages and copying a shared last page first; returns how to put it all back.
+   */
+  private apply(entries: readonly Entries[], rope: RopeSpec | undefined): Undo[] {
+    return entries.map((entry) => {
+      const { sequence, n } = entry;
+      const undo: Undo = { sequence, pages: [...sequence.pages], length: sequence.length, taken: [], unshared: -1 };
+      const last = sequence.pages.length - 1;
+      if (sequence.length % this.pageSize !== 0 && this.refs[sequence.pages[last]] > 1) {
+        const shared = sequence.pages[last];
+        const copy = this.take(undo);
+        this.pageView(copy).set(this.pageView(shared));
+        this.refs[shared]--;
+        undo.unshared = shared;
+        sequence.pages[last] = copy;
+      }
+      while (sequence.pages.length * this.pageSize < sequence.length + n) sequence.pages.push(this.take(undo));
+      const k = rope ? rotated(entry.k, this.kvHeads, n, this.headDim, sequence.length, rope) : entry.k;
+      this.copyRows(sequence.pages, n, k, entry.v, 'write', sequence.length);
+      sequence.setLength(sequence.length + n);
+      return undo;
+    });
+  }
+
+  private undo(undos: readonly Undo[]): void {
+    for (const { sequence, pages, length, taken, unshared } of undos) {
+      if (sequence.disposed) continue; // its dispose gave its pages back, taken ones included
+      sequence.pages = pages;
+      sequence.setLength(length);
+      for (const page of taken) this.release(page);
+      if (unshared >= 0) this.refs[unshared]++;
+    }
+  }
+
+  /** The floats of page `page` (a view of memory as it is now). */
+  private pageView(page: number): Float32Array {
+    const slab = Math.floor(page / this.slabPages);
+    const at = (page - slab * this.slabPages) * this.pageFloats;
+    return (this.slabs[slab].view() as Float32Array).subarray(at, at + this.pageFloats);
+  }
+
+  /**
+   * Copies `count` positions between packed k [Hkv, count, Dk], v [Hkv, count, Dv] and the pages,
+   * starting at position `start` of the sequence: into the pages ('write') or out of them ('read').
+   */
+  private copyRows(pages: readonly number[], count: number, k: Float32Array, v: Float32Array, direction: 'read' | 'write', start = 0): void {
+    for (let kvHead = 0; kvHead < this.kvHeads; kvHead++) {
+      const part = pageParts(this, kvHead);
+      for (let t = 0; t < count; t++) {
+        const position = start + t;
+        const page = this.pageView(pages[Math.floor(position / this.pageSize)]);
+        const row = position % this.pageSize;
+        for (const [data, base, width] of [[k, part.keys, this.headDim], [v, part.values, this.valueDim]] as const) {
+          const src = (kvHead * count + t) * width;
+          const dst = base + row * width;
+          if (direction === 'write') page.set(data.subarray(src, src + width), dst);
+          else data.set(page.subarray(dst, dst + width), src);
+        }
+      }
+    }
+  }
+
+  /** Checks capacity, applies the step's writes, and runs its attention; puts everything back if that fails. */
+  private runStep(read: StepRead, async: true): Promise<Tensor[]>;
+  private runStep(read: StepRead, async?: false): Tensor[];
+  private runStep(read: StepRead, async = false): Tensor[] | Promise<Tensor[]> {
+    for (const { sequence } of read.entries) this.usable(sequence, 'sequence');
+    this.reserve(read.entries);
+    const undo = this.apply(read.entries, read.rope);
+    const items: PagedItem[] = read.entries.map((entry) => {
+      const { sequence, n, qHeads } = entry;
+      const q = read.rope ? rotatedOperand(entry.q, qHeads, n, this.headDim, sequence.length - n, read.rope) : entry.q;
+      return { q, qHeads, n, length: sequence.length, pages: Int32Array.from(sequence.pages) };
+    });
+    const store: PageStore = {
+      slabs: [...this.slabs], slabPages: this.slabPages, pageSize: this.pageSize,
+      kvHeads: this.kvHeads, headDim: this.headDim, valueDim: this.valueDim, pageFloats: this.pageFloats,
+    };
+    const plan: PagedAttentionPlan = { flops: pagedFlops(store, items), store, items, scale: read.scale, softcap: read.softcap, left: read.left };
+    this.running++;
+    const settle = (): void => {
+      if (--this.running === 0 && !this.disposed) {
+        this.free.push(...this.pendingFree);
+        this.pendingFree = [];
+      }
+    };
+    if (!async) {
+      try {
+        return this.backend.run(pagedAttentionOp, plan);
+      } catch (error) {
+        this.undo(undo);
+        throw error;
+      } finally {
+        settle();
+      }
+    }
+    return this.backend.runAsync(pagedAttentionOp, plan).then(
+      (outputs) => {
+        settle();
+        return outputs;
+      },
+      (error: unknown) => {
+        if (!this.disposed) this.undo(undo);
+        settle();
+        throw error;
+      },
+    );
+  }
+
+  /** Reads sequence.export()'s bytes, checked against this pool's heads and dims. */
+  private readExport(bytes: unknown): { k: Float32Array; v: Float32Array; length: number } {
+    let view: Uint8Array;
+    if (bytes instanceof Uint8Array) view = bytes;
+    else if (bytes instanceof ArrayBuffer) view = new Uint8Array(bytes);
+    else throw new AttentionError('INVALID_ARGUMENT', `bytes must be a Uint8Array or ArrayBuffer from sequence.export(), got ${describe(bytes)}`, 'bytes');
+    const bad = (why: string): never => {
+      throw new AttentionError('INVALID_ARGUMENT', `bytes are not an export this pool can import: ${why}`, 'bytes');
+    };
+    if (view.byteLength < EXPORT_HEADER_BYTES) bad(`${view.byteLength} bytes, shorter than the header`);
+    const copy = view.slice(); // read once: the caller's bytes may change under us
+    const header = new DataView(copy.buffer);
+    const [magic, version, dtype, kvHeads, headDim, valueDim, length] = Array.from({ length: 7 }, (_, i) => header.getUint32(4 * i, true));
+    if (magic !== EXPORT_MAGIC) bad('no WAKV header');
+    if (version !== EXPORT_VERSION) bad(`format version ${version}, this pool reads ${EXPORT_VERSION}`);
+    if (dtype !== 0) bad(`dtype code ${dtype}, this pool holds float32 (0)`);
+    if (kvHeads !== this.kvHeads || headDim !== this.headDim || valueDim !== this.valueDim) {
+      bad(`kv heads ${kvHeads}, head dim ${headDim}, value dim ${valueDim}; the pool holds ${this.kvHeads}, ${this.headDim}, ${this.valueDim}`);
+    }
+    const expected = EXPORT_HEADER_BYTES + 4 * kvHeads * length * (headDim + valueDim);
+    if (copy.byteLength !== expected) bad(`${copy.byteLength} bytes where length ${length} needs ${expected}`);
+    if (length < 1) bad('an empty sequence (length 0); use pool.sequence()');
+    const body = new DataView(copy.buffer, EXPORT_HEADER_BYTES);
+    const k = new Float32Array(kvHeads * length * headDim);
+    const v = new Float32Array(kvHeads * length * valueDim);
+    for (let i = 0; i < k.length; i++) k[i] = body.getFloat32(4 * i, true);
+    for (let i = 0; i < v.length; i++) v[i] = body.getFloat32(4 * (k.length + i), true);
+    return { k, v, length };
+  }
+}
+
+/** x [heads, n, headDim] rotated by positions start .. start+n-1 (a new array). */
+function rotated(x: Float32Array, heads: number, n: number, headDim: number, start: number, rope: RopeSpec): Float32Array {
+  const { cos, sin } = angleTables(positionRange(start, n), rope.dims, rope.base);
+  const out = x.slice();
+  const half = rope.dims / 2;
+  const step = rope.interleaved ? 2 : 1;
+  const gap = rope.interleaved ? 1 : half;
+  for (let h = 0; h < heads; h++) {
+    for (let t = 0; t < n; t++) {
+      const row = (h * n + t) * headDim;
+      for (let i = 0; i < half; i++) {
+        const at = row + i * step;
+        const x1 = x[at];
+        const x2 = x[at + gap];
+        const c = cos[t * half + i];
+        const s = sin[t * half + i];
+        out[at] = x1 * c - x2 * s;
+        out[at + gap] = x2 * c + x1 * s;
+      }
+    }
+  }
+  return out;
+}
+
+function rotatedOperand(q: Operand<Float32Array>, heads: number, n: number, headDim: number, start: number, rope: RopeSpec): Operand<Float32Array> {
+  const array = rotated(operandArray(q), heads, n, headDim, start, rope);
+  return { array, offset: 0, length: array.length };
+}

@@ -1,0 +1,41 @@
+// Paged attention as a job (see ../../job.ts). Items are ragged, so the encoder writes one record
+// per work item into WASM memory: a work item is one (step item, kv head, chunk of query positions
+// [, chunk of keys]) slice with its own pointers, handed to f32_attention_paged as it is. A decode
+// item over a long history is cut along its keys too (flash-decoding); its partial results are
+// merged afterwards in a fixed order. How an item is cut depends only on its own shape (positions,
+// heads, length), never on the other items of the step or on the thread count, so its bits do not.
+import type { Kernels } from '../../backends/kernels.js';
+import { type ItemRunner, jobLayout } from '../../job.js';
+
+export const PAGED_JOB = jobLayout(5, ['records', 'headDim', 'valueDim', 'pageSize', 'scale', 'cap', 'left'] as const);
+
+const J = PAGED_JOB.at;
+
+/** A work item's record: int32 fields at these indices (addresses are read as unsigned). */
+export const RECORD = {
+  q: 0, ldqHead: 1, out: 2, ldoHead: 3, ldoPos: 4, positions: 5, group: 6, pages: 7,
+  kOffset: 8, vOffset: 9, keyStart: 10, keyEnd: 11, offset: 12, stats: 13,
+} as const;
+export const RECORD_INTS = 16;
+
+/** Rows (query positions × heads of a group) per work item, at most. */
+export const PAGED_ROW_CHUNK = 64;
+/** Flash-decoding: items of at most this many query positions over at least SPLIT_MIN_KEYS keys are cut along the keys. */
+export const PAGED_SPLIT_MAX_POSITIONS = 4;
+export const PAGED_SPLIT_MIN_KEYS = 1024;
+/** Keys per chunk of a cut item (rounded up to whole pages). */
+export const PAGED_SPLIT_CHUNK = 512;
+
+/** Runs one work item: its record as the kernel's arguments. */
+export const runPagedItem: ItemRunner = (kernels: Kernels, job: Float64Array, item: number, scratch: number, i32: Int32Array): void => {
+  const at = (job[J.records] >>> 2) + item * RECORD_INTS;
+  const headDim = job[J.headDim];
+  kernels.f32_attention_paged(
+    i32[at + RECORD.q] >>> 0, i32[at + RECORD.ldqHead], headDim,
+    i32[at + RECORD.out] >>> 0, i32[at + RECORD.ldoHead], i32[at + RECORD.ldoPos],
+    i32[at + RECORD.positions], i32[at + RECORD.group], i32[at + RECORD.pages] >>> 0, job[J.pageSize],
+    i32[at + RECORD.kOffset], i32[at + RECORD.vOffset], i32[at + RECORD.keyStart], i32[at + RECORD.keyEnd],
+    headDim, job[J.valueDim], job[J.scale], job[J.cap], i32[at + RECORD.offset], job[J.left],
+    i32[at + RECORD.stats] >>> 0, scratch,
+  );
+};

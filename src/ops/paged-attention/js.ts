@@ -1,0 +1,57 @@
+// Paged attention in plain TypeScript (see plan.ts for the math): each row's scores over its
+// visible keys, read from their pages, in float64, then the softmax and the weighted sum of values.
+import type { ArrayOf } from '../../backend.js';
+import type { Tensor } from '../../tensor.js';
+import { type PagedAttentionPlan, pageParts } from './plan.js';
+
+export function pagedAttentionJs(plan: PagedAttentionPlan, arrayOf: ArrayOf): Tensor[] {
+  const { store, scale, softcap, left } = plan;
+  const { pageSize, slabPages, pageFloats, kvHeads, headDim, valueDim } = store;
+  const slabs = store.slabs.map((slab) => slab.view() as Float32Array);
+  return plan.items.map((item) => {
+    const q = arrayOf(item.q);
+    const { n, length, pages } = item;
+    const group = item.qHeads / kvHeads;
+    const out = new Float32Array(item.qHeads * n * valueDim);
+    const scores = new Float64Array(length);
+    const acc = new Float64Array(valueDim);
+    for (let kvHead = 0; kvHead < kvHeads; kvHead++) {
+      const part = pageParts(store, kvHead);
+      // where key/value j of this head starts: [slab array, element offset]
+      const rowOf = (j: number, base: number, width: number): [Float32Array, number] => {
+        const page = pages[Math.floor(j / pageSize)];
+        const slab = Math.floor(page / slabPages);
+        return [slabs[slab], (page - slab * slabPages) * pageFloats + base + (j % pageSize) * width];
+      };
+      for (let g = 0; g < group; g++) {
+        const h = kvHead * group + g;
+        for (let i = 0; i < n; i++) {
+          const last = length - n + i;
+          const first = left < 0 ? 0 : Math.max(0, last - left);
+          const qRow = (h * n + i) * headDim;
+          let max = -Infinity;
+          for (let j = first; j <= last; j++) {
+            const [keys, at] = rowOf(j, part.keys, headDim);
+            let dot = 0;
+            for (let d = 0; d < headDim; d++) dot += q[qRow + d] * keys[at + d];
+            let t = scale * dot;
+            if (softcap > 0) t = softcap * Math.tanh(t / softcap);
+            scores[j] = t;
+            if (t > max) max = t;
+          }
+          acc.fill(0);
+          let sum = 0;
+          for (let j = first; j <= last && max > -Infinity; j++) {
+            const p = Math.exp(scores[j] - max);
+            sum += p;
+            const [values, at] = rowOf(j, part.values, valueDim);
+            for (let d = 0; d < valueDim; d++) acc[d] += p * values[at + d];
+          }
+          const outRow = (h * n + i) * valueDim;
+          for (let d = 0; d < valueDim; d++) out[outRow + d] = sum > 0 || Number.isNaN(sum) ? acc[d] / sum : 0;
+        }
+      }
+    }
+    return { data: out, dims: [item.qHeads, n, valueDim] };
+  });
+}

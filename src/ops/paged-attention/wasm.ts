@@ -1,0 +1,166 @@
+// Paged attention on the wasm kernels: stages each item's q, writes the page addresses of every
+// item (the page table) and one record per work item into WASM memory (job.ts), and after the
+// items ran merges the key chunks of cut items and reads each item's output out.
+import type { Encoded, WasmCall, WasmOp } from '../../backend.js';
+import { HEADER } from '../../job.js';
+import type { Tensor } from '../../tensor.js';
+import {
+  PAGED_JOB, PAGED_ROW_CHUNK, PAGED_SPLIT_CHUNK, PAGED_SPLIT_MAX_POSITIONS, PAGED_SPLIT_MIN_KEYS, RECORD, RECORD_INTS,
+} from './job.js';
+import { type PagedAttentionPlan, pageParts } from './plan.js';
+
+const J = PAGED_JOB.at;
+
+/** A cut work slice: `chunks` partial results of `rows` rows each, merged into the item's output. */
+interface Cut {
+  partialOut: number;
+  partialStats: number;
+  chunks: number;
+  group: number;
+  positions: number;
+  /** Address of row (i = 0, g = 0) of the output and the element strides of g and i. */
+  out: number;
+  ldoHead: number;
+}
+
+interface PagedEncoded extends Encoded {
+  outputs: number[];
+  cuts: Cut[];
+}
+
+export const pagedAttentionWasm: WasmOp<PagedAttentionPlan, Tensor[]> = {
+  layout: PAGED_JOB,
+
+  encode(plan: PagedAttentionPlan, call: WasmCall): PagedEncoded {
+    const { store, items } = plan;
+    const { pageSize, slabPages, pageFloats, kvHeads, headDim, valueDim } = store;
+    const slabAt = store.slabs.map((slab, s) => call.stage({ resident: slab, offset: 0, length: slab.length }, `pool slab ${s}`));
+    // the page table: every item's page addresses, one after another
+    const tablePages = items.reduce((sum, item) => sum + item.pages.length, 0);
+    const table = call.alloc(4 * Math.max(1, tablePages));
+    const keyChunk = Math.ceil(PAGED_SPLIT_CHUNK / pageSize) * pageSize;
+    let records = 0;
+    const shapes = items.map((item) => {
+      const group = item.qHeads / kvHeads;
+      const perChunk = Math.max(1, Math.floor(PAGED_ROW_CHUNK / group));
+      const rowChunks = Math.ceil(item.n / perChunk);
+      const split = item.n <= PAGED_SPLIT_MAX_POSITIONS && item.length >= PAGED_SPLIT_MIN_KEYS;
+      const keyChunks = split ? Math.ceil(item.length / keyChunk) : 1;
+      records += kvHeads * rowChunks * keyChunks;
+      return { group, perChunk, rowChunks, keyChunks };
+    });
+    const recordsAt = call.alloc(4 * RECORD_INTS * Math.max(1, records));
+    const outputs: number[] = [];
+    const cuts: Cut[] = [];
+    let pageCursor = table;
+    let record = 0;
+    items.forEach((item, s) => {
+      const { group, perChunk, rowChunks, keyChunks } = shapes[s];
+      const q = call.stage(item.q, `items[${s}].q`);
+      const out = call.alloc(4 * item.qHeads * item.n * valueDim);
+      outputs.push(out);
+      const pages = pageCursor;
+      const u32 = new Uint32Array(call.i32.buffer, pages, item.pages.length);
+      item.pages.forEach((page, p) => {
+        const slab = Math.floor(page / slabPages);
+        u32[p] = slabAt[slab] + 4 * (page - slab * slabPages) * pageFloats;
+      });
+      pageCursor += 4 * item.pages.length;
+      for (let kvHead = 0; kvHead < kvHeads; kvHead++) {
+        const part = pageParts(store, kvHead);
+        const headQ = q + 4 * kvHead * group * item.n * headDim;
+        const headOut = out + 4 * kvHead * group * item.n * valueDim;
+        for (let rc = 0; rc < rowChunks; rc++) {
+          const i0 = rc * perChunk;
+          const positions = Math.min(perChunk, item.n - i0);
+          const rows = positions * group;
+          let cut: Cut | undefined;
+          if (keyChunks > 1) {
+            cut = {
+              partialOut: call.alloc(4 * keyChunks * rows * valueDim), partialStats: call.alloc(8 * keyChunks * rows), chunks: keyChunks,
+              group, positions, out: headOut + 4 * i0 * valueDim, ldoHead: item.n * valueDim,
+            };
+            cuts.push(cut);
+          }
+          for (let kc = 0; kc < keyChunks; kc++) {
+            const i32 = call.i32;
+            const at = (recordsAt >>> 2) + record * RECORD_INTS;
+            record++;
+            i32[at + RECORD.q] = headQ + 4 * i0 * headDim;
+            i32[at + RECORD.ldqHead] = item.n * headDim;
+            if (cut) {
+              // partial rows in the kernel's order: row i·group + g, valueDim apart
+              i32[at + RECORD.out] = cut.partialOut + 4 * kc * rows * valueDim;
+              i32[at + RECORD.ldoHead] = valueDim;
+              i32[at + RECORD.ldoPos] = group * valueDim;
+              i32[at + RECORD.stats] = cut.partialStats + 8 * kc * rows;
+            } else {
+              i32[at + RECORD.out] = headOut + 4 * i0 * valueDim;
+              i32[at + RECORD.ldoHead] = item.n * valueDim;
+              i32[at + RECORD.ldoPos] = valueDim;
+              i32[at + RECORD.stats] = 0;
+            }
+            i32[at + RECORD.positions] = positions;
+            i32[at + RECORD.group] = group;
+            i32[at + RECORD.pages] = pages;
+            i32[at + RECORD.kOffset] = 4 * part.keys;
+            i32[at + RECORD.vOffset] = 4 * part.values;
+            i32[at + RECORD.keyStart] = kc * keyChunk;
+            i32[at + RECORD.keyEnd] = keyChunks > 1 ? Math.min(item.length, (kc + 1) * keyChunk) : item.length;
+            i32[at + RECORD.offset] = item.length - item.n + i0;
+          }
+        }
+      }
+    });
+    const job = PAGED_JOB.create();
+    job[HEADER.items] = valueDim === 0 ? 0 : records;
+    job[J.records] = recordsAt;
+    job[J.headDim] = headDim;
+    job[J.valueDim] = valueDim;
+    job[J.pageSize] = pageSize;
+    job[J.scale] = plan.scale;
+    job[J.cap] = plan.softcap;
+    job[J.left] = plan.left;
+    const scratchBytes = call.kernels.f32_attention_paged_scratch_bytes(headDim, valueDim);
+    return { job, scratchBytes, outPtr: 0, size: 0, outputs, cuts };
+  },
+
+  finish(plan: PagedAttentionPlan, call: WasmCall, encoded: Encoded): Tensor[] {
+    const { outputs, cuts } = encoded as PagedEncoded;
+    const valueDim = plan.store.valueDim;
+    for (const cut of cuts) mergeCut(cut, call.f32, valueDim);
+    return plan.items.map((item, s) => ({ data: call.collect(outputs[s], item.qHeads * item.n * valueDim, undefined), dims: [item.qHeads, item.n, valueDim] }));
+  },
+};
+
+/**
+ * Merges a cut slice's chunks, in order, into its output rows: with chunk c's normalised output o_c,
+ * row max m_c and sum l_c, out = sum_c w_c o_c / sum_c w_c where w_c = l_c · exp(m_c - max_c m_c).
+ */
+function mergeCut(cut: Cut, f32: Float32Array, valueDim: number): void {
+  const rows = cut.positions * cut.group;
+  const acc = new Float64Array(valueDim);
+  const stats = cut.partialStats >>> 2;
+  for (let r = 0; r < rows; r++) {
+    let max = -Infinity;
+    for (let c = 0; c < cut.chunks; c++) {
+      const s = stats + 2 * (c * rows + r);
+      if (f32[s + 1] > 0 || Number.isNaN(f32[s + 1])) max = Math.max(max, f32[s]);
+    }
+    let total = 0;
+    acc.fill(0);
+    for (let c = 0; c < cut.chunks; c++) {
+      const s = stats + 2 * (c * rows + r);
+      const l = f32[s + 1];
+      const w = l > 0 || Number.isNaN(l) ? l * Math.exp(f32[s] - max) : 0;
+      total += w;
+      if (w === 0) continue;
+      const o = (cut.partialOut >>> 2) + (c * rows + r) * valueDim;
+      for (let d = 0; d < valueDim; d++) acc[d] += w * f32[o + d];
+    }
+    const i = Math.floor(r / cut.group);
+    const g = r % cut.group;
+    const dst = (cut.out >>> 2) + g * cut.ldoHead + i * valueDim;
+    for (let d = 0; d < valueDim; d++) f32[dst + d] = total > 0 || Number.isNaN(total) ? acc[d] / total : 0;
+  }
+}
