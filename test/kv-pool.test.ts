@@ -1,0 +1,375 @@
+// The paged KV pool on every backend: any interleaving of steps across sequences (prefill chunks
+// and decode steps mixed) equals causal attention over each sequence's whole history computed
+// alone by the float64 reference, with GQA, odd head dims, page sizes from 1 up, RoPE in both
+// layouts, windows and softcap, and histories long enough to be split over the keys; bits that do
+// not depend on the other items of a step nor on the thread count; forks equal to sequences built
+// with the same tokens; pages all back after dispose; refused steps that change nothing; export
+// then import; the batcher.
+import { describe, expect, it } from 'vitest';
+import { type Engine, type KVPool, type KVSequence, createEngineSync } from '../src/index.js';
+import type { PoolStepOptions } from '../src/features/kv-pool.js';
+import { referenceAttention, referenceRotary } from '../src/reference.js';
+import { BACKENDS, engineFor, maxAbs, maxError, randomTensor, refused, rng, tolerance } from './helpers.js';
+
+interface Shape {
+  qHeads: number;
+  kvHeads: number;
+  headDim: number;
+  valueDim: number;
+}
+
+/** One step's new data for a sequence. */
+interface StepData {
+  q: { data: Float32Array; dims: number[] };
+  k: { data: Float32Array; dims: number[] };
+  v: { data: Float32Array; dims: number[] };
+}
+
+/** A pool for a shape (its kv heads and dims; q heads are the steps' business). */
+function poolFor(engine: Engine, shape: Shape, options: { pageSize?: number; maxTokens: number; pageSiz?: number }): KVPool {
+  return engine.kvPool({ kvHeads: shape.kvHeads, headDim: shape.headDim, valueDim: shape.valueDim, ...options });
+}
+
+function stepData(random: () => number, shape: Shape, n: number): StepData {
+  return {
+    q: randomTensor(random, [shape.qHeads, n, shape.headDim]),
+    k: randomTensor(random, [shape.kvHeads, n, shape.headDim]),
+    v: randomTensor(random, [shape.kvHeads, n, shape.valueDim]),
+  };
+}
+
+/** A sequence's history as the reference sees it: keys (rotated when the steps were) and values per kv head. */
+class Mirror {
+  keys: number[][];
+  values: number[][];
+  constructor(private readonly shape: Shape) {
+    this.keys = Array.from({ length: shape.kvHeads }, () => []);
+    this.values = Array.from({ length: shape.kvHeads }, () => []);
+  }
+
+  get length(): number {
+    return this.keys[0].length / this.shape.headDim;
+  }
+
+  /** x [H, n, D] rotated (float64) by positions start.. when the options have rope. */
+  private rotate(x: { data: Float32Array; dims: number[] }, start: number, options: PoolStepOptions): ArrayLike<number> {
+    if (!options.rope) return x.data;
+    const n = x.dims[1];
+    const positions = { data: Int32Array.from({ length: n }, (_, i) => start + i), dims: [n] };
+    return referenceRotary({ data: x.data, dims: [1, ...x.dims] }, { positions, ...options.rope }).data;
+  }
+
+  append(k: { data: Float32Array; dims: number[] }, v: { data: Float32Array; dims: number[] }, options: PoolStepOptions = {}): void {
+    const { headDim, valueDim } = this.shape;
+    const n = k.dims[1];
+    const kRot = this.rotate(k, this.length, options);
+    for (let h = 0; h < this.shape.kvHeads; h++) {
+      for (let i = 0; i < n * headDim; i++) this.keys[h].push(kRot[h * n * headDim + i]);
+      for (let i = 0; i < n * valueDim; i++) this.values[h].push(v.data[h * n * valueDim + i]);
+    }
+  }
+
+  /** Appends the step's k and v, then the reference attention of its q over the whole history, and the tolerance. */
+  step(data: StepData, options: PoolStepOptions): { expected: Float64Array; tol: number } {
+    const { qHeads, kvHeads, headDim, valueDim } = this.shape;
+    const n = data.q.dims[1];
+    this.append(data.k, data.v, options);
+    const length = this.length;
+    const q = this.rotate(data.q, length - n, options);
+    const k = Float64Array.from(this.keys.flat());
+    const v = Float64Array.from(this.values.flat());
+    const window = options.window?.left !== undefined ? { left: options.window.left } : undefined;
+    const expected = referenceAttention(
+      { data: q, dims: [1, qHeads, n, headDim] }, { data: k, dims: [1, kvHeads, length, headDim] }, { data: v, dims: [1, kvHeads, length, valueDim] },
+      { causal: true, offset: length - n, scale: options.scale, softcap: options.softcap, window },
+    ).data;
+    const scale = options.scale ?? 1 / Math.sqrt(headDim);
+    const maxScore = Math.abs(scale) * maxAbs(q) * maxAbs(k) * headDim;
+    return { expected, tol: tolerance.attention(headDim, length, options.softcap ?? maxScore) * Math.max(maxAbs(v), 1e-30) };
+  }
+}
+
+interface Case extends Shape {
+  pageSize: number;
+  options?: PoolStepOptions;
+  /** New positions per item, drawn from these. */
+  sizes?: number[];
+  steps?: number;
+  sequences?: number;
+}
+
+const cases: Array<[string, Case]> = [
+  ['GQA 8/2, D 64, pages of 16', { qHeads: 8, kvHeads: 2, headDim: 64, valueDim: 64, pageSize: 16 }],
+  ['MHA 3/3, D 3, Dv 5, pages of 1', { qHeads: 3, kvHeads: 3, headDim: 3, valueDim: 5, pageSize: 1 }],
+  ['MQA 4/1, D 17, pages of 7', { qHeads: 4, kvHeads: 1, headDim: 17, valueDim: 17, pageSize: 7 }],
+  ['RoPE half-split, dims 32 of 64', { qHeads: 4, kvHeads: 2, headDim: 64, valueDim: 48, pageSize: 16, options: { rope: { dims: 32 } } }],
+  ['RoPE interleaved, base 500000', { qHeads: 2, kvHeads: 1, headDim: 16, valueDim: 16, pageSize: 5, options: { rope: { base: 500000, interleaved: true } } }],
+  ['window 5, softcap 20, scale 0.3', { qHeads: 4, kvHeads: 2, headDim: 8, valueDim: 8, pageSize: 4, options: { window: { left: 5 }, softcap: 20, scale: 0.3 } }],
+];
+
+describe.each(BACKENDS)('kvPool on %s', (backend) => {
+  const engine = engineFor(backend);
+
+  it.each(cases)('interleaved steps equal each sequence alone: %s', async (_, c) => {
+    const random = rng(c.headDim * 31 + c.pageSize);
+    const pool = engine.kvPool({ kvHeads: c.kvHeads, headDim: c.headDim, valueDim: c.valueDim, pageSize: c.pageSize, maxTokens: 4000 });
+    const sequences = Array.from({ length: c.sequences ?? 4 }, () => ({ sequence: pool.sequence(), mirror: new Mirror(c) }));
+    const sizes = c.sizes ?? [1, 1, 1, 2, 5, 17, 40];
+    const options = c.options ?? {};
+    for (let s = 0; s < (c.steps ?? 10); s++) {
+      const chosen = sequences.filter(() => random() < 0.7);
+      if (chosen.length === 0) chosen.push(sequences[s % sequences.length]);
+      const data = chosen.map(() => stepData(random, c, sizes[Math.floor(random() * sizes.length)]));
+      const items = chosen.map((x, i) => ({ sequence: x.sequence, ...data[i] }));
+      const outputs = s % 2 === 0 ? pool.step(items, options) : await pool.stepAsync(items, options);
+      chosen.forEach((x, i) => {
+        const { expected, tol } = x.mirror.step(data[i], options);
+        expect(outputs[i].dims).toEqual([c.qHeads, data[i].q.dims[1], c.valueDim]);
+        expect(maxError(outputs[i].data, expected)).toBeLessThanOrEqual(tol);
+        expect(x.sequence.length).toBe(x.mirror.length);
+      });
+    }
+    pool.dispose();
+  });
+
+  it('long histories (split over the keys) and prefill chunks', async () => {
+    const shape = { qHeads: 4, kvHeads: 2, headDim: 8, valueDim: 8 };
+    const random = rng(7);
+    const pool = poolFor(engine, shape, { pageSize: 16, maxTokens: 8192 });
+    const a = { sequence: pool.sequence(), mirror: new Mirror(shape) };
+    const b = { sequence: pool.sequence(), mirror: new Mirror(shape) };
+    for (const [na, nb] of [[300, 700], [500, 1], [400, 350], [1, 1], [3, 1], [1, 2]]) {
+      const da = stepData(random, shape, na);
+      const db = stepData(random, shape, nb);
+      const [ya, yb] = await pool.stepAsync([{ sequence: a.sequence, ...da }, { sequence: b.sequence, ...db }], { rope: {} });
+      for (const [x, y, d] of [[a, ya, da], [b, yb, db]] as const) {
+        const { expected, tol } = x.mirror.step(d, { rope: {} });
+        expect(maxError(y.data, expected)).toBeLessThanOrEqual(tol);
+      }
+    }
+    expect(a.sequence.length).toBe(1205);
+    pool.dispose();
+  });
+
+  it("an item's bits do not depend on the other items of its step", () => {
+    const shape = { qHeads: 8, kvHeads: 2, headDim: 32, valueDim: 32 };
+    const run = (withOthers: boolean): Float32Array[] => {
+      const random = rng(11);
+      const pool = poolFor(engine, shape, { pageSize: 8, maxTokens: 8192 });
+      const a = pool.sequence();
+      const others = [pool.sequence(), pool.sequence()];
+      const outputs: Float32Array[] = [];
+      for (const n of [37, 1, 1, 1200, 1, 4]) {
+        const data = stepData(random, shape, n);
+        const noise = others.map(() => stepData(random, shape, 1 + (n % 5)));
+        const items = [{ sequence: a, ...data }, ...(withOthers ? others.map((sequence, i) => ({ sequence, ...noise[i] })) : [])];
+        outputs.push(pool.step(items, { rope: {} })[0].data);
+      }
+      pool.dispose();
+      return outputs;
+    };
+    const alone = run(false);
+    const together = run(true);
+    alone.forEach((x, i) => expect(Array.from(together[i])).toEqual(Array.from(x)));
+  });
+
+  it('forks equal sequences built with the same tokens, and share pages until they write', () => {
+    const shape = { qHeads: 4, kvHeads: 2, headDim: 16, valueDim: 16 };
+    const random = rng(5);
+    const pool = poolFor(engine, shape, { pageSize: 16, maxTokens: 1024 });
+    const prefix = stepData(random, shape, 20);
+    const a = pool.sequence();
+    pool.step([{ sequence: a, ...prefix }]);
+    const used = pool.stats().pagesUsed;
+    const b = a.fork();
+    expect(pool.stats().pagesUsed).toBe(used); // shared
+    expect(b.length).toBe(20);
+    const nextA = stepData(random, shape, 3);
+    const nextB = stepData(random, shape, 1);
+    const [ya, yb] = pool.step([{ sequence: a, ...nextA }, { sequence: b, ...nextB }]);
+    expect(pool.stats().pagesUsed).toBe(used + 1); // b's partly filled last page copied before b wrote
+    // the same tokens in fresh sequences
+    const c = pool.sequence();
+    const d = pool.sequence();
+    pool.step([{ sequence: c, ...prefix }, { sequence: d, ...prefix }]);
+    const [yc, yd] = pool.step([{ sequence: c, ...nextA }, { sequence: d, ...nextB }]);
+    expect(Array.from(ya.data)).toEqual(Array.from(yc.data));
+    expect(Array.from(yb.data)).toEqual(Array.from(yd.data));
+    for (const s of [a, b, c, d]) s.dispose();
+    expect(pool.stats()).toMatchObject({ pagesUsed: 0, sequences: 0 });
+    pool.dispose();
+  });
+
+  it('pages all come back after dispose, and the pool gives its memory back', () => {
+    const before = engine.stats().usedBytes;
+    const shape = { qHeads: 2, kvHeads: 1, headDim: 8, valueDim: 8 };
+    const random = rng(3);
+    const pool = poolFor(engine, shape, { pageSize: 4, maxTokens: 400 });
+    const sequences = Array.from({ length: 5 }, () => pool.sequence());
+    pool.step(sequences.map((sequence, i) => ({ sequence, ...stepData(random, shape, 3 + 7 * i) })));
+    const forks = sequences.map((s) => s.fork());
+    pool.step(forks.map((sequence) => ({ sequence, ...stepData(random, shape, 2) })));
+    expect(pool.stats().pagesUsed).toBeGreaterThan(0);
+    for (const s of [...sequences, ...forks]) s.dispose();
+    expect(pool.stats()).toMatchObject({ pagesUsed: 0, sequences: 0, pageSize: 4, pages: 100, bytesPerToken: 64 });
+    pool.dispose();
+    expect(engine.stats().usedBytes).toBe(before);
+    refused(() => pool.sequence(), 'DISPOSED');
+    refused(() => sequences[0].fork(), 'DISPOSED');
+  });
+
+  it('a refused step changes no sequence', () => {
+    const shape = { qHeads: 2, kvHeads: 1, headDim: 8, valueDim: 8 };
+    const random = rng(9);
+    const pool = poolFor(engine, shape, { pageSize: 16, maxTokens: 64 });
+    const a = { sequence: pool.sequence(), mirror: new Mirror(shape) };
+    const b = { sequence: pool.sequence(), mirror: new Mirror(shape) };
+    for (const [x, n] of [[a, 40], [b, 16]] as const) {
+      const data = stepData(random, shape, n);
+      pool.step([{ sequence: x.sequence, ...data }]);
+      x.mirror.step(data, {});
+    }
+    expect(pool.stats().pagesUsed).toBe(4); // full
+    const snapshot = (): unknown => [a.sequence.length, b.sequence.length, pool.stats()];
+    const before = snapshot();
+    // a fits in its last page, b needs a new one: the whole step is refused
+    refused(() => pool.step([{ sequence: a.sequence, ...stepData(random, shape, 1) }, { sequence: b.sequence, ...stepData(random, shape, 1) }]), 'CACHE_FULL', 'items');
+    // a bad second item: the first is not applied either
+    const bad = stepData(random, shape, 1);
+    refused(() => pool.step([{ sequence: a.sequence, ...stepData(random, shape, 1) }, { sequence: b.sequence, ...bad, k: { data: new Float32Array(4), dims: [1, 1, 4] } }]), 'SHAPE_MISMATCH', 'items[1].k.dims[2]');
+    refused(() => pool.step([{ sequence: a.sequence, ...stepData(random, shape, 1) }, { sequence: a.sequence, ...stepData(random, shape, 1) }]), 'INVALID_ARGUMENT', 'items[1].sequence');
+    refused(() => pool.step([{ sequence: a.sequence, ...stepData(random, shape, 1) }], { rope: { dims: 3 } }), 'INVALID_OPTION', 'options.rope.dims');
+    refused(() => pool.step([{ sequence: a.sequence, ...stepData(random, shape, 1) }], { scal: 1 } as never), 'INVALID_OPTION', 'options.scal');
+    // a fork's copy-on-write needs a page too
+    const c = a.sequence.fork();
+    refused(() => pool.step([{ sequence: c, ...stepData(random, shape, 1) }]), 'CACHE_FULL', 'items');
+    c.dispose();
+    expect(snapshot()).toEqual(before);
+    // and the next step sees exactly the history before the refusals
+    const data = stepData(random, shape, 2);
+    const [y] = pool.step([{ sequence: a.sequence, ...data }]);
+    const { expected, tol } = a.mirror.step(data, {});
+    expect(maxError(y.data, expected)).toBeLessThanOrEqual(tol);
+    // other pools' and disposed sequences
+    const other = poolFor(engine, shape, { maxTokens: 16 });
+    refused(() => pool.step([{ sequence: other.sequence(), ...stepData(random, shape, 1) }]), 'INVALID_ARGUMENT', 'items[0].sequence');
+    other.dispose();
+    b.sequence.dispose();
+    refused(() => pool.step([{ sequence: b.sequence, ...stepData(random, shape, 1) }]), 'DISPOSED', 'items[0].sequence');
+    pool.dispose();
+  });
+
+  it('export then import gives the same next outputs', () => {
+    const shape = { qHeads: 4, kvHeads: 2, headDim: 8, valueDim: 12 };
+    const random = rng(13);
+    const pool = poolFor(engine, shape, { pageSize: 16, maxTokens: 1024 });
+    const a = pool.sequence();
+    const mirror = new Mirror(shape);
+    const prompt = stepData(random, shape, 37);
+    pool.step([{ sequence: a, ...prompt }], { rope: {} });
+    mirror.step(prompt, { rope: {} });
+    const bytes = a.export();
+    const b = pool.import(bytes);
+    expect(b.length).toBe(37);
+    const other = poolFor(engine, shape, { pageSize: 5, maxTokens: 100 });
+    const c = other.import(bytes.buffer.slice(0));
+    const next = stepData(random, shape, 2);
+    const [ya, yb] = pool.step([{ sequence: a, ...next }, { sequence: b, ...next }], { rope: {} });
+    const [yc] = other.step([{ sequence: c, ...next }], { rope: {} });
+    expect(Array.from(yb.data)).toEqual(Array.from(ya.data));
+    const { expected, tol } = mirror.step(next, { rope: {} });
+    expect(maxError(yc.data, expected)).toBeLessThanOrEqual(tol);
+    refused(() => pool.import(bytes.subarray(0, 40)), 'INVALID_ARGUMENT', 'bytes');
+    const wrong = engine.kvPool({ kvHeads: 2, headDim: 8, valueDim: 8, maxTokens: 64 });
+    refused(() => wrong.import(bytes), 'INVALID_ARGUMENT', 'bytes', /value dim 12/);
+    const corrupt = bytes.slice();
+    corrupt[0] ^= 1;
+    refused(() => pool.import(corrupt), 'INVALID_ARGUMENT', 'bytes', /header/);
+    refused(() => other.import(bytes.slice(0, 32 + 4 * 2 * 37 * 20 - 4)), 'INVALID_ARGUMENT', 'bytes');
+    for (const p of [pool, other, wrong]) p.dispose();
+  });
+
+  it('append stores keys and values as given; options are checked', () => {
+    const shape = { qHeads: 2, kvHeads: 1, headDim: 4, valueDim: 4 };
+    const random = rng(17);
+    const pool = poolFor(engine, shape, { pageSize: 3, maxTokens: 30 });
+    const a = pool.sequence();
+    const mirror = new Mirror(shape);
+    const prompt = stepData(random, shape, 8);
+    a.append(prompt.k, prompt.v);
+    mirror.append(prompt.k, prompt.v);
+    expect(a.length).toBe(8);
+    const next = stepData(random, shape, 1);
+    const [y] = pool.step([{ sequence: a, ...next }]);
+    const { expected, tol } = mirror.step(next, {});
+    expect(maxError(y.data, expected)).toBeLessThanOrEqual(tol);
+    refused(() => a.append(prompt.k, { data: new Float32Array(40), dims: [1, 8, 5] }), 'SHAPE_MISMATCH', 'v.dims[2]');
+    refused(() => a.append(randomTensor(random, [1, 30, 4]), randomTensor(random, [1, 30, 4])), 'CACHE_FULL', 'items');
+    expect(a.length).toBe(9);
+    refused(() => engine.kvPool({ kvHeads: 1, headDim: 4, maxTokens: 10, pageSiz: 4 } as never), 'INVALID_OPTION', 'options.pageSiz', /did you mean pageSize/);
+    refused(() => engine.kvPool({ kvHeads: 1, headDim: 4 }), 'INVALID_OPTION', 'options.maxTokens');
+    refused(() => engine.kvPool({ kvHeads: 1, headDim: 4, maxBytes: 10 }), 'INVALID_OPTION', 'options.maxBytes');
+    pool.dispose();
+  });
+
+  it('batcher: concurrent calls share steps, each sequence in order, errors stay with their call', async () => {
+    const shape = { qHeads: 4, kvHeads: 2, headDim: 8, valueDim: 8 };
+    const random = rng(19);
+    const pool = poolFor(engine, shape, { pageSize: 4, maxTokens: 400 });
+    const batcher = pool.batcher({ maxBatch: 4 });
+    const sequences = Array.from({ length: 6 }, () => ({ sequence: pool.sequence(), mirror: new Mirror(shape) }));
+    const calls: Array<{ x: (typeof sequences)[number]; data: StepData; promise: Promise<{ data: Float32Array }> }> = [];
+    for (let round = 0; round < 3; round++) {
+      for (const x of sequences) {
+        const data = stepData(random, shape, round === 0 ? 5 : 1);
+        calls.push({ x, data, promise: batcher.step(x.sequence, data.q, data.k, data.v, { rope: {} }) });
+      }
+    }
+    expect(batcher.waiting).toBe(18);
+    // a sync call on a sequence with calls waiting is refused
+    refused(() => pool.step([{ sequence: sequences[0].sequence, ...stepData(random, shape, 1) }]), 'BUSY', 'sequence');
+    const bad = batcher.step(sequences[1].sequence, randomTensor(random, [3, 1, 8]), randomTensor(random, [2, 1, 8]), randomTensor(random, [2, 1, 8]));
+    await expect(bad).rejects.toMatchObject({ code: 'SHAPE_MISMATCH' });
+    for (const call of calls) {
+      const y = await call.promise;
+      const { expected, tol } = call.x.mirror.step(call.data, { rope: {} });
+      expect(maxError(y.data, expected)).toBeLessThanOrEqual(tol);
+    }
+    // a call that does not fit fails alone; the others of its batch go through
+    const small = poolFor(engine, shape, { pageSize: 4, maxTokens: 8 });
+    const s1 = small.sequence();
+    const s2 = small.sequence();
+    const b2 = small.batcher();
+    const ok = b2.step(s1, ...Object.values(stepData(random, shape, 4)) as [never, never, never]);
+    const full = b2.step(s2, ...Object.values(stepData(random, shape, 5)) as [never, never, never]);
+    await expect(ok).resolves.toMatchObject({ dims: [4, 4, 8] });
+    await expect(full).rejects.toMatchObject({ code: 'CACHE_FULL' });
+    expect([s1.length, s2.length]).toEqual([4, 0]);
+    small.dispose();
+    pool.dispose();
+  });
+});
+
+describe('kvPool threads', () => {
+  it('stepAsync gives the same bits on 1 and 2 threads', async () => {
+    const shape = { qHeads: 8, kvHeads: 2, headDim: 64, valueDim: 64 };
+    const run = async (engine: Engine): Promise<number[][]> => {
+      const random = rng(23);
+      const pool: KVPool = poolFor(engine, shape, { pageSize: 16, maxTokens: 20000 });
+      const sequences: KVSequence[] = Array.from({ length: 6 }, () => pool.sequence());
+      const outputs: number[][] = [];
+      for (const n of [500, 1, 700, 1, 1]) {
+        const ys = await pool.stepAsync(sequences.map((sequence, i) => ({ sequence, ...stepData(random, shape, i % 2 === 0 ? n : 1) })), { rope: {} });
+        outputs.push(...ys.map((y) => Array.from(y.data)));
+      }
+      pool.dispose();
+      return outputs;
+    };
+    const one = createEngineSync({ backend: 'wasm-simd', threads: 1 });
+    const two = createEngineSync({ backend: 'wasm-simd', threads: 2 });
+    const [a, b] = [await run(one), await run(two)];
+    expect(b).toEqual(a);
+    one.dispose();
+    two.dispose();
+  });
+});
