@@ -24,10 +24,14 @@
 import { GEMM_MR, gemm_tile } from './f32-gemm-tile';
 import { f32_pack_panels } from './f32-pack-panels-simd';
 import { scoreRow, MASK_NONE } from './f32-softmax-scale-mask-simd';
-import { dotScores, addWeighted } from './f32-attention-rows-simd';
+import { dotScores, dotScores4, addWeighted, addWeighted4 } from './f32-attention-rows-simd';
 import {
   ATT_BR, ATT_BC, copyScaled, f32_attention_scratch_bytes, finishRow, foldRow, roundUp8, scoreTile,
 } from './f32-attention-flash-simd';
+
+/** Blocks of at most this many rows (a decode step's heads of one group) read K and V in place: after
+ * the first row, a page's segment is in L1 for the others, so memory still sees each page once. */
+const PAGED_ROW_PATH_MAX: i32 = 8;
 
 /** Scratch bytes f32_attention_paged needs: f32_attention's, plus a gathered key and value block. */
 export function f32_attention_paged_scratch_bytes(headDim: i32, valueDim: i32): i32 {
@@ -64,7 +68,7 @@ export function f32_attention_paged(
 
   for (let r0 = 0; r0 < rows; r0 += ATT_BR) {
     const br = min(ATT_BR, rows - r0);
-    const rowPath = br < GEMM_MR;
+    const rowPath = br <= PAGED_ROW_PATH_MAX;
     memory.fill(oTile, 0, (<usize>br * dvPad) << 2);
     // the block's q rows, scaled and flushed as in f32_attention (scores scaled instead on overflow)
     let qOverflow = false;
@@ -97,7 +101,11 @@ export function f32_attention_paged(
         for (let j = j0; j < j0 + bc;) {
           const seg = min(j0 + bc - j, pageSize - j % pageSize);
           const kSeg = pagedRow(pages, pageSize, kOffset, headDim, j);
-          for (let r = 0; r < br; r++) {
+          let r = 0;
+          for (; r + 4 <= br; r += 4) {
+            dotScores4(qTileRows + ((<usize>r * headDim) << 2), kSeg, headDim, seg, headDim, sTile + ((<usize>r * ATT_BC + (j - j0)) << 2), ATT_BC);
+          }
+          for (; r < br; r++) {
             dotScores(qTileRows + ((<usize>r * headDim) << 2), kSeg, headDim, seg, headDim, sTile + ((<usize>r * ATT_BC + (j - j0)) << 2));
           }
           j += seg;
@@ -126,7 +134,11 @@ export function f32_attention_paged(
         for (let j = j0; j < j0 + bc;) {
           const seg = min(j0 + bc - j, pageSize - j % pageSize);
           const vSeg = pagedRow(pages, pageSize, vOffset, valueDim, j);
-          for (let r = 0; r < br; r++) {
+          let r = 0;
+          for (; r + 4 <= br; r += 4) {
+            addWeighted4(sTile + ((<usize>r * ATT_BC + (j - j0)) << 2), ATT_BC, seg, vSeg, valueDim, valueDim, oTile + ((<usize>r * dvPad) << 2), dvPad);
+          }
+          for (; r < br; r++) {
             addWeighted(sTile + ((<usize>r * ATT_BC + (j - j0)) << 2), seg, vSeg, valueDim, valueDim, oTile + ((<usize>r * dvPad) << 2));
           }
           j += seg;
