@@ -212,6 +212,24 @@ describe.each(BACKENDS)('attention with rope on %s', (backend) => {
     positions.release();
   });
 
+  it('reads the rope option and its positions once each', () => {
+    const c: RopeCase = { batch: 1, qHeads: 2, kvHeads: 2, seqQ: 4, seqKV: 4, headDim: 8 };
+    const { q, k, v } = caseInputs(c, 47);
+    const reads: Record<string, number> = {};
+    const counted = <T>(name: string, value: T) => () => {
+      reads[name] = (reads[name] ?? 0) + 1;
+      return value;
+    };
+    const positions = Object.defineProperties({}, { data: { get: counted('data', range(0, 4).data), enumerable: true }, dims: { get: counted('dims', [4]), enumerable: true } });
+    const rope = Object.defineProperties({}, {
+      dims: { get: counted('rope.dims', 4), enumerable: true },
+      kPositions: { get: counted('rope.kPositions', positions), enumerable: true },
+    });
+    const actual = engine.attention(q, k, v, { rope });
+    expect(reads).toEqual({ 'rope.dims': 1, 'rope.kPositions': 1, data: 1, dims: 1 });
+    expect(maxError(actual.data, referenceAttention(q, k, v, { rope: { dims: 4 } }).data)).toBeLessThanOrEqual(ropeBound(8, 4, 1, v.data));
+  });
+
   it('refuses a bad rope option', () => {
     const { q, k, v } = caseInputs({ batch: 2, qHeads: 2, kvHeads: 2, seqQ: 3, seqKV: 5, headDim: 8 }, 45);
     const odd = caseInputs({ batch: 1, qHeads: 1, kvHeads: 1, seqQ: 2, seqKV: 2, headDim: 5 }, 46);
