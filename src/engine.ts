@@ -113,7 +113,8 @@ export class Engine {
   /**
    * Scaled dot-product attention: softmax(q·kᵀ·scale + mask) · v along the keys.
    * q [B, Hq, Sq, Dk], k [B, Hkv, Skv, Dk], v [B, Hkv, Skv, Dv] → [B, Hq, Sq, Dv]. Query head h reads
-   * kv head floor(h / (Hq/Hkv)). A query row that sees no key gives zeros.
+   * kv head floor(h / (Hq/Hkv)). A query row that sees no key gives zeros. With options.rope, q and k
+   * are first rotated (RoPE) at their positions: keys at j, queries at Skv - Sq + i unless given.
    */
   attention(q: TensorLike<Float32Array>, k: TensorLike<Float32Array>, v: TensorLike<Float32Array>, options?: AttentionOptions): AttentionOutput {
     const backend = this.live();

@@ -6,19 +6,19 @@ export type { AttentionErrorCode } from './errors.js';
 export { ResidentTensor } from './memory/resident.js';
 export type { ResidentType } from './memory/resident.js';
 export type { MemoryStats } from './backend.js';
-export type { AttentionOptions, AttentionOutput } from './ops/attention/plan.js';
+export type { AttentionOptions, AttentionOutput, AttentionRopeOptions } from './ops/attention/plan.js';
 export type { MatmulOptions } from './ops/matmul/plan.js';
 export type { SoftmaxOptions } from './ops/softmax/plan.js';
 export type { RotaryOptions } from './ops/rope/plan.js';
+export type { RopeOptions } from './ops/rope/options.js';
 export type { Tensor, TensorLike } from './tensor.js';
 export { mergeAttention } from './ops/attention/merge.js';
 export type { AttentionChunk } from './ops/attention/merge.js';
 export { KVCache } from './features/kv-cache.js';
-export type { CacheAttentionOptions, KVCacheOptions } from './features/kv-cache.js';
+export type { CacheAppendOptions, CacheAttentionOptions, KVCacheOptions } from './features/kv-cache.js';
 export { KVPool, KVSequence } from './features/kv-pool.js';
 export type { Batcher, KVPoolOptions, KVPoolStats, PoolStepItem, PoolStepOptions } from './features/kv-pool.js';
 export type { BatcherOptions } from './features/batcher.js';
-export type { RopeOptions } from './ops/rope/options.js';
 export type {
   OnnxAttentionAttributes, OnnxAttentionInputs, OnnxAttentionOutputs, OnnxAttentionRequest, OnnxOutputTensor, OnnxTensor,
 } from './features/onnx.js';

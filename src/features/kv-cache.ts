@@ -6,14 +6,20 @@
 // Every call is planned whole before anything changes: an append checks its shapes, counts and the
 // capacity first; a layer step (append, then attend) also checks the attention options against the
 // lengths it will have, so a refused call leaves the cache as it was.
+//
+// RoPE (the rope option): append rotates each new key at its sequence's absolute position (the
+// sequence's length before the append, plus t) before storing it, so the cache holds rotated keys;
+// attention rotates each query block at length_b - n + i. Use the same rope on both.
 import { type Backend, type Operand, operandArray } from '../backend.js';
 import { AttentionError } from '../errors.js';
 import type { ResidentTensor } from '../memory/resident.js';
 import { attentionOp } from '../ops/attention/index.js';
 import {
-  type AttentionLayout, type AttentionOptions, type AttentionOptionsRead, type AttentionOutput, type AttentionPlan, type HeadStrides,
+  type AttentionLayout, type AttentionOptions, type AttentionOptionsRead, type AttentionOutput, type AttentionPlan, type HeadStrides, type RopeRead,
   batchSlice, finishAttentionPlan, packed, readAttentionOptions,
 } from '../ops/attention/plan.js';
+import { rotateRows } from '../ops/rope/js.js';
+import { type RopeOptions, type RopeSpec, angleTables, readRope } from '../ops/rope/options.js';
 import { type Checked, type TensorLike, type TensorRead, describe, floatTensor, readOptions, readTensor } from '../tensor.js';
 
 export interface KVCacheOptions {
@@ -26,14 +32,27 @@ export interface KVCacheOptions {
   maxSeq: number;
 }
 
-/** Options of cache.attention: those of engine.attention, with causal on by default. */
-export type CacheAttentionOptions = AttentionOptions;
+/**
+ * Options of cache.attention: those of engine.attention, with causal on by default; `rope` takes no
+ * positions (query i of sequence b stands at length_b - n + i).
+ */
+export type CacheAttentionOptions = Omit<AttentionOptions, 'rope'> & { rope?: RopeOptions };
 
-/** New entries checked: their data and strides, and how many of them each sequence takes. */
+/** Options of cache.append. */
+export interface CacheAppendOptions {
+  /** Sequence b takes only its first counts[b] new positions (ragged prefill). */
+  counts?: readonly number[];
+  /** Rotate each new key (RoPE) at its absolute position, the sequence's length before the append plus t. */
+  rope?: RopeOptions;
+}
+
+/** New entries checked: their data and strides, how many of them each sequence takes, the keys' rotation. */
 interface AppendPlan {
   k: { data: Float32Array; strides: HeadStrides };
   v: { data: Float32Array; strides: HeadStrides };
   counts: number[];
+  /** Angle tables [B, n, dims/2] of the new keys' positions. */
+  rope: { spec: RopeSpec; cos: Float32Array; sin: Float32Array; n: number } | undefined;
 }
 
 export class KVCache {
@@ -120,18 +139,22 @@ export class KVCache {
   /**
    * Appends n new positions to every sequence: k [B, Hkv, n, D] and v [B, Hkv, n, Dv] (or 3D
    * [B, n, Hkv·D] and [B, n, Hkv·Dv], as a projection gives them). With
-   * `counts`, sequence b takes only its first counts[b] new positions (ragged prefill).
+   * `counts`, sequence b takes only its first counts[b] new positions (ragged prefill). With `rope`,
+   * new key t of sequence b is stored rotated at position lengths[b] + t.
    */
-  append(k: TensorLike<Float32Array>, v: TensorLike<Float32Array>, options?: { counts?: readonly number[] }): void {
+  append(k: TensorLike<Float32Array>, v: TensorLike<Float32Array>, options?: CacheAppendOptions): void {
     this.live();
-    const plan = this.planAppend(readTensor(k, 'k'), readTensor(v, 'v'), options);
+    const kRead = readTensor(k, 'k');
+    const vRead = readTensor(v, 'v');
+    const opts = readOptions(options, 'options', ['counts', 'rope']);
+    const rope = readRope(opts.rope, this.headDim, 'options.rope');
+    const plan = this.planAppend(kRead, vRead, opts.counts, rope);
     this.checkRoom(plan.counts);
     this.write(plan);
   }
 
-  /** Checks new entries and the counts (read once each) into an append plan; changes nothing. */
-  private planAppend(kRead: TensorRead, vRead: TensorRead, options: unknown): AppendPlan {
-    const countsOption = readOptions(options, 'options', ['counts']).counts;
+  /** Checks new entries, the counts and the rope (read once each) into an append plan; changes nothing. */
+  private planAppend(kRead: TensorRead, vRead: TensorRead, countsOption: unknown, rope: RopeSpec | undefined): AppendPlan {
     const counts = countsOption === undefined ? undefined : readCounts(countsOption, this.batch);
     const k = this.entries(kRead, this.headDim);
     const v = this.entries(vRead, this.valueDim);
@@ -140,7 +163,14 @@ export class KVCache {
     if (counts?.some((c) => c > n)) {
       throw new AttentionError('INVALID_OPTION', `options.counts must be ${this.batch} integers in [0, ${n}], got [${counts}]`, 'options.counts');
     }
-    return { k, v, counts: counts ?? new Array<number>(this.batch).fill(n) };
+    return { k, v, counts: counts ?? new Array<number>(this.batch).fill(n), rope: rope && this.keyTables(rope, n) };
+  }
+
+  /** The angle tables [B, n, dims/2] of n new keys per sequence, at lengths[b] + t. */
+  private keyTables(spec: RopeSpec, n: number): AppendPlan['rope'] {
+    const positions = new Float64Array(this.batch * n);
+    for (let b = 0; b < this.batch; b++) for (let t = 0; t < n; t++) positions[b * n + t] = this.seqLengths[b] + t;
+    return { spec, n, ...angleTables(positions, spec.dims, spec.base) };
   }
 
   private checkRoom(counts: readonly number[]): void {
@@ -154,14 +184,20 @@ export class KVCache {
   /** Copies a checked append into place and advances the lengths. */
   private write(plan: AppendPlan): void {
     const [keys, values] = this.live();
-    const { counts } = plan;
+    const { counts, rope } = plan;
     for (const [input, store, width] of [[plan.k, keys.data as Float32Array, this.headDim], [plan.v, values.data as Float32Array, this.valueDim]] as const) {
       for (let b = 0; b < this.batch; b++) {
         for (let h = 0; h < this.kvHeads; h++) {
           const dst = ((b * this.kvHeads + h) * this.maxSeq + this.seqLengths[b]) * width;
-          for (let t = 0; t < counts[b]; t++) {
-            const src = b * input.strides.batch + h * input.strides.head + t * input.strides.row;
-            store.set(input.data.subarray(src, src + width), dst + t * width);
+          if (rope && input === plan.k) {
+            const { dims, interleaved } = rope.spec;
+            const at = b * input.strides.batch + h * input.strides.head;
+            rotateRows(input.data, at, input.strides.row, store, dst, width, counts[b], width, dims, rope.cos, rope.sin, b * rope.n * (dims / 2), interleaved);
+          } else {
+            for (let t = 0; t < counts[b]; t++) {
+              const src = b * input.strides.batch + h * input.strides.head + t * input.strides.row;
+              store.set(input.data.subarray(src, src + width), dst + t * width);
+            }
           }
         }
       }
@@ -215,7 +251,7 @@ export class KVCache {
   step(q: TensorLike<Float32Array>, k: TensorLike<Float32Array>, v: TensorLike<Float32Array>, options: AttentionOptionsRead): AttentionOutput {
     this.live();
     const qRead = readTensor(q, 'q');
-    const append = this.planAppend(readTensor(k, 'k'), readTensor(v, 'v'), undefined);
+    const append = this.planAppend(readTensor(k, 'k'), readTensor(v, 'v'), undefined, this.readRope(options.rope));
     this.checkRoom(append.counts);
     const before = this.lengths;
     const step = this.planAttention(qRead, options, before.map((l, b) => l + append.counts[b]));
@@ -236,10 +272,20 @@ export class KVCache {
   checkStep(appended: number, n: number, qHeads: number, options: AttentionOptionsRead): void {
     this.live();
     this.checkRoom(new Array<number>(this.batch).fill(appended));
+    this.readRope(options.rope);
     // q stands in by its shape: the plan reads no data, and no `out` is given to overlap it
     const dims = [this.batch, n, qHeads * this.headDim];
     const q: Operand<Float32Array> = { array: new Float32Array(0), offset: 0, length: dims[0] * dims[1] * dims[2] };
     this.planChecked({ operand: q, dims }, options, this.lengths.map((l) => l + appended));
+  }
+
+  /** A read rope option checked for the keys: no positions of its own (the cache places them). */
+  private readRope(read: RopeRead | undefined): RopeSpec | undefined {
+    if (!read) return undefined;
+    for (const given of ['qPositions', 'kPositions'] as const) {
+      if (read[given]) throw new AttentionError('INVALID_OPTION', `options.rope.${given} is not taken with a KV cache: it places its tokens itself (sequence b's newest n at length_b - n + i)`, `options.rope.${given}`);
+    }
+    return readRope({ base: read.base, dims: read.dims, interleaved: read.interleaved }, this.headDim, 'options.rope');
   }
 
   /** Plans attention over sequences of the given lengths (the cache's own, or after an append). */
@@ -282,6 +328,12 @@ export class KVCache {
       outDims: rows ? [batch, n, qHeads * this.valueDim] : [batch, qHeads, n, this.valueDim],
       offset: length - n,
     };
+    if (opts.rope) {
+      // query i of sequence b at lengths[b] - n + i; the keys were rotated when appended
+      const positions = new Float64Array(batch * n);
+      for (let b = 0; b < batch; b++) for (let i = 0; i < n; i++) positions[b * n + i] = lengths[b] - n + i;
+      layout.ropePositions = { q: { values: positions, perBatch: true }, k: undefined };
+    }
     return { plan: finishAttentionPlan(layout, opts, this.backend), lengths };
   }
 

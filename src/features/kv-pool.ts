@@ -19,6 +19,7 @@ import type { ResidentTensor } from '../memory/resident.js';
 import { pagedAttentionOp } from '../ops/paged-attention/index.js';
 import type { PagedAttentionPlan, PagedItem, PageStore } from '../ops/paged-attention/plan.js';
 import { pageParts, pagedFlops } from '../ops/paged-attention/plan.js';
+import { rotateRows } from '../ops/rope/js.js';
 import { type RopeOptions, type RopeSpec, angleTables, positionRange, readRope } from '../ops/rope/options.js';
 import { type Tensor, type TensorLike, checkFinite, checkFloat32, describe, floatTensor, readOptions, readTensor } from '../tensor.js';
 import { type BatcherOptions, StepBatcher } from './batcher.js';
@@ -641,24 +642,8 @@ export class KVPool {
 /** x [heads, n, headDim] rotated by positions start .. start+n-1 (a new array). */
 function rotated(x: Float32Array, heads: number, n: number, headDim: number, start: number, rope: RopeSpec): Float32Array {
   const { cos, sin } = angleTables(positionRange(start, n), rope.dims, rope.base);
-  const out = x.slice();
-  const half = rope.dims / 2;
-  const step = rope.interleaved ? 2 : 1;
-  const gap = rope.interleaved ? 1 : half;
-  for (let h = 0; h < heads; h++) {
-    for (let t = 0; t < n; t++) {
-      const row = (h * n + t) * headDim;
-      for (let i = 0; i < half; i++) {
-        const at = row + i * step;
-        const x1 = x[at];
-        const x2 = x[at + gap];
-        const c = cos[t * half + i];
-        const s = sin[t * half + i];
-        out[at] = x1 * c - x2 * s;
-        out[at + gap] = x2 * c + x1 * s;
-      }
-    }
-  }
+  const out = new Float32Array(x.length);
+  for (let h = 0; h < heads; h++) rotateRows(x, h * n * headDim, headDim, out, h * n * headDim, headDim, n, headDim, rope.dims, cos, sin, 0, rope.interleaved);
   return out;
 }
 

@@ -4,14 +4,16 @@
 // x [B, S, E]; wq [E, Hq·Dk], wk [E, Hkv·Dk], wv [E, Hkv·Dv], wo [Hq·Dv, Eout]; y [B, S, Eout].
 // The projections come out as [B, S, H·D], which attention reads in place through strides (head h
 // of row s at s·H·D + h·D): no transposes. With a cache, this step's k and v are appended to it and
-// q attends over everything cached.
+// q attends over everything cached. With rope, the projected q and k are rotated (RoPE) before the
+// scores: at the positions engine.attention gives them without a cache (or options.rope's
+// qPositions and kPositions), at the cache's positions with one (KVCache: new keys stored rotated).
 // Every argument is read once and checked before anything runs; with a cache, the attention options
 // are checked against the lengths after this step before the cache is touched (KVCache.step).
 import { type Backend, operandArray } from '../backend.js';
 import { AttentionError } from '../errors.js';
 import { KVCache } from './kv-cache.js';
 import { attentionOp } from '../ops/attention/index.js';
-import { type AttentionLayout, type AttentionOutput, finishAttentionPlan, readAttentionOptions } from '../ops/attention/plan.js';
+import { type AttentionLayout, type AttentionOutput, type AttentionRopeOptions, finishAttentionPlan, readAttentionOptions } from '../ops/attention/plan.js';
 import { matmulOp } from '../ops/matmul/index.js';
 import { planMatmul } from '../ops/matmul/plan.js';
 import { type Checked, type Tensor, type TensorLike, describe, floatTensor, readOptions, readTensor } from '../tensor.js';
@@ -42,10 +44,17 @@ export interface MultiHeadOptions {
   context?: TensorLike<Float32Array>;
   /** Append this step's keys and values here and attend over everything cached (decoding). */
   cache?: KVCache;
+  /**
+   * Rotate the projected q and k (RoPE) before the scores. Positions: as engine.attention's without
+   * a cache (keys 0..Skv-1, queries Skv - S + i, or qPositions / kPositions); with a cache, each
+   * sequence's own (new keys at length_b + t, stored rotated; queries at the newest positions), and
+   * qPositions / kPositions are refused.
+   */
+  rope?: AttentionRopeOptions;
 }
 
 const WEIGHT_KEYS = ['wq', 'wk', 'wv', 'wo', 'bq', 'bk', 'bv', 'bo'] as const;
-const LAYER_KEYS = ['heads', 'kvHeads', 'causal', 'mask', 'scale', 'softcap', 'window', 'context', 'cache'] as const;
+const LAYER_KEYS = ['heads', 'kvHeads', 'causal', 'mask', 'scale', 'softcap', 'window', 'context', 'cache', 'rope'] as const;
 
 /** A checked tensor as a tensor object of our own (reading it again runs no user code). */
 const asTensor = (t: Checked<Float32Array>): TensorLike<Float32Array> =>
@@ -70,7 +79,7 @@ export function multiHeadAttention(backend: Backend, x: TensorLike<Float32Array>
   const reads = Object.fromEntries(Object.entries(w).map(([name, t]) => [name, readTensor(t, `weights.${name}`)]));
   const opts = readOptions(options, 'options', LAYER_KEYS);
   const attentionOptions = readAttentionOptions(
-    { causal: opts.causal, mask: opts.mask, scale: opts.scale, softcap: opts.softcap, window: opts.window }, 'options',
+    { causal: opts.causal, mask: opts.mask, scale: opts.scale, softcap: opts.softcap, window: opts.window, rope: opts.rope }, 'options',
   );
   const contextRead = opts.context === undefined ? undefined : readTensor(opts.context, 'options.context');
   // then every check

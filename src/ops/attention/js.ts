@@ -6,16 +6,28 @@
 // plan (scale, softcap, mask, visible window), streamed over blocks of BLOCK keys with an online
 // softmax: the running max m and sum l, and the output rescaled by exp(m_old - m_new) when m grows.
 // Weights, when asked for, are exp(t - m) / l from a second pass over the row's keys.
+// With rope, q and k are first rotated into packed copies (the inputs are the caller's).
 import { type ArrayOf, resultArray } from '../../backend.js';
-import type { AttentionOutput, AttentionPlan } from './plan.js';
+import { rotateRows } from '../rope/js.js';
+import { type AttentionOutput, type AttentionPlan, type AttentionRope, type HeadStrides, type RopeTables, packed } from './plan.js';
 
 /** Keys per block of the online softmax. */
 const BLOCK = 64;
 
 export function attentionJs(plan: AttentionPlan, arrayOf: ArrayOf): AttentionOutput {
-  const { batch, qHeads, kvHeads, seqQ, seqKV, headDim, valueDim, scale, softcap, offset, left, right, mask, strides } = plan;
-  const q = arrayOf(plan.q);
-  const k = arrayOf(plan.k);
+  const { batch, qHeads, kvHeads, seqQ, seqKV, headDim, valueDim, scale, softcap, offset, left, right, mask, strides, rope } = plan;
+  let q = arrayOf(plan.q);
+  let k = arrayOf(plan.k);
+  let qStrides = strides.q;
+  let kStrides = strides.k;
+  if (rope) {
+    q = rotatedCopy(q, qStrides, batch, qHeads, seqQ, headDim, rope, rope.q, arrayOf);
+    qStrides = packed(qHeads, seqQ, headDim);
+    if (rope.k) {
+      k = rotatedCopy(k, kStrides, batch, kvHeads, seqKV, headDim, rope, rope.k, arrayOf);
+      kStrides = packed(kvHeads, seqKV, headDim);
+    }
+  }
   const v = arrayOf(plan.v);
   const out = plan.out ? arrayOf(plan.out) : new Float32Array(batch * qHeads * seqQ * valueDim);
   const logSumExp = plan.returnLogSumExp ? new Float32Array(batch * qHeads * seqQ) : undefined;
@@ -43,10 +55,10 @@ export function attentionJs(plan: AttentionPlan, arrayOf: ArrayOf): AttentionOut
   for (let b = 0; b < batch; b++) {
     for (let h = 0; h < qHeads; h++) {
       const kvHead = Math.floor(h / group);
-      const kBase = b * strides.k.batch + kvHead * strides.k.head;
+      const kBase = b * kStrides.batch + kvHead * kStrides.head;
       const vBase = b * strides.v.batch + kvHead * strides.v.head;
       for (let i = 0; i < rowsToRun; i++) {
-        const qRow = b * strides.q.batch + h * strides.q.head + i * strides.q.row;
+        const qRow = b * qStrides.batch + h * qStrides.head + i * qStrides.row;
         const oRow = b * strides.out.batch + h * strides.out.head + i * strides.out.row;
         const maskRow = mask ? b * mask.at.batch + h * mask.at.head + i * mask.at.row : 0;
         const lo = left < 0 ? 0 : Math.max(0, i + offset - left);
@@ -58,7 +70,7 @@ export function attentionJs(plan: AttentionPlan, arrayOf: ArrayOf): AttentionOut
           const count = Math.min(BLOCK, hi - j0);
           let blockMax = -Infinity;
           for (let c = 0; c < count; c++) {
-            const t = score(qRow, kBase + (j0 + c) * strides.k.row, maskRow + j0 + c);
+            const t = score(qRow, kBase + (j0 + c) * kStrides.row, maskRow + j0 + c);
             scores[c] = t;
             if (!(t <= blockMax)) blockMax = t; // NaN wins, as in the kernel
           }
@@ -89,7 +101,7 @@ export function attentionJs(plan: AttentionPlan, arrayOf: ArrayOf): AttentionOut
         if (logSumExp) logSumExp[row] = seen ? m + Math.log(l) : -Infinity;
         if (weights && seen) {
           for (let j = lo; j < hi; j++) {
-            weights[row * seqKV + j] = Math.exp(score(qRow, kBase + j * strides.k.row, maskRow + j) - m) / l;
+            weights[row * seqKV + j] = Math.exp(score(qRow, kBase + j * kStrides.row, maskRow + j) - m) / l;
           }
         }
       }
@@ -99,4 +111,24 @@ export function attentionJs(plan: AttentionPlan, arrayOf: ArrayOf): AttentionOut
   if (logSumExp) output.logSumExp = { data: logSumExp, dims: [batch, qHeads, seqQ] };
   if (weights) output.weights = { data: weights, dims: [batch, qHeads, seqQ, seqKV] };
   return output;
+}
+
+/** x [B, H, rows, D] (at its strides) rotated into a packed copy with the tables of its tokens. */
+function rotatedCopy(
+  x: Float32Array, strides: HeadStrides, batch: number, heads: number, rows: number, headDim: number,
+  rope: AttentionRope, tables: RopeTables, arrayOf: ArrayOf,
+): Float32Array {
+  const copy = new Float32Array(batch * heads * rows * headDim);
+  const cos = arrayOf(tables.cos);
+  const sin = arrayOf(tables.sin);
+  const half = rope.dims / 2;
+  for (let b = 0; b < batch; b++) {
+    for (let h = 0; h < heads; h++) {
+      rotateRows(
+        x, b * strides.batch + h * strides.head, strides.row, copy, (b * heads + h) * rows * headDim, headDim, rows,
+        headDim, rope.dims, cos, sin, b * tables.batchStride * half, rope.interleaved,
+      );
+    }
+  }
+  return copy;
 }

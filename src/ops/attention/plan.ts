@@ -6,8 +6,13 @@
 //   out[b,h,i,:] = sum_j softmax_j(t[b,h,i,j]) · v[b, h/(Hq/Hkv), j, :]
 //   t = softcap(scale · q·k) + mask, -inf where causal or the window hides key j from query i
 //   (visible: i + offset - left <= j <= i + offset + right); a row that sees no key gives zeros.
+// With options.rope, q and k are first rotated (RoPE, ../rope/options.ts) at their positions: by
+// default key j at j and query i at Skv - Sq + i (bottom-right, as a cache places new tokens);
+// the angle tables are built here, and the backends rotate copies, never the inputs.
 import type { Operand, OperandResolver, OpPlan } from '../../backend.js';
 import { AttentionError } from '../../errors.js';
+import { type RopeOptions, angleTables, positionRange, readRope } from '../rope/options.js';
+import { checkPositions } from '../rope/plan.js';
 import {
   type MaskView, type Tensor, type TensorLike, type TensorRead, checkBoolean, checkResultSize, checkFinite, checkFloat32, checkMask, checkNoOverlap, checkOut, describe,
   floatTensor, readOptions, readTensor, sizeOf,
@@ -42,6 +47,20 @@ export interface AttentionOptions {
   returnLogSumExp?: boolean;
   /** Write the result here instead of allocating: a Float32Array, or a float32 tensor from engine.tensor(). */
   out?: Float32Array | TensorLike<Float32Array>;
+  /** Rotate q and k (RoPE, as ONNX RotaryEmbedding) at their positions before the scores. */
+  rope?: AttentionRopeOptions;
+}
+
+/** The rope option of attention: RoPE's own options, and where the tokens stand. */
+export interface AttentionRopeOptions extends RopeOptions {
+  /**
+   * Position of each query row: integers in [0, 2^24), dims [Sq] or [B, Sq], Int32Array or
+   * Float32Array data. Default Skv - Sq + i: the newest Sq of Skv tokens, bottom-right (negative
+   * when Sq > Skv; the scores depend only on the differences of positions).
+   */
+  qPositions?: TensorLike<Int32Array | Float32Array>;
+  /** Position of each key: dims [Skv] or [B, Skv]; default j. */
+  kPositions?: TensorLike<Int32Array | Float32Array>;
 }
 
 /** What attention returns: the output, and what was asked for besides. */
@@ -52,7 +71,9 @@ export interface AttentionOutput extends Tensor {
   logSumExp?: Tensor;
 }
 
-export const ATTENTION_OPTION_KEYS = ['scale', 'softcap', 'causal', 'mask', 'window', 'returnWeights', 'returnLogSumExp', 'out'] as const;
+export const ATTENTION_OPTION_KEYS = ['scale', 'softcap', 'causal', 'mask', 'window', 'returnWeights', 'returnLogSumExp', 'out', 'rope'] as const;
+const ROPE_OPTION_KEYS = ['base', 'dims', 'interleaved', 'qPositions', 'kPositions'] as const;
+const POSITIONS_EXPECTED = '{ data: Int32Array | Float32Array, dims: [S] or [B, S] }';
 
 /** The mask of a plan: its operand, kind and strides over [B, Hq, Sq, Skv]. */
 export interface AttentionMask {
@@ -76,6 +97,11 @@ export interface AttentionLayout {
   strides: { q: HeadStrides; k: HeadStrides; v: HeadStrides; out: HeadStrides };
   outDims: number[];
   offset: number;
+  /**
+   * Where the tokens stand when the caller places them itself (the KV cache: each sequence's own
+   * positions; k undefined: its keys were rotated when appended). Explicit rope positions are then refused.
+   */
+  ropePositions?: { q: TokenPositions; k: TokenPositions | undefined };
 }
 
 /** A checked attention call: its layout, the scalars and masks, and what was asked for besides. */
@@ -90,6 +116,39 @@ export interface AttentionPlan extends OpPlan, AttentionLayout {
   out: Operand<Float32Array> | undefined;
   returnWeights: boolean;
   returnLogSumExp: boolean;
+  /** The rotation of q and k before the scores, when asked for. */
+  rope: AttentionRope | undefined;
+}
+
+/** Positions of a tensor's tokens: [S] shared by every batch entry, or [B, S] (perBatch). */
+export interface TokenPositions {
+  values: ArrayLike<number>;
+  perBatch: boolean;
+}
+
+/** Angle tables of one operand: cos and sin [rows, dims/2]; token s of batch entry b is row b·batchStride + s. */
+export interface RopeTables {
+  cos: Operand<Float32Array>;
+  sin: Operand<Float32Array>;
+  /** S when the positions are [B, S], 0 when shared. */
+  batchStride: number;
+}
+
+/** A plan's rotation: RoPE's pairs, and the tables of q and of k (none when the keys are rotated already). */
+export interface AttentionRope {
+  dims: number;
+  interleaved: boolean;
+  q: RopeTables;
+  k: RopeTables | undefined;
+}
+
+/** options.rope as read once: the values, and the positions' tensors read (not yet checked). */
+export interface RopeRead {
+  base?: unknown;
+  dims?: unknown;
+  interleaved?: unknown;
+  qPositions?: TensorRead;
+  kPositions?: TensorRead;
 }
 
 /** Options as read from the caller (once), not yet checked. */
@@ -102,6 +161,7 @@ export interface AttentionOptionsRead {
   out?: unknown;
   returnWeights?: unknown;
   returnLogSumExp?: unknown;
+  rope?: RopeRead;
 }
 
 /** Reads attention options once (getters run here and nowhere else); unknown keys are refused. */
@@ -113,6 +173,16 @@ export function readAttentionOptions(options: unknown, name = 'options', keys: r
   };
   if (raw.window !== undefined) read.window = readOptions(raw.window, `${name}.window`, ['left', 'right']);
   if (raw.mask !== undefined) read.mask = readTensor(raw.mask, `${name}.mask`, '{ data: Uint8Array | Float32Array, dims }');
+  if (raw.rope !== undefined) read.rope = readRopeOption(raw.rope, `${name}.rope`);
+  return read;
+}
+
+/** Reads options.rope once: RoPE's values, and the positions' tensors (their data and dims). */
+export function readRopeOption(value: unknown, name: string): RopeRead {
+  const raw = readOptions(value, name, ROPE_OPTION_KEYS);
+  const read: RopeRead = { base: raw.base, dims: raw.dims, interleaved: raw.interleaved };
+  if (raw.qPositions !== undefined) read.qPositions = readTensor(raw.qPositions, `${name}.qPositions`, POSITIONS_EXPECTED);
+  if (raw.kPositions !== undefined) read.kPositions = readTensor(raw.kPositions, `${name}.kPositions`, POSITIONS_EXPECTED);
   return read;
 }
 
@@ -203,13 +273,51 @@ export function finishAttentionPlan(layout: AttentionLayout, opts: AttentionOpti
   }
   if (returnWeights) checkResultSize(batch * qHeads * seqQ * seqKV, 'returnWeights: the weights', 'options.returnWeights');
   checkNoOverlap(out, [[layout.q, 'q.data'], [layout.k, 'k.data'], [layout.v, 'v.data'], [mask?.operand, `${name}.mask.data`]]);
-  const flops = 2 * batch * qHeads * seqQ * seqKV * (headDim + valueDim);
+  const rope = opts.rope && planRope(opts.rope, layout, resolver, `${name}.rope`);
+  // the rotation: 3 flops per rotated element of q and of k
+  const rotated = rope ? 3 * rope.dims * (batch * qHeads * seqQ + (rope.k ? batch * kvHeads * seqKV : 0)) : 0;
+  const flops = 2 * batch * qHeads * seqQ * seqKV * (headDim + valueDim) + rotated;
   // built field by field: an object spread of this many fields costs microseconds, per call
   const { q, k, v, strides, outDims, offset } = layout;
   return {
     flops, batch, qHeads, kvHeads, seqQ, seqKV, headDim, valueDim, q, k, v, strides, outDims, offset,
-    scale, softcap, left, right, mask, out, returnWeights, returnLogSumExp,
+    scale, softcap, left, right, mask, out, returnWeights, returnLogSumExp, rope,
   };
+}
+
+/** Checks a read rope option against the layout into the plan's rotation, tables built. */
+function planRope(read: RopeRead, layout: AttentionLayout, resolver: OperandResolver, name: string): AttentionRope {
+  const { batch, seqQ, seqKV } = layout;
+  const spec = readRope({ base: read.base, dims: read.dims, interleaved: read.interleaved }, layout.headDim, name)!;
+  let q: TokenPositions;
+  let k: TokenPositions | undefined;
+  if (layout.ropePositions) {
+    const given = read.qPositions ? 'qPositions' : read.kPositions ? 'kPositions' : undefined;
+    if (given) {
+      throw new AttentionError('INVALID_OPTION', `${name}.${given} is not taken here: the KV cache places its tokens itself (sequence b's newest n queries at length_b - n + i)`, `${name}.${given}`);
+    }
+    ({ q, k } = layout.ropePositions);
+  } else {
+    const given = (positions: TensorRead, seq: number): TokenPositions => ({
+      values: checkPositions(positions, batch, seq, resolver, positions.name), perBatch: positions.dims.length === 2,
+    });
+    q = read.qPositions ? given(read.qPositions, seqQ) : { values: positionRange(seqKV - seqQ, seqQ), perBatch: false };
+    k = read.kPositions ? given(read.kPositions, seqKV) : { values: positionRange(0, seqKV), perBatch: false };
+  }
+  return { dims: spec.dims, interleaved: spec.interleaved, q: ropeTables(q, seqQ, spec.dims, spec.base), k: k && ropeTables(k, seqKV, spec.dims, spec.base) };
+}
+
+/** The angle tables of tokens at `positions` ([seq] or [B, seq]). */
+export function ropeTables(positions: TokenPositions, seq: number, dims: number, base: number): RopeTables {
+  const { cos, sin } = angleTables(positions.values, dims, base);
+  return { cos: { array: cos, offset: 0, length: cos.length }, sin: { array: sin, offset: 0, length: sin.length }, batchStride: positions.perBatch ? seq : 0 };
+}
+
+/** Batch entry b's rows of a tables (all of them when shared). */
+function tablesOfBatch(tables: RopeTables, b: number, half: number): RopeTables {
+  if (tables.batchStride === 0) return tables;
+  const rows = tables.batchStride * half;
+  return { cos: sliceOperand(tables.cos, b * rows, rows), sin: sliceOperand(tables.sin, b * rows, rows), batchStride: tables.batchStride };
 }
 
 /** A part of an operand: `length` elements from element `start`. */
@@ -226,10 +334,12 @@ export function sliceOperand<T extends Float32Array | Uint8Array>(operand: Opera
 export function batchSlice(plan: AttentionPlan, b: number, seqKV: number, offset: number, out: Operand<Float32Array>): AttentionPlan {
   const { strides } = plan;
   const mask = plan.mask && { ...plan.mask, operand: sliceOperand(plan.mask.operand, b * plan.mask.at.batch) };
+  const half = (plan.rope?.dims ?? 0) / 2;
+  const rope = plan.rope && { ...plan.rope, q: tablesOfBatch(plan.rope.q, b, half), k: plan.rope.k && tablesOfBatch(plan.rope.k, b, half) };
   return {
     ...plan,
     flops: plan.flops / Math.max(plan.batch, 1),
-    batch: 1, seqKV, offset, mask,
+    batch: 1, seqKV, offset, mask, rope,
     q: sliceOperand(plan.q, b * strides.q.batch, strides.q.batch),
     k: sliceOperand(plan.k, b * strides.k.batch),
     v: sliceOperand(plan.v, b * strides.v.batch),

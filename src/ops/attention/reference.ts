@@ -4,8 +4,11 @@
 //   out[b,h,i,:] = sum_j softmax_j(t[b,h,i,j]) · v[b, h/(Hq/Hkv), j, :]
 //   t = softcap(scale · q·k) + mask, -inf where causal hides j (j > i + offset) or the window does
 //   (j < i + offset - left, j > i + offset + right); 0 for rows with no key
+// With rope, q and k are first rotated by referenceRotary: key j at kPositions[j] (default j), query
+// i at qPositions[i] (default Skv - Sq + i).
 import type { TensorLike } from '../../tensor.js';
 import { type ReferenceTensor, maskBias } from '../reference-math.js';
+import { referenceRotary } from '../rope/reference.js';
 
 export interface ReferenceAttentionOptions {
   scale?: number;
@@ -16,6 +19,14 @@ export interface ReferenceAttentionOptions {
   window?: { left?: number; right?: number };
   /** Shifts causal and the window: query i stands at key position i + offset (a cache: Skv - Sq). */
   offset?: number;
+  /** Rotate q and k first (RoPE); positions [S] or [B, S]. */
+  rope?: {
+    base?: number;
+    dims?: number;
+    interleaved?: boolean;
+    qPositions?: TensorLike<ArrayLike<number>>;
+    kPositions?: TensorLike<ArrayLike<number>>;
+  };
 }
 
 export interface ReferenceAttention extends ReferenceTensor {
@@ -26,9 +37,15 @@ export interface ReferenceAttention extends ReferenceTensor {
 }
 
 /** Scaled dot-product attention in float64. q [B,Hq,Sq,D], k [B,Hkv,Skv,D], v [B,Hkv,Skv,Dv]. */
-export function referenceAttention(q: TensorLike, k: TensorLike, v: TensorLike, options: ReferenceAttentionOptions = {}): ReferenceAttention {
+export function referenceAttention(q: TensorLike<ArrayLike<number>>, k: TensorLike<ArrayLike<number>>, v: TensorLike<ArrayLike<number>>, options: ReferenceAttentionOptions = {}): ReferenceAttention {
   const [B, Hq, Sq, D] = q.dims;
   const [, Hkv, Skv] = k.dims;
+  if (options.rope) {
+    const { base, dims, interleaved, qPositions, kPositions } = options.rope;
+    const range = (start: number, count: number) => ({ data: Array.from({ length: count }, (_, i) => start + i), dims: [count] });
+    q = referenceRotary(q, { positions: qPositions ?? range(Skv - Sq, Sq), base, dims, interleaved });
+    k = referenceRotary(k, { positions: kPositions ?? range(0, Skv), base, dims, interleaved });
+  }
   const Dv = v.dims[3];
   const scale = options.scale ?? 1 / Math.sqrt(D);
   const offset = options.offset ?? 0;

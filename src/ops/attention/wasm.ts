@@ -1,11 +1,13 @@
 // Attention on the wasm kernels: lays a plan out as a job (job.ts) in WASM memory, and reads the
 // result back: the output, the log-sum-exp from the kernel's per-row [max, sum], the weights the
 // kernel wrote. Split-KV is decided by the shape alone, so every thread count computes the same bits.
+// With rope, q and k are staged, then rotated by f32_rope_rows into packed temporary blocks that the
+// job reads instead: a staged resident operand is the caller's tensor itself, never rotated in place.
 import type { Encoded, WasmCall, WasmOp } from '../../backend.js';
 import { MASK_KIND } from '../../backends/kernels.js';
 import { HEADER } from '../../job.js';
 import { ATTENTION_JOB, ATTENTION_ROW_CHUNK, SPLIT_KV_CHUNK, SPLIT_KV_MAX_ROWS, SPLIT_KV_MIN_KEYS, mergeSplitKV } from './job.js';
-import type { AttentionOutput, AttentionPlan, HeadStrides } from './plan.js';
+import { type AttentionOutput, type AttentionPlan, type AttentionRope, type HeadStrides, type RopeTables, packed } from './plan.js';
 
 const J = ATTENTION_JOB.at;
 
@@ -21,6 +23,30 @@ interface AttentionEncoded extends Encoded {
   splitKV: boolean;
 }
 
+/**
+ * The staged x [B, H, rows, D] at `at` (its strides) rotated by the kernel, head by head, into a new
+ * packed block; returns the block's address.
+ */
+function rotatedCopy(
+  call: WasmCall, at: number, strides: HeadStrides, batch: number, heads: number, rows: number, headDim: number,
+  rope: AttentionRope, tables: RopeTables, name: string,
+): number {
+  const copy = call.alloc(4 * batch * heads * rows * headDim);
+  const cos = call.stage(tables.cos, `${name} rope cos`);
+  const sin = call.stage(tables.sin, `${name} rope sin`);
+  const half = rope.dims / 2;
+  for (let b = 0; b < batch; b++) {
+    const table = 4 * b * tables.batchStride * half;
+    for (let h = 0; h < heads; h++) {
+      call.kernels.f32_rope_rows(
+        at + 4 * (b * strides.batch + h * strides.head), strides.row, copy + 4 * (b * heads + h) * rows * headDim, headDim,
+        rows, headDim, rope.dims, cos + table, sin + table, half, rope.interleaved ? 1 : 0,
+      );
+    }
+  }
+  return copy;
+}
+
 export const attentionWasm: WasmOp<AttentionPlan, AttentionOutput> = {
   layout: ATTENTION_JOB,
 
@@ -28,14 +54,25 @@ export const attentionWasm: WasmOp<AttentionPlan, AttentionOutput> = {
     const job = ATTENTION_JOB.create();
     const size = plan.batch * plan.qHeads * plan.seqQ * plan.valueDim;
     const mask = plan.mask;
+    const rope = plan.rope;
     job[J.q] = call.stage(plan.q, 'q.data');
     job[J.k] = call.stage(plan.k, 'k.data');
+    let qStrides = plan.strides.q;
+    let kStrides = plan.strides.k;
+    if (rope) {
+      job[J.q] = rotatedCopy(call, job[J.q], qStrides, plan.batch, plan.qHeads, plan.seqQ, plan.headDim, rope, rope.q, 'q');
+      qStrides = packed(plan.qHeads, plan.seqQ, plan.headDim);
+      if (rope.k) {
+        job[J.k] = rotatedCopy(call, job[J.k], kStrides, plan.batch, plan.kvHeads, plan.seqKV, plan.headDim, rope, rope.k, 'k');
+        kStrides = packed(plan.kvHeads, plan.seqKV, plan.headDim);
+      }
+    }
     job[J.v] = call.stage(plan.v, 'v.data');
     job[J.mask] = mask ? call.stage(mask.operand, 'options.mask.data') : 0;
     const outPtr = call.output(plan.out, size);
     job[J.out] = outPtr;
-    putStrides(job, J.qB, plan.strides.q);
-    putStrides(job, J.kB, plan.strides.k);
+    putStrides(job, J.qB, qStrides);
+    putStrides(job, J.kB, kStrides);
     putStrides(job, J.vB, plan.strides.v);
     putStrides(job, J.oB, plan.strides.out);
     if (mask) putStrides(job, J.mB, mask.at);

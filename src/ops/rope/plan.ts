@@ -86,7 +86,7 @@ export function planRotary(x: unknown, options: unknown, resolver: OperandResolv
     [batch, seq, heads, headDim] = [xDims[0], xDims[1], h, xDims[2] / h];
   }
   const { base, dims, interleaved } = readRope({ base: opts.base, dims: opts.dims, interleaved: opts.interleaved }, headDim, 'options')!;
-  const positions = checkPositions(positionsRead, batch, seq, resolver);
+  const positions = checkPositions(positionsRead, batch, seq, resolver, 'options.positions');
   const tableBatchStride = positionsRead.dims.length === 2 ? seq : 0;
   const { cos, sin } = angleTables(positions, dims, base);
 
@@ -106,35 +106,39 @@ export function planRotary(x: unknown, options: unknown, resolver: OperandResolv
   };
 }
 
-/** The positions' values, checked: dims [S] or [B, S] of x, integers in [0, 2^24). */
-function checkPositions(read: TensorRead, batch: number, seq: number, resolver: OperandResolver): Float64Array {
+/**
+ * The values of a positions tensor read as `name` (engine.rotary's options.positions, attention's
+ * options.rope.qPositions and kPositions), checked: Int32Array or Float32Array data (or a resident
+ * float32 tensor of this engine), dims [seq] or [batch, seq], integers in [0, 2^24).
+ */
+export function checkPositions(read: TensorRead, batch: number, seq: number, resolver: OperandResolver, name: string): Float64Array {
   const { dims } = read;
   let values: ArrayLike<number>;
   if (read.resident) {
     const resident = read.resident;
-    if (!resolver.owns(resident)) throw new AttentionError('INVALID_TENSOR', "options.positions is a tensor from another engine's memory; use this engine's tensor()", 'options.positions.data');
-    if (resident.type !== 'float32') throw new AttentionError('INVALID_DTYPE', `options.positions.data must be Int32Array or Float32Array, got a resident ${resident.type} tensor`, 'options.positions.data');
+    if (!resolver.owns(resident)) throw new AttentionError('INVALID_TENSOR', `${name} is a tensor from another engine's memory; use this engine's tensor()`, `${name}.data`);
+    if (resident.type !== 'float32') throw new AttentionError('INVALID_DTYPE', `${name}.data must be Int32Array or Float32Array, got a resident ${resident.type} tensor`, `${name}.data`);
     values = Float32Array.from(resident.data);
   } else {
-    const name = typedArrayName(read.data);
-    if (name !== 'Int32Array' && name !== 'Float32Array') {
-      throw new AttentionError('INVALID_DTYPE', `options.positions.data must be an Int32Array or a Float32Array, got ${describe(read.data)}`, 'options.positions.data');
+    const type = typedArrayName(read.data);
+    if (type !== 'Int32Array' && type !== 'Float32Array') {
+      throw new AttentionError('INVALID_DTYPE', `${name}.data must be an Int32Array or a Float32Array, got ${describe(read.data)}`, `${name}.data`);
     }
     values = plainTypedArray(read.data) as Int32Array | Float32Array;
   }
   const shapeOk = (dims.length === 1 && dims[0] === seq) || (dims.length === 2 && dims[0] === batch && dims[1] === seq);
   if (!shapeOk) {
-    throw new AttentionError('SHAPE_MISMATCH', `options.positions must be [S] = [${seq}] or [B, S] = [${batch}, ${seq}], got dims [${dims}]`, 'options.positions.dims');
+    throw new AttentionError('SHAPE_MISMATCH', `${name} must be [S] = [${seq}] or [B, S] = [${batch}, ${seq}], got dims [${dims}]`, `${name}.dims`);
   }
   const count = sizeOf(dims);
   if (values.length !== count) {
-    throw new AttentionError('SHAPE_MISMATCH', `options.positions.data has ${values.length} elements but dims [${dims}] need ${count}`, 'options.positions.data');
+    throw new AttentionError('SHAPE_MISMATCH', `${name}.data has ${values.length} elements but dims [${dims}] need ${count}`, `${name}.data`);
   }
   const out = new Float64Array(count);
   for (let i = 0; i < count; i++) {
     const p = values[i];
     if (!Number.isInteger(p) || p < 0 || p >= MAX_POSITION) {
-      throw new AttentionError('INVALID_OPTION', `options.positions.data[${i}] is ${p}; positions must be integers in [0, 2^24)`, 'options.positions.data');
+      throw new AttentionError('INVALID_OPTION', `${name}.data[${i}] is ${p}; positions must be integers in [0, 2^24)`, `${name}.data`);
     }
     out[i] = p;
   }
