@@ -6,7 +6,7 @@
 // with the same tokens; pages all back after dispose; refused steps that change nothing; export
 // then import; the batcher.
 import { describe, expect, it } from 'vitest';
-import { type Engine, type KVPool, type KVSequence, createEngineSync } from '../src/index.js';
+import { type Engine, type KVPool, KVSequence, createEngineSync } from '../src/index.js';
 import type { PoolStepOptions } from '../src/features/kv-pool.js';
 import { referenceAttention, referenceRotary } from '../src/reference.js';
 import { BACKENDS, engineFor, maxAbs, maxError, randomTensor, refused, rng, tolerance } from './helpers.js';
@@ -254,6 +254,8 @@ describe.each(BACKENDS)('kvPool on %s', (backend) => {
     const other = poolFor(engine, shape, { maxTokens: 16 });
     refused(() => pool.step([{ sequence: other.sequence(), ...stepData(random, shape, 1) }]), 'INVALID_ARGUMENT', 'items[0].sequence');
     other.dispose();
+    refused(() => pool.step([{ sequence: Object.create(KVSequence.prototype), ...stepData(random, shape, 1) }]), 'INVALID_ARGUMENT', 'items[0].sequence');
+    refused(() => new (KVSequence as unknown as new (token: symbol, state: unknown) => unknown)(Symbol('KVSequence'), { pages: [1e9], length: 5 }), 'INVALID_ARGUMENT');
     b.sequence.dispose();
     refused(() => pool.step([{ sequence: b.sequence, ...stepData(random, shape, 1) }]), 'DISPOSED', 'items[0].sequence');
     pool.dispose();

@@ -16,8 +16,8 @@ export interface BatcherOptions {
   maxWaitMs?: number;
 }
 
-/** What the batcher needs of a step read by the pool: its sequences (with their count of pending steps) and options. */
-export interface BatchRead<S extends { busy: number }> {
+/** What the batcher needs of a step read by the pool: its sequences and options. */
+export interface BatchRead<S> {
   entries: ReadonlyArray<{ sequence: S }>;
   scale: number;
   softcap: number;
@@ -25,9 +25,10 @@ export interface BatchRead<S extends { busy: number }> {
   rope: { base: number; dims: number; interleaved: boolean } | undefined;
 }
 
-/** What the batcher needs of the pool: reading a step when a call is made, and running steps in turn. */
-export interface StepQueue<S extends { busy: number }, R extends BatchRead<S>> {
+/** What the batcher needs of the pool: reading a step when a call is made, marking it pending, and running steps in turn. */
+export interface StepQueue<S, R extends BatchRead<S>> {
   readStep(items: ReadonlyArray<{ sequence: S; q: unknown; k: unknown; v: unknown }>, options: unknown, copy: boolean): R;
+  hold(read: R, by: 1 | -1): void;
   queued(read: R): Promise<Tensor[]>;
 }
 
@@ -39,11 +40,11 @@ interface Waiting<R> {
   reject: (error: unknown) => void;
 }
 
-const optionsKey = ({ scale, softcap, left, rope }: BatchRead<{ busy: number }>): string =>
+const optionsKey = ({ scale, softcap, left, rope }: BatchRead<unknown>): string =>
   [scale, softcap, left, rope ? `${rope.base}/${rope.dims}/${rope.interleaved}` : ''].join('|');
 
 /** @internal use pool.batcher() */
-export class StepBatcher<S extends { busy: number }, R extends BatchRead<S>> {
+export class StepBatcher<S, R extends BatchRead<S>> {
   private readonly maxBatch: number;
   private readonly maxWaitMs: number;
   private queue: Array<Waiting<R>> = [];
@@ -73,7 +74,7 @@ export class StepBatcher<S extends { busy: number }, R extends BatchRead<S>> {
     } catch (error) {
       return Promise.reject(error);
     }
-    read.entries[0].sequence.busy++;
+    this.pool.hold(read, 1);
     return new Promise<Tensor>((resolve, reject) => {
       this.queue.push({ read, key: optionsKey(read), resolve, reject });
       this.schedule();
@@ -107,7 +108,7 @@ export class StepBatcher<S extends { busy: number }, R extends BatchRead<S>> {
     this.running = true;
     const batch = this.take();
     const settle = (call: Waiting<R>, outcome: { output?: Tensor; error?: unknown }): void => {
-      call.read.entries[0].sequence.busy--;
+      this.pool.hold(call.read, -1);
       if ('error' in outcome) call.reject(outcome.error);
       else call.resolve(outcome.output!);
     };

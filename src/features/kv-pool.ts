@@ -79,7 +79,9 @@ const EXPORT_HEADER_BYTES = 32;
 
 /** Keys and values of n new positions for one sequence, read once and checked. */
 interface Entries {
-  sequence: KVSequence;
+  /** The caller's handle (none for an import). */
+  sequence?: KVSequence;
+  state: SequenceState;
   k: Float32Array;
   v: Float32Array;
   n: number;
@@ -95,7 +97,7 @@ export interface Batcher {
 
 /** @internal a step's items read once and checked, with the step's options */
 export interface StepRead {
-  entries: Array<Entries & { q: Operand<Float32Array>; qHeads: number }>;
+  entries: Array<Entries & { sequence: KVSequence; q: Operand<Float32Array>; qHeads: number }>;
   scale: number;
   softcap: number;
   left: number;
@@ -104,7 +106,7 @@ export interface StepRead {
 
 /** What applying a step changed in one sequence, to put it back. */
 interface Undo {
-  sequence: KVSequence;
+  state: SequenceState;
   pages: number[];
   length: number;
   /** Pages taken from the free list. */
@@ -113,70 +115,60 @@ interface Undo {
   unshared: number;
 }
 
+/** A sequence's state, which only this module sees (a sequence cannot be forged or edited from outside). */
+interface SequenceState {
+  readonly pool: KVPool;
+  /** Page ids in order. */
+  pages: number[];
+  length: number;
+  /** Steps queued or running on the sequence (stepAsync, the batcher). */
+  busy: number;
+  disposed: boolean;
+}
+
+const states = new WeakMap<object, SequenceState>();
+const MAKE = Symbol('KVSequence');
+
 /** A sequence of the pool: its pages and length. Make one with pool.sequence(), fork() or pool.import(). */
 export class KVSequence {
-  readonly #pool: KVPool;
-  /** @internal page ids in order */
-  pages: number[];
-  #length: number;
-  #disposed = false;
-  /** @internal steps queued or running on this sequence (stepAsync) */
-  busy = 0;
-
-  /** @internal use pool.sequence() */
-  constructor(pool: KVPool, pages: number[], length: number) {
-    this.#pool = pool;
-    this.pages = pages;
-    this.#length = length;
+  /** @internal use pool.sequence(), sequence.fork() or pool.import() */
+  constructor(token: symbol, state: SequenceState) {
+    if (token !== MAKE) throw new AttentionError('INVALID_ARGUMENT', 'make sequences with pool.sequence(), sequence.fork() or pool.import()');
+    states.set(this, state);
   }
 
   /** Positions held. */
   get length(): number {
-    return this.#length;
-  }
-
-  /** @internal */
-  setLength(length: number): void {
-    this.#length = length;
+    return states.get(this)!.length;
   }
 
   get disposed(): boolean {
-    return this.#disposed;
-  }
-
-  /** @internal whether this sequence belongs to `pool` */
-  of(pool: KVPool): boolean {
-    return this.#pool === pool;
+    return states.get(this)!.disposed;
   }
 
   /** Stores k [Hkv, n, Dk] and v [Hkv, n, Dv] as given (no attention, no rotation), after the positions held. */
   append(k: TensorLike<Float32Array>, v: TensorLike<Float32Array>): void {
-    this.#pool.appendTo(this, k, v);
+    states.get(this)!.pool.appendTo(this, k, v);
   }
 
   /** A new sequence holding the same positions: it shares this one's pages until either writes into a shared one. */
   fork(): KVSequence {
-    return this.#pool.forkOf(this);
+    return states.get(this)!.pool.forkOf(this);
   }
 
   /** The keys and values held, as bytes that pool.import() (of any pool with the same heads and dims) turns back into a sequence. */
   export(): Uint8Array {
-    return this.#pool.exportOf(this);
+    return states.get(this)!.pool.exportOf(this);
   }
 
   /** Gives the sequence's pages back (those no fork still holds). Later use throws DISPOSED. */
   dispose(): void {
-    if (this.#disposed) return;
-    this.#disposed = true;
-    this.#pool.forget(this);
-    this.pages = [];
-    this.#length = 0;
-  }
-
-  /** @internal the pool's disposal */
-  drop(): void {
-    this.#disposed = true;
-    this.pages = [];
+    const state = states.get(this)!;
+    if (state.disposed) return;
+    state.disposed = true;
+    state.pool.forget(state);
+    state.pages = [];
+    state.length = 0;
   }
 }
 
@@ -196,7 +188,7 @@ export class KVPool {
   /** Pages whose last reference went while a step was running: free once no step runs. */
   private pendingFree: number[] = [];
   private running = 0;
-  private readonly live = new Set<KVSequence>();
+  private readonly live = new Set<SequenceState>();
   private asyncTail: Promise<void> = Promise.resolve();
   private disposed = false;
 
@@ -242,9 +234,14 @@ export class KVPool {
   /** A new, empty sequence. */
   sequence(): KVSequence {
     this.check();
-    const sequence = new KVSequence(this, [], 0);
-    this.live.add(sequence);
-    return sequence;
+    return this.made([], 0);
+  }
+
+  /** A new sequence over these pages (their references already counted). */
+  private made(pages: number[], length: number): KVSequence {
+    const state: SequenceState = { pool: this, pages, length, busy: 0, disposed: false };
+    this.live.add(state);
+    return new KVSequence(MAKE, state);
   }
 
   stats(): KVPoolStats {
@@ -268,7 +265,7 @@ export class KVPool {
   step(items: readonly PoolStepItem[], options?: PoolStepOptions): Tensor[] {
     this.check();
     const read = this.readStep(items, options, false);
-    for (const { sequence } of read.entries) this.notBusy(sequence);
+    for (const { state } of read.entries) this.notBusy(state);
     return this.runStep(read);
   }
 
@@ -277,12 +274,17 @@ export class KVPool {
     this.check();
     // inputs are copied now: the caller may reuse its arrays at once
     const read = this.readStep(items, options, true);
-    for (const { sequence } of read.entries) sequence.busy++;
+    this.hold(read, 1);
     try {
       return await this.queued(read);
     } finally {
-      for (const { sequence } of read.entries) sequence.busy--;
+      this.hold(read, -1);
     }
+  }
+
+  /** @internal counts a read step as pending on its sequences (+1) or no longer (-1): sync calls on them are refused meanwhile */
+  hold(read: StepRead, by: 1 | -1): void {
+    for (const { state } of read.entries) state.busy += by;
   }
 
   /** @internal runs a read step on the workers once the pool's earlier async steps are done */
@@ -309,19 +311,22 @@ export class KVPool {
   import(bytes: Uint8Array | ArrayBuffer): KVSequence {
     this.check();
     const { k, v, length } = this.readExport(bytes);
-    const sequence = new KVSequence(this, [], 0);
-    const entries: Entries = { sequence, k, v, n: length };
+    const state: SequenceState = { pool: this, pages: [], length: 0, busy: 0, disposed: false };
+    const entries: Entries = { state, k, v, n: length };
     this.reserve([entries]);
     this.apply([entries], undefined);
-    this.live.add(sequence);
-    return sequence;
+    this.live.add(state);
+    return new KVSequence(MAKE, state);
   }
 
   /** Gives every page back to the engine; every sequence of the pool is disposed. */
   dispose(): void {
     if (this.disposed) return;
     this.disposed = true;
-    for (const sequence of this.live) sequence.drop();
+    for (const state of this.live) {
+      state.disposed = true;
+      state.pages = [];
+    }
     this.live.clear();
     for (const slab of this.slabs) slab.release();
     this.slabs = [];
@@ -330,9 +335,9 @@ export class KVPool {
   /** @internal sequence.append */
   appendTo(sequence: KVSequence, k: TensorLike<Float32Array>, v: TensorLike<Float32Array>): void {
     this.check();
-    this.usable(sequence, 'sequence');
-    this.notBusy(sequence);
-    const entries = this.readEntries(sequence, readTensor(k, 'k'), readTensor(v, 'v'), false, 'k', 'v');
+    const state = this.usable(sequence, 'sequence');
+    this.notBusy(state);
+    const entries = this.readEntries(sequence, state, readTensor(k, 'k'), readTensor(v, 'v'), false, 'k', 'v');
     this.reserve([entries]);
     this.apply([entries], undefined);
   }
@@ -340,27 +345,25 @@ export class KVPool {
   /** @internal sequence.fork */
   forkOf(sequence: KVSequence): KVSequence {
     this.check();
-    this.usable(sequence, 'sequence');
-    this.notBusy(sequence);
-    for (const page of sequence.pages) this.refs[page]++;
-    const fork = new KVSequence(this, [...sequence.pages], sequence.length);
-    this.live.add(fork);
-    return fork;
+    const state = this.usable(sequence, 'sequence');
+    this.notBusy(state);
+    for (const page of state.pages) this.refs[page]++;
+    return this.made([...state.pages], state.length);
   }
 
   /** @internal sequence.export */
   exportOf(sequence: KVSequence): Uint8Array {
     this.check();
-    this.usable(sequence, 'sequence');
-    this.notBusy(sequence);
+    const state = this.usable(sequence, 'sequence');
+    this.notBusy(state);
     const { kvHeads, headDim, valueDim } = this;
-    const length = sequence.length;
+    const length = state.length;
     const bytes = new Uint8Array(EXPORT_HEADER_BYTES + 4 * kvHeads * length * (headDim + valueDim));
     const header = new DataView(bytes.buffer);
     [EXPORT_MAGIC, EXPORT_VERSION, 0, kvHeads, headDim, valueDim, length].forEach((x, i) => header.setUint32(4 * i, x, true));
     const k = new Float32Array(kvHeads * length * headDim);
     const v = new Float32Array(kvHeads * length * valueDim);
-    this.copyRows(sequence.pages, length, k, v, 'read');
+    this.copyRows(state.pages, length, k, v, 'read');
     const body = new DataView(bytes.buffer, EXPORT_HEADER_BYTES);
     k.forEach((x, i) => body.setFloat32(4 * i, x, true));
     v.forEach((x, i) => body.setFloat32(4 * (k.length + i), x, true));
@@ -368,9 +371,9 @@ export class KVPool {
   }
 
   /** @internal sequence.dispose: drops its reference to each of its pages */
-  forget(sequence: KVSequence): void {
-    this.live.delete(sequence);
-    for (const page of sequence.pages) this.release(page);
+  forget(state: SequenceState): void {
+    this.live.delete(state);
+    for (const page of state.pages) this.release(page);
   }
 
   private release(page: number): void {
@@ -380,16 +383,19 @@ export class KVPool {
     else this.free.push(page);
   }
 
-  private usable(sequence: unknown, name: string): asserts sequence is KVSequence {
-    if (!(sequence instanceof KVSequence) || !sequence.of(this)) {
+  /** The state of a live sequence of this pool; refuses anything else. */
+  private usable(sequence: unknown, name: string): SequenceState {
+    const state = typeof sequence === 'object' && sequence !== null ? states.get(sequence) : undefined;
+    if (state?.disposed) throw new AttentionError('DISPOSED', `${name} was disposed`, name);
+    if (!state || state.pool !== this) {
       throw new AttentionError('INVALID_ARGUMENT', `${name} must be a live sequence of this pool (pool.sequence(), fork() or pool.import()), got ${describe(sequence)}`, name);
     }
-    if (sequence.disposed) throw new AttentionError('DISPOSED', `${name} was disposed`, name);
+    return state;
   }
 
   /** @internal */
-  notBusy(sequence: KVSequence): void {
-    if (sequence.busy > 0) {
+  notBusy(state: SequenceState): void {
+    if (state.busy > 0) {
       throw new AttentionError('BUSY', 'this sequence has a stepAsync queued or running: await it first (or use the batcher, which keeps each sequence\'s steps in order)', 'sequence');
     }
   }
@@ -415,17 +421,17 @@ export class KVPool {
     }
     const rope = readRope(opts.rope, this.headDim);
     const snapshot = [...(items as unknown[])];
-    const seen = new Set<KVSequence>();
+    const seen = new Set<SequenceState>();
     const entries = snapshot.map((raw, s) => {
       const name = `items[${s}]`;
       if (raw === undefined) throw new AttentionError('INVALID_ARGUMENT', `${name} must be { sequence, q, k, v }, got undefined`, name);
       const item = readOptions(raw, name, ['sequence', 'q', 'k', 'v']);
-      const sequence = item.sequence;
-      this.usable(sequence, `${name}.sequence`);
-      if (seen.has(sequence)) throw new AttentionError('INVALID_ARGUMENT', `${name}.sequence appears twice in one step; give it one item with all its new positions`, `${name}.sequence`);
-      seen.add(sequence);
+      const sequence = item.sequence as KVSequence;
+      const state = this.usable(sequence, `${name}.sequence`);
+      if (seen.has(state)) throw new AttentionError('INVALID_ARGUMENT', `${name}.sequence appears twice in one step; give it one item with all its new positions`, `${name}.sequence`);
+      seen.add(state);
       const qRead = readTensor(item.q, `${name}.q`);
-      const entries = this.readEntries(sequence, readTensor(item.k, `${name}.k`), readTensor(item.v, `${name}.v`), copy, `${name}.k`, `${name}.v`);
+      const entries = this.readEntries(sequence, state, readTensor(item.k, `${name}.k`), readTensor(item.v, `${name}.v`), copy, `${name}.k`, `${name}.v`);
       const q = floatTensor(qRead, this.backend);
       if (q.dims.length !== 3) throw new AttentionError('INVALID_DIMS', `${name}.q must be [Hq, n, Dk], got dims [${q.dims}]`, `${name}.q.dims`);
       const [qHeads, n, headDim] = q.dims;
@@ -435,13 +441,13 @@ export class KVPool {
       if (n !== entries.n) throw new AttentionError('SHAPE_MISMATCH', `${name}.q has ${n} positions but k has ${entries.n}`, `${name}.q.dims[1]`);
       if (headDim !== this.headDim) throw new AttentionError('SHAPE_MISMATCH', `${name}.q.dims[2] (head dim) is ${headDim} but the pool holds ${this.headDim}`, `${name}.q.dims[2]`);
       const qOperand: Operand<Float32Array> = copy ? { array: operandArray(q.operand).slice(), offset: 0, length: q.operand.length } : q.operand;
-      return { ...entries, q: qOperand, qHeads };
+      return { ...entries, sequence, q: qOperand, qHeads };
     });
     return { entries, scale, softcap, left, rope };
   }
 
   /** Checks one sequence's new keys [Hkv, n, Dk] and values [Hkv, n, Dv] (n >= 1). */
-  private readEntries(sequence: KVSequence, kRead: ReturnType<typeof readTensor>, vRead: ReturnType<typeof readTensor>, copy: boolean, kName: string, vName: string): Entries {
+  private readEntries(sequence: KVSequence, state: SequenceState, kRead: ReturnType<typeof readTensor>, vRead: ReturnType<typeof readTensor>, copy: boolean, kName: string, vName: string): Entries {
     const k = floatTensor(kRead, this.backend);
     const v = floatTensor(vRead, this.backend);
     for (const [t, name, width] of [[k, kName, this.headDim], [v, vName, this.valueDim]] as const) {
@@ -452,16 +458,16 @@ export class KVPool {
     }
     if (v.dims[1] !== k.dims[1]) throw new AttentionError('SHAPE_MISMATCH', `${vName} has ${v.dims[1]} positions but ${kName} has ${k.dims[1]}`, `${vName}.dims[1]`);
     const data = (t: typeof k): Float32Array => (copy ? operandArray(t.operand).slice() : operandArray(t.operand));
-    return { sequence, k: data(k), v: data(v), n: k.dims[1] };
+    return { sequence, state, k: data(k), v: data(v), n: k.dims[1] };
   }
 
   /** Pages the entries need beyond those they hold (a copy of a shared, partly filled last page counts). */
   private reserve(entries: readonly Entries[]): void {
     let needed = 0;
-    for (const { sequence, n } of entries) {
-      const held = sequence.pages.length;
-      needed += Math.ceil((sequence.length + n) / this.pageSize) - held;
-      if (sequence.length % this.pageSize !== 0 && this.refs[sequence.pages[held - 1]] > 1) needed++;
+    for (const { state, n } of entries) {
+      const held = state.pages.length;
+      needed += Math.ceil((state.length + n) / this.pageSize) - held;
+      if (state.length % this.pageSize !== 0 && this.refs[state.pages[held - 1]] > 1) needed++;
     }
     const open = this.free.length + Math.max(0, this.maxPages - this.slabs.length * this.slabPages);
     if (needed > open) {
@@ -504,30 +510,30 @@ export class KVPool {
    */
   private apply(entries: readonly Entries[], rope: RopeSpec | undefined): Undo[] {
     return entries.map((entry) => {
-      const { sequence, n } = entry;
-      const undo: Undo = { sequence, pages: [...sequence.pages], length: sequence.length, taken: [], unshared: -1 };
-      const last = sequence.pages.length - 1;
-      if (sequence.length % this.pageSize !== 0 && this.refs[sequence.pages[last]] > 1) {
-        const shared = sequence.pages[last];
+      const { state, n } = entry;
+      const undo: Undo = { state, pages: [...state.pages], length: state.length, taken: [], unshared: -1 };
+      const last = state.pages.length - 1;
+      if (state.length % this.pageSize !== 0 && this.refs[state.pages[last]] > 1) {
+        const shared = state.pages[last];
         const copy = this.take(undo);
         this.pageView(copy).set(this.pageView(shared));
         this.refs[shared]--;
         undo.unshared = shared;
-        sequence.pages[last] = copy;
+        state.pages[last] = copy;
       }
-      while (sequence.pages.length * this.pageSize < sequence.length + n) sequence.pages.push(this.take(undo));
-      const k = rope ? rotated(entry.k, this.kvHeads, n, this.headDim, sequence.length, rope) : entry.k;
-      this.copyRows(sequence.pages, n, k, entry.v, 'write', sequence.length);
-      sequence.setLength(sequence.length + n);
+      while (state.pages.length * this.pageSize < state.length + n) state.pages.push(this.take(undo));
+      const k = rope ? rotated(entry.k, this.kvHeads, n, this.headDim, state.length, rope) : entry.k;
+      this.copyRows(state.pages, n, k, entry.v, 'write', state.length);
+      state.length += n;
       return undo;
     });
   }
 
   private undo(undos: readonly Undo[]): void {
-    for (const { sequence, pages, length, taken, unshared } of undos) {
-      if (sequence.disposed) continue; // its dispose gave its pages back, taken ones included
-      sequence.pages = pages;
-      sequence.setLength(length);
+    for (const { state, pages, length, taken, unshared } of undos) {
+      if (state.disposed) continue; // its dispose gave its pages back, taken ones included
+      state.pages = pages;
+      state.length = length;
       for (const page of taken) this.release(page);
       if (unshared >= 0) this.refs[unshared]++;
     }
@@ -565,13 +571,14 @@ export class KVPool {
   private runStep(read: StepRead, async: true): Promise<Tensor[]>;
   private runStep(read: StepRead, async?: false): Tensor[];
   private runStep(read: StepRead, async = false): Tensor[] | Promise<Tensor[]> {
-    for (const { sequence } of read.entries) this.usable(sequence, 'sequence');
+    // a queued step's sequences may have been disposed while it waited
+    for (const { state } of read.entries) if (state.disposed) throw new AttentionError('DISPOSED', 'a sequence of this step was disposed before the step ran', 'sequence');
     this.reserve(read.entries);
     const undo = this.apply(read.entries, read.rope);
     const items: PagedItem[] = read.entries.map((entry) => {
-      const { sequence, n, qHeads } = entry;
-      const q = read.rope ? rotatedOperand(entry.q, qHeads, n, this.headDim, sequence.length - n, read.rope) : entry.q;
-      return { q, qHeads, n, length: sequence.length, pages: Int32Array.from(sequence.pages) };
+      const { state, n, qHeads } = entry;
+      const q = read.rope ? rotatedOperand(entry.q, qHeads, n, this.headDim, state.length - n, read.rope) : entry.q;
+      return { q, qHeads, n, length: state.length, pages: Int32Array.from(state.pages) };
     });
     const store: PageStore = {
       slabs: [...this.slabs], slabPages: this.slabPages, pageSize: this.pageSize,
