@@ -184,6 +184,8 @@ export class KVPool {
   private readonly pageFloats: number;
   private slabs: ResidentTensor[] = [];
   private readonly refs: Int32Array;
+  /** Pages with a reference. */
+  private used = 0;
   private free: number[] = [];
   /** Pages whose last reference went while a step was running: free once no step runs. */
   private pendingFree: number[] = [];
@@ -245,12 +247,10 @@ export class KVPool {
   }
 
   stats(): KVPoolStats {
-    let used = 0;
-    for (const r of this.refs) if (r > 0) used++;
     return {
       pageSize: this.pageSize,
       pages: this.maxPages,
-      pagesUsed: used,
+      pagesUsed: this.used,
       sequences: this.live.size,
       bytes: this.slabs.reduce((sum, slab) => sum + 4 * slab.length, 0),
       bytesPerToken: 4 * this.kvHeads * (this.headDim + this.valueDim),
@@ -379,6 +379,7 @@ export class KVPool {
   private release(page: number): void {
     if (this.disposed) return;
     if (--this.refs[page] > 0) return;
+    this.used--;
     if (this.running > 0) this.pendingFree.push(page);
     else this.free.push(page);
   }
@@ -500,6 +501,7 @@ export class KVPool {
   private take(undo: Undo): number {
     const page = this.free.pop()!;
     this.refs[page] = 1;
+    this.used++;
     undo.taken.push(page);
     return page;
   }
