@@ -7,6 +7,9 @@
 // thread, the same step as 64 separate kvCache calls (append, then attention; one cache per
 // sequence, batch 1) over the same data. The outputs of two sequences are checked against the
 // float64 reference over their exported history. About 1.2 GB of K and V (2.4 GB with the caches).
+// Then, when bench/peers is installed (npm --prefix bench/peers ci), the same step on onnxruntime-node's
+// GroupQueryAttention (native CPU, seqlens_k for the ragged batch, do_rotary; its fastest variant from
+// Node, see bench/peers/gqa-step.js; about 5 GB of RSS) at each thread count, in the same process.
 import { availableParallelism } from 'node:os';
 import { parseArgs } from 'node:util';
 import { Bench } from 'tinybench';
@@ -31,6 +34,7 @@ const { values } = parseArgs({
     time: { type: 'string', default: '3000' },
     json: { type: 'boolean', default: false },
     'skip-caches': { type: 'boolean', default: false },
+    'skip-peer': { type: 'boolean', default: false },
   },
 });
 
@@ -159,16 +163,45 @@ for (const threads of threadCounts) {
   collect();
 }
 
+// onnxruntime-node's GroupQueryAttention on the same step (each sequence's total length: its history plus the new token)
+const peer = [];
+let peerNote;
+if (!values['skip-peer']) {
+  let createOrtGqaStep;
+  try {
+    ({ createOrtGqaStep } = await import('./peers/gqa-step.js'));
+    await import(new URL('./peers/node_modules/onnxruntime-node/package.json', import.meta.url), { with: { type: 'json' } });
+  } catch {
+    peerNote = 'onnxruntime-node not installed (npm --prefix bench/peers ci): no peer column';
+  }
+  for (const threads of createOrtGqaStep ? threadCounts : []) {
+    log(`onnxruntime-node GroupQueryAttention, ${threads} thread(s)...`);
+    const ort = await createOrtGqaStep({ lengths: lengths.map((l) => l + 1), qHeads, kvHeads, headDim, threads, rope: { base: 10000 } });
+    const random = filler(3);
+    const [q, k, v] = [qHeads, kvHeads, kvHeads].map((heads) => random(count * heads * headDim));
+    const bench = new Bench({ time: Number(values.time), iterations: 5, warmupIterations: 1, warmupTime: 0 });
+    bench.add('ort', async () => void (await ort.run(q, k, v)));
+    await bench.run();
+    peer.push({ threads, ms: bench.tasks[0].result.latency.p50, variant: ort.variant });
+    await ort.close();
+    collect();
+  }
+}
+
 const one = rows.find((r) => r.threads === 1);
 if (values.json) {
-  console.log(JSON.stringify({ node: process.version, sequences: count, lengths: [values.min, values.max], qHeads, kvHeads, headDim, pageSize, copyGBs, rows }, null, 2));
+  console.log(JSON.stringify({ node: process.version, sequences: count, lengths: [values.min, values.max], qHeads, kvHeads, headDim, pageSize, copyGBs, rows, peer, peerNote }, null, 2));
 } else {
   console.log(`\nnode ${process.version}, ${backend}; decode step of ${count} sequences, contexts ${values.min}..${values.max} (${totalKeys} positions), Hq ${qHeads}, Hkv ${kvHeads}, D ${headDim}, pages of ${pageSize}, RoPE; median of the timed steps`);
   console.log(`memory.copy: ${copyGBs.toFixed(2)} GB/s\n`);
-  console.log('| threads | pool step: median ms | K and V read: GB/s | vs memory.copy | vs 1 thread | separate kvCache calls: ms | batched speed-up | max error |');
-  console.log('|---:|---:|---:|---:|---:|---:|---:|---:|');
+  console.log('| threads | pool step: median ms | K and V read: GB/s | vs memory.copy | vs 1 thread | separate kvCache calls: ms | batched speed-up | onnxruntime-node GQA: ms | vs onnxruntime-node | max error |');
+  console.log('|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|');
   for (const r of rows) {
     const separate = r.separateMs ? `${r.separateMs.toFixed(1)} | ${(r.separateMs / r.ms).toFixed(2)}x` : '- | -';
-    console.log(`| ${r.threads} | ${r.ms.toFixed(1)} | ${r.kvGBs.toFixed(2)} | ${((r.kvGBs / copyGBs) * 100).toFixed(0)}% | ${one ? (one.ms / r.ms).toFixed(2) + 'x' : '-'} | ${separate} | ${r.maxError.toExponential(1)} |`);
+    const ort = peer.find((p) => p.threads === r.threads);
+    const vsOrt = ort ? `${ort.ms.toFixed(1)} | ${(ort.ms / r.ms).toFixed(2)}x` : '- | -';
+    console.log(`| ${r.threads} | ${r.ms.toFixed(1)} | ${r.kvGBs.toFixed(2)} | ${((r.kvGBs / copyGBs) * 100).toFixed(0)}% | ${one ? (one.ms / r.ms).toFixed(2) + 'x' : '-'} | ${separate} | ${vsOrt} | ${r.maxError.toExponential(1)} |`);
   }
+  if (peer.length) console.log(`\nonnxruntime-node: ${peer[0].variant} (bench/peers/gqa-step.js); vs onnxruntime-node above 1 means ours is faster`);
+  if (peerNote) console.log(`\n${peerNote}`);
 }
