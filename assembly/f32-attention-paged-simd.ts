@@ -24,7 +24,8 @@
 import { GEMM_MR, gemm_tile } from './f32-gemm-tile';
 import { f32_pack_panels } from './f32-pack-panels-simd';
 import { scoreRow, MASK_NONE } from './f32-softmax-scale-mask-simd';
-import { dotScores, dotScores4, addWeighted, addWeighted4 } from './f32-attention-rows-simd';
+import { dotScores, dotScores4, addWeighted } from './f32-attention-rows-simd';
+import { madd } from './f32-vmath-simd';
 import {
   ATT_BR, ATT_BC, copyScaled, f32_attention_scratch_bytes, finishRow, foldRow, roundUp8, scoreTile,
 } from './f32-attention-flash-simd';
@@ -43,6 +44,58 @@ export function f32_attention_paged_scratch_bytes(headDim: i32, valueDim: i32): 
 @inline function pagedRow(pages: usize, pageSize: i32, partOffset: i32, width: i32, j: i32): usize {
   const page = <usize>load<u32>(pages + ((<usize>(j / pageSize)) << 2));
   return page + <usize>partOffset + ((<usize>(j % pageSize) * <usize>width) << 2);
+}
+
+/**
+ * O·V for four rows at once over keys j0 .. j0+n of their pages (p rows lds floats apart, p column 0
+ * is key j0; accumulator rows ldo apart): o_r += sum_j p_r[j] v_j for r < 4. Eight columns of the
+ * four rows stay in registers across all the keys, page after page, and each load of a value row
+ * serves the four rows. Values are used as they are: pages hold no subnormal (the pool flushes them
+ * when it stores a page).
+ */
+function addWeightedPaged4(p: usize, lds: i32, j0: i32, n: i32, pages: usize, pageSize: i32, vOffset: i32, valueDim: i32, o: usize, ldo: i32): void {
+  const vStride = (<usize>valueDim) << 2;
+  const pStride = (<usize>lds) << 2;
+  const oStride = (<usize>ldo) << 2;
+  const p1 = p + pStride, p2 = p1 + pStride, p3 = p2 + pStride;
+  const o1 = o + oStride, o2 = o1 + oStride, o3 = o2 + oStride;
+  const end = j0 + n;
+  let c = 0;
+  for (; c + 8 <= valueDim; c += 8) {
+    const off = <usize>c << 2;
+    let a0 = v128.load(o + off), b0 = v128.load(o + off, 16);
+    let a1 = v128.load(o1 + off), b1 = v128.load(o1 + off, 16);
+    let a2 = v128.load(o2 + off), b2 = v128.load(o2 + off, 16);
+    let a3 = v128.load(o3 + off), b3 = v128.load(o3 + off, 16);
+    for (let j = j0; j < end;) {
+      const segEnd = min(end, j - j % pageSize + pageSize);
+      let vp = pagedRow(pages, pageSize, vOffset, valueDim, j) + off;
+      for (; j < segEnd; j++) {
+        const x = v128.load(vp), y = v128.load(vp, 16);
+        const pj = (<usize>(j - j0)) << 2;
+        const w0 = v128.load32_splat(p + pj), w1 = v128.load32_splat(p1 + pj), w2 = v128.load32_splat(p2 + pj), w3 = v128.load32_splat(p3 + pj);
+        a0 = madd(w0, x, a0); b0 = madd(w0, y, b0);
+        a1 = madd(w1, x, a1); b1 = madd(w1, y, b1);
+        a2 = madd(w2, x, a2); b2 = madd(w2, y, b2);
+        a3 = madd(w3, x, a3); b3 = madd(w3, y, b3);
+        vp += vStride;
+      }
+    }
+    v128.store(o + off, a0); v128.store(o + off, b0, 16);
+    v128.store(o1 + off, a1); v128.store(o1 + off, b1, 16);
+    v128.store(o2 + off, a2); v128.store(o2 + off, b2, 16);
+    v128.store(o3 + off, a3); v128.store(o3 + off, b3, 16);
+  }
+  if (c == valueDim) return;
+  // the last columns, row by row and page by page
+  for (let j = j0; j < end;) {
+    const seg = min(end - j, pageSize - j % pageSize);
+    const vSeg = pagedRow(pages, pageSize, vOffset, valueDim, j) + (<usize>c << 2);
+    for (let r = 0; r < 4; r++) {
+      addWeighted(p + <usize>r * pStride + ((<usize>(j - j0)) << 2), seg, vSeg, valueDim, valueDim - c, o + <usize>r * oStride + (<usize>c << 2));
+    }
+    j += seg;
+  }
 }
 
 /** Causal attention over paged keys and values; see the file header for the exact contract. */
@@ -131,15 +184,15 @@ export function f32_attention_paged(
       }
       // O += P·V
       if (rowPath) {
-        for (let j = j0; j < j0 + bc;) {
+        let r = 0;
+        for (; r + 4 <= br; r += 4) {
+          addWeightedPaged4(sTile + ((<usize>r * ATT_BC) << 2), ATT_BC, j0, bc, pages, pageSize, vOffset, valueDim, oTile + ((<usize>r * dvPad) << 2), dvPad);
+        }
+        for (let j = j0; r < br && j < j0 + bc;) {
           const seg = min(j0 + bc - j, pageSize - j % pageSize);
           const vSeg = pagedRow(pages, pageSize, vOffset, valueDim, j);
-          let r = 0;
-          for (; r + 4 <= br; r += 4) {
-            addWeighted4(sTile + ((<usize>r * ATT_BC + (j - j0)) << 2), ATT_BC, seg, vSeg, valueDim, valueDim, oTile + ((<usize>r * dvPad) << 2), dvPad);
-          }
-          for (; r < br; r++) {
-            addWeighted(sTile + ((<usize>r * ATT_BC + (j - j0)) << 2), seg, vSeg, valueDim, valueDim, oTile + ((<usize>r * dvPad) << 2));
+          for (let rr = r; rr < br; rr++) {
+            addWeighted(sTile + ((<usize>rr * ATT_BC + (j - j0)) << 2), seg, vSeg, valueDim, valueDim, oTile + ((<usize>rr * dvPad) << 2));
           }
           j += seg;
         }

@@ -114,7 +114,7 @@ export function addWeighted(p: usize, n: i32, v: usize, ldv: i32, valueDim: i32,
   for (let d = vecEnd; d < headDim; d++) {
     const off = <usize>d << 2;
     const qd = f32x4(load<f32>(q + off), load<f32>(q + qStride + off), load<f32>(q + 2 * qStride + off), load<f32>(q + 3 * qStride + off));
-    tail = madd(qd, f32x4.splat(daz1(load<f32>(kj + off))), tail);
+    tail = madd(qd, f32x4.splat(load<f32>(kj + off)), tail);
   }
   return tail;
 }
@@ -122,7 +122,8 @@ export function addWeighted(p: usize, n: i32, v: usize, ldv: i32, valueDim: i32,
 /**
  * dotScores for four query rows at once (q rows headDim floats apart, score rows lds apart): s_r[j] =
  * q_r·k_j for r < 4, j < n. Each load of a key serves the four rows, two keys at a time, so
- * grouped-query heads that share a kv head read its keys once.
+ * grouped-query heads that share a kv head read its keys once. Keys are used as they are: the caller
+ * guarantees no subnormal (the KV pool flushes them when it stores a page), so no load pays for a flush.
  */
 export function dotScores4(q: usize, k: usize, ldk: i32, n: i32, headDim: i32, s: usize, lds: i32): void {
   const kStride = (<usize>ldk) << 2;
@@ -137,7 +138,7 @@ export function dotScores4(q: usize, k: usize, ldk: i32, n: i32, headDim: i32, s
     let a10 = f32x4.splat(0.0), a11 = f32x4.splat(0.0), a12 = f32x4.splat(0.0), a13 = f32x4.splat(0.0);
     for (let d = 0; d < vecEnd; d += 4) {
       const off = <usize>d << 2;
-      const x0 = daz4(v128.load(k0 + off)), x1 = daz4(v128.load(k1 + off));
+      const x0 = v128.load(k0 + off), x1 = v128.load(k1 + off);
       const r0 = v128.load(q + off), r1 = v128.load(q1 + off), r2 = v128.load(q2 + off), r3 = v128.load(q3 + off);
       a00 = madd(r0, x0, a00); a01 = madd(r1, x0, a01); a02 = madd(r2, x0, a02); a03 = madd(r3, x0, a03);
       a10 = madd(r0, x1, a10); a11 = madd(r1, x1, a11); a12 = madd(r2, x1, a12); a13 = madd(r3, x1, a13);
@@ -155,53 +156,12 @@ export function dotScores4(q: usize, k: usize, ldk: i32, n: i32, headDim: i32, s
     let a0 = f32x4.splat(0.0), a1 = f32x4.splat(0.0), a2 = f32x4.splat(0.0), a3 = f32x4.splat(0.0);
     for (let d = 0; d < vecEnd; d += 4) {
       const off = <usize>d << 2;
-      const x = daz4(v128.load(kj + off));
+      const x = v128.load(kj + off);
       a0 = madd(v128.load(q + off), x, a0); a1 = madd(v128.load(q1 + off), x, a1);
       a2 = madd(v128.load(q2 + off), x, a2); a3 = madd(v128.load(q3 + off), x, a3);
     }
     let s0 = sums4(a0, a1, a2, a3);
     if (vecEnd < headDim) s0 = f32x4.add(s0, tailDots4(q, qStride, kj, vecEnd, headDim));
     storeColumn(s, sStride, j, s0);
-  }
-}
-
-/**
- * addWeighted for four rows at once (p rows lds floats apart, accumulator rows ldo apart):
- * o_r += sum_j p_r[j] v_j for r < 4, j < n; each load of a value row serves the four rows.
- */
-export function addWeighted4(p: usize, lds: i32, n: i32, v: usize, ldv: i32, valueDim: i32, o: usize, ldo: i32): void {
-  const vStride = (<usize>ldv) << 2;
-  const pStride = (<usize>lds) << 2;
-  const oStride = (<usize>ldo) << 2;
-  const p1 = p + pStride, p2 = p1 + pStride, p3 = p2 + pStride;
-  const o1 = o + oStride, o2 = o1 + oStride, o3 = o2 + oStride;
-  let c = 0;
-  for (; c + 8 <= valueDim; c += 8) {
-    const off = <usize>c << 2;
-    let a0 = v128.load(o + off), b0 = v128.load(o + off, 16);
-    let a1 = v128.load(o1 + off), b1 = v128.load(o1 + off, 16);
-    let a2 = v128.load(o2 + off), b2 = v128.load(o2 + off, 16);
-    let a3 = v128.load(o3 + off), b3 = v128.load(o3 + off, 16);
-    let vp = v + off;
-    for (let j = 0; j < n; j++) {
-      const x = daz4(v128.load(vp)), y = daz4(v128.load(vp, 16));
-      const pj = <usize>j << 2;
-      const w0 = v128.load32_splat(p + pj), w1 = v128.load32_splat(p1 + pj), w2 = v128.load32_splat(p2 + pj), w3 = v128.load32_splat(p3 + pj);
-      a0 = madd(w0, x, a0); b0 = madd(w0, y, b0);
-      a1 = madd(w1, x, a1); b1 = madd(w1, y, b1);
-      a2 = madd(w2, x, a2); b2 = madd(w2, y, b2);
-      a3 = madd(w3, x, a3); b3 = madd(w3, y, b3);
-      vp += vStride;
-    }
-    v128.store(o + off, a0); v128.store(o + off, b0, 16);
-    v128.store(o1 + off, a1); v128.store(o1 + off, b1, 16);
-    v128.store(o2 + off, a2); v128.store(o2 + off, b2, 16);
-    v128.store(o3 + off, a3); v128.store(o3 + off, b3, 16);
-  }
-  if (c < valueDim) {
-    // the last columns, row by row
-    for (let r = 0; r < 4; r++) {
-      addWeighted(p + <usize>r * pStride, n, v + (<usize>c << 2), ldv, valueDim - c, o + <usize>r * oStride + (<usize>c << 2));
-    }
   }
 }

@@ -181,7 +181,8 @@ export class KVPool {
   readonly maxPages: number;
   private readonly backend: Backend;
   private readonly slabPages: number;
-  private readonly pageFloats: number;
+  /** Floats of one kv head's part of a page (see PageStore). */
+  private readonly unitFloats: number;
   private slabs: ResidentTensor[] = [];
   private readonly refs: Int32Array;
   /** Pages with a reference. */
@@ -208,8 +209,8 @@ export class KVPool {
     this.headDim = int('headDim', 1);
     this.valueDim = int('valueDim', 1, this.headDim);
     this.pageSize = int('pageSize', 1, 16);
-    this.pageFloats = this.pageSize * this.kvHeads * (this.headDim + this.valueDim);
-    const pageBytes = 4 * this.pageFloats;
+    this.unitFloats = this.pageSize * (this.headDim + this.valueDim);
+    const pageBytes = 4 * this.kvHeads * this.unitFloats;
     if (opts.maxTokens === undefined && opts.maxBytes === undefined) {
       throw new AttentionError('INVALID_OPTION', 'options.maxTokens or options.maxBytes is required: the most the pool may hold', 'options.maxTokens');
     }
@@ -487,7 +488,7 @@ export class KVPool {
   private growSlab(): void {
     const first = this.slabs.length * this.slabPages;
     const pages = Math.min(this.slabPages, this.maxPages - first);
-    this.slabs.push(this.backend.tensor([this.slabPages * this.pageFloats], 'float32'));
+    this.slabs.push(this.backend.tensor([this.slabPages * this.kvHeads * this.unitFloats], 'float32'));
     for (let p = first + pages - 1; p >= first; p--) this.free.push(p);
   }
 
@@ -518,7 +519,7 @@ export class KVPool {
       if (state.length % this.pageSize !== 0 && this.refs[state.pages[last]] > 1) {
         const shared = state.pages[last];
         const copy = this.take(undo);
-        this.pageView(copy).set(this.pageView(shared));
+        this.copyPage(shared, copy);
         this.refs[shared]--;
         undo.unshared = shared;
         state.pages[last] = copy;
@@ -541,29 +542,44 @@ export class KVPool {
     }
   }
 
-  /** The floats of page `page` (a view of memory as it is now). */
-  private pageView(page: number): Float32Array {
+  /** Where kv head h's keys and values are inside a page's unit (see PageStore). */
+  private part(kvHead: number): { keys: number; values: number } {
+    return pageParts({ pageSize: this.pageSize, slabPages: this.slabPages, headDim: this.headDim, unitFloats: this.unitFloats }, kvHead);
+  }
+
+  /** The slab array holding `page` (a view of memory as it is now) and the float offset of its unit. */
+  private unitOf(page: number): { slab: Float32Array; at: number } {
     const slab = Math.floor(page / this.slabPages);
-    const at = (page - slab * this.slabPages) * this.pageFloats;
-    return (this.slabs[slab].view() as Float32Array).subarray(at, at + this.pageFloats);
+    return { slab: this.slabs[slab].view() as Float32Array, at: (page - slab * this.slabPages) * this.unitFloats };
+  }
+
+  /** Copies every kv head's part of page `from` into page `to`. */
+  private copyPage(from: number, to: number): void {
+    const source = this.unitOf(from);
+    const target = this.unitOf(to);
+    for (let kvHead = 0; kvHead < this.kvHeads; kvHead++) {
+      const head = this.part(kvHead).keys;
+      target.slab.set(source.slab.subarray(source.at + head, source.at + head + this.unitFloats), target.at + head);
+    }
   }
 
   /**
    * Copies `count` positions between packed k [Hkv, count, Dk], v [Hkv, count, Dv] and the pages,
-   * starting at position `start` of the sequence: into the pages ('write') or out of them ('read').
+   * starting at position `start` of the sequence: into the pages ('write', subnormals stored as 0) or
+   * out of them ('read').
    */
   private copyRows(pages: readonly number[], count: number, k: Float32Array, v: Float32Array, direction: 'read' | 'write', start = 0): void {
     for (let kvHead = 0; kvHead < this.kvHeads; kvHead++) {
-      const part = pageParts(this, kvHead);
+      const part = this.part(kvHead);
       for (let t = 0; t < count; t++) {
         const position = start + t;
-        const page = this.pageView(pages[Math.floor(position / this.pageSize)]);
+        const { slab: page, at } = this.unitOf(pages[Math.floor(position / this.pageSize)]);
         const row = position % this.pageSize;
         for (const [data, base, width] of [[k, part.keys, this.headDim], [v, part.values, this.valueDim]] as const) {
           const src = (kvHead * count + t) * width;
-          const dst = base + row * width;
-          if (direction === 'write') page.set(data.subarray(src, src + width), dst);
-          else data.set(page.subarray(dst, dst + width), src);
+          const dst = at + base + row * width;
+          if (direction === 'read') data.set(page.subarray(dst, dst + width), src);
+          else for (let d = 0; d < width; d++) page[dst + d] = flushSubnormal(data[src + d]);
         }
       }
     }
@@ -584,7 +600,7 @@ export class KVPool {
     });
     const store: PageStore = {
       slabs: [...this.slabs], slabPages: this.slabPages, pageSize: this.pageSize,
-      kvHeads: this.kvHeads, headDim: this.headDim, valueDim: this.valueDim, pageFloats: this.pageFloats,
+      kvHeads: this.kvHeads, headDim: this.headDim, valueDim: this.valueDim, unitFloats: this.unitFloats,
     };
     const plan: PagedAttentionPlan = { flops: pagedFlops(store, items), store, items, scale: read.scale, softcap: read.softcap, left: read.left };
     this.running++;
@@ -647,6 +663,9 @@ export class KVPool {
     return { k, v, length };
   }
 }
+
+/** x, or 0 when x is subnormal: pages never hold a subnormal, so the kernels read them with no flush (x86 is many times slower on subnormals). */
+const flushSubnormal = (x: number): number => (Math.abs(x) < 2 ** -126 ? 0 : x);
 
 /** x [heads, n, headDim] rotated by positions start .. start+n-1 (a new array). */
 function rotated(x: Float32Array, heads: number, n: number, headDim: number, start: number, rope: RopeSpec): Float32Array {

@@ -6,7 +6,7 @@
 //   over j <= length - n + i (causal, aligned bottom-right) and j >= length - n + i - left when
 //   left >= 0 (a sliding window of left + 1 keys).
 // Key j of an item is row j % pageSize of page pages[j / pageSize]; a page holds pageSize positions
-// of every kv head: keys [kvHeads, pageSize, Dk], then values [kvHeads, pageSize, Dv].
+// of every kv head (see PageStore for the layout).
 import type { Operand, OpPlan } from '../../backend.js';
 import type { ResidentTensor } from '../../memory/resident.js';
 
@@ -21,7 +21,12 @@ export interface PagedItem {
   readonly pages: Int32Array;
 }
 
-/** Where pages live: page p is page p % slabPages of slab floor(p / slabPages). */
+/**
+ * Where pages live: page p is page p % slabPages of slab floor(p / slabPages). One kv head's part of a
+ * page is a unit of unitFloats = pageSize·(headDim + valueDim) floats, its keys [pageSize, Dk] then its
+ * values [pageSize, Dv]; a slab holds its units head-major, [kvHeads][slabPages] units, so the pages a
+ * sequence took one after another lie one after another for each head (long runs to stream).
+ */
 export interface PageStore {
   readonly slabs: readonly ResidentTensor[];
   readonly slabPages: number;
@@ -29,8 +34,7 @@ export interface PageStore {
   readonly kvHeads: number;
   readonly headDim: number;
   readonly valueDim: number;
-  /** Floats in one page: pageSize · kvHeads · (headDim + valueDim). */
-  readonly pageFloats: number;
+  readonly unitFloats: number;
 }
 
 export interface PagedAttentionPlan extends OpPlan {
@@ -42,10 +46,13 @@ export interface PagedAttentionPlan extends OpPlan {
   readonly left: number;
 }
 
-/** Floats before kv head h's keys, and before its values, inside a page. */
-export function pageParts(store: Pick<PageStore, 'pageSize' | 'kvHeads' | 'headDim' | 'valueDim'>, kvHead: number): { keys: number; values: number } {
-  const { pageSize, kvHeads, headDim, valueDim } = store;
-  return { keys: kvHead * pageSize * headDim, values: kvHeads * pageSize * headDim + kvHead * pageSize * valueDim };
+/**
+ * Offsets in floats, from the start of a page's unit in its slab's first head (page index in slab ·
+ * unitFloats), of kv head h's keys and values.
+ */
+export function pageParts(store: Pick<PageStore, 'pageSize' | 'slabPages' | 'headDim' | 'unitFloats'>, kvHead: number): { keys: number; values: number } {
+  const keys = kvHead * store.slabPages * store.unitFloats;
+  return { keys, values: keys + store.pageSize * store.headDim };
 }
 
 /** Multiply-adds of the step (Q·Kᵀ and P·V over the visible keys), for the pool's crossover. */
