@@ -306,7 +306,7 @@ describe.each(BACKENDS)('kvPool on %s', (backend) => {
     const { expected, tol } = mirror.step(next, {});
     expect(maxError(y.data, expected)).toBeLessThanOrEqual(tol);
     refused(() => a.append(prompt.k, { data: new Float32Array(40), dims: [1, 8, 5] }), 'SHAPE_MISMATCH', 'v.dims[2]');
-    refused(() => a.append(randomTensor(random, [1, 30, 4]), randomTensor(random, [1, 30, 4])), 'CACHE_FULL', 'items');
+    refused(() => a.append(randomTensor(random, [1, 30, 4]), randomTensor(random, [1, 30, 4])), 'CACHE_FULL', 'k');
     expect(a.length).toBe(9);
     refused(() => engine.kvPool({ kvHeads: 1, headDim: 4, maxTokens: 10, pageSiz: 4 } as never), 'INVALID_OPTION', 'options.pageSiz', /did you mean pageSize/);
     refused(() => engine.kvPool({ kvHeads: 1, headDim: 4 }), 'INVALID_OPTION', 'options.maxTokens');

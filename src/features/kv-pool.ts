@@ -181,8 +181,8 @@ export class KVPool {
   readonly maxPages: number;
   private readonly backend: Backend;
   private readonly slabPages: number;
-  /** Floats of one kv head's part of a page (see PageStore). */
-  private readonly unitFloats: number;
+  /** A page's shape in memory (see PageStore). */
+  private readonly layout: { pageSize: number; headDim: number; unitFloats: number; pageFloats: number };
   private slabs: ResidentTensor[] = [];
   private readonly refs: Int32Array;
   /** Pages with a reference. */
@@ -209,8 +209,9 @@ export class KVPool {
     this.headDim = int('headDim', 1);
     this.valueDim = int('valueDim', 1, this.headDim);
     this.pageSize = int('pageSize', 1, 16);
-    this.unitFloats = this.pageSize * (this.headDim + this.valueDim);
-    const pageBytes = 4 * this.kvHeads * this.unitFloats;
+    const unitFloats = this.pageSize * (this.headDim + this.valueDim);
+    this.layout = { pageSize: this.pageSize, headDim: this.headDim, unitFloats, pageFloats: this.kvHeads * unitFloats };
+    const pageBytes = 4 * this.layout.pageFloats;
     if (opts.maxTokens === undefined && opts.maxBytes === undefined) {
       throw new AttentionError('INVALID_OPTION', 'options.maxTokens or options.maxBytes is required: the most the pool may hold', 'options.maxTokens');
     }
@@ -248,6 +249,7 @@ export class KVPool {
   }
 
   stats(): KVPoolStats {
+    if (this.disposed) return { pageSize: this.pageSize, pages: this.maxPages, pagesUsed: 0, sequences: 0, bytes: 0, bytesPerToken: 4 * this.kvHeads * (this.headDim + this.valueDim) };
     return {
       pageSize: this.pageSize,
       pages: this.maxPages,
@@ -314,7 +316,7 @@ export class KVPool {
     const { k, v, length } = this.readExport(bytes);
     const state: SequenceState = { pool: this, pages: [], length: 0, busy: 0, disposed: false };
     const entries: Entries = { state, k, v, n: length };
-    this.reserve([entries]);
+    this.reserve([entries], 'bytes');
     this.apply([entries], undefined);
     this.live.add(state);
     return new KVSequence(MAKE, state);
@@ -327,6 +329,7 @@ export class KVPool {
     for (const state of this.live) {
       state.disposed = true;
       state.pages = [];
+      state.length = 0;
     }
     this.live.clear();
     for (const slab of this.slabs) slab.release();
@@ -339,7 +342,7 @@ export class KVPool {
     const state = this.usable(sequence, 'sequence');
     this.notBusy(state);
     const entries = this.readEntries(sequence, state, readTensor(k, 'k'), readTensor(v, 'v'), false, 'k', 'v');
-    this.reserve([entries]);
+    this.reserve([entries], 'k');
     this.apply([entries], undefined);
   }
 
@@ -422,12 +425,12 @@ export class KVPool {
       }
     }
     const rope = readRope(opts.rope, this.headDim);
-    const snapshot = [...(items as unknown[])];
+    const snapshot = readItems(items);
     const seen = new Set<SequenceState>();
     const entries = snapshot.map((raw, s) => {
       const name = `items[${s}]`;
-      if (raw === undefined) throw new AttentionError('INVALID_ARGUMENT', `${name} must be { sequence, q, k, v }, got undefined`, name);
-      const item = readOptions(raw, name, ['sequence', 'q', 'k', 'v']);
+      if (raw === null || typeof raw !== 'object') throw new AttentionError('INVALID_ARGUMENT', `${name} must be { sequence, q, k, v }, got ${describe(raw)}`, name);
+      const item = asArgument(() => readOptions(raw, name, ['sequence', 'q', 'k', 'v']));
       const sequence = item.sequence as KVSequence;
       const state = this.usable(sequence, `${name}.sequence`);
       if (seen.has(state)) throw new AttentionError('INVALID_ARGUMENT', `${name}.sequence appears twice in one step; give it one item with all its new positions`, `${name}.sequence`);
@@ -460,20 +463,29 @@ export class KVPool {
     }
     if (v.dims[1] !== k.dims[1]) throw new AttentionError('SHAPE_MISMATCH', `${vName} has ${v.dims[1]} positions but ${kName} has ${k.dims[1]}`, `${vName}.dims[1]`);
     const data = (t: typeof k): Float32Array => (copy ? operandArray(t.operand).slice() : operandArray(t.operand));
-    return { sequence, state, k: data(k), v: data(v), n: k.dims[1] };
+    const [kData, vData] = [data(k), data(v)];
+    checkFinite32(kData, kName);
+    checkFinite32(vData, vName);
+    return { sequence, state, k: kData, v: vData, n: k.dims[1] };
   }
 
   /** Pages the entries need beyond those they hold (a copy of a shared, partly filled last page counts). */
-  private reserve(entries: readonly Entries[]): void {
+  private reserve(entries: readonly Entries[], argument: string): void {
     let needed = 0;
+    // shared, partly filled last pages the step writes into, and how many of its items write each
+    const writers = new Map<number, number>();
     for (const { state, n } of entries) {
       const held = state.pages.length;
       needed += Math.ceil((state.length + n) / this.pageSize) - held;
-      if (state.length % this.pageSize !== 0 && this.refs[state.pages[held - 1]] > 1) needed++;
+      const last = state.pages[held - 1];
+      if (state.length % this.pageSize !== 0 && this.refs[last] > 1) writers.set(last, (writers.get(last) ?? 0) + 1);
     }
+    // each writer copies the page while someone else still holds it: the last of all its holders writes in place
+    for (const [page, count] of writers) needed += Math.min(count, this.refs[page] - 1);
     const open = this.free.length + Math.max(0, this.maxPages - this.slabs.length * this.slabPages);
     if (needed > open) {
-      throw new AttentionError('CACHE_FULL', `the step needs ${needed} more pages of ${this.pageSize} positions; the pool has ${open} of its ${this.maxPages} free`, 'items');
+      const what = argument === 'bytes' ? 'the import' : 'the step';
+      throw new AttentionError('CACHE_FULL', `${what} needs ${needed} more pages of ${this.pageSize} positions; the pool has ${open} of its ${this.maxPages} free`, argument);
     }
     // reserve the slabs the new pages need now, so nothing below can fail for memory
     const slabsBefore = this.slabs.length;
@@ -488,7 +500,7 @@ export class KVPool {
   private growSlab(): void {
     const first = this.slabs.length * this.slabPages;
     const pages = Math.min(this.slabPages, this.maxPages - first);
-    this.slabs.push(this.backend.tensor([this.slabPages * this.kvHeads * this.unitFloats], 'float32'));
+    this.slabs.push(this.backend.tensor([pages * this.layout.pageFloats], 'float32'));
     for (let p = first + pages - 1; p >= first; p--) this.free.push(p);
   }
 
@@ -544,23 +556,20 @@ export class KVPool {
 
   /** Where kv head h's keys and values are inside a page's unit (see PageStore). */
   private part(kvHead: number): { keys: number; values: number } {
-    return pageParts({ pageSize: this.pageSize, slabPages: this.slabPages, headDim: this.headDim, unitFloats: this.unitFloats }, kvHead);
+    return pageParts(this.layout, kvHead);
   }
 
   /** The slab array holding `page` (a view of memory as it is now) and the float offset of its unit. */
-  private unitOf(page: number): { slab: Float32Array; at: number } {
+  private pageOf(page: number): { slab: Float32Array; at: number } {
     const slab = Math.floor(page / this.slabPages);
-    return { slab: this.slabs[slab].view() as Float32Array, at: (page - slab * this.slabPages) * this.unitFloats };
+    return { slab: this.slabs[slab].view() as Float32Array, at: (page - slab * this.slabPages) * this.layout.pageFloats };
   }
 
-  /** Copies every kv head's part of page `from` into page `to`. */
+  /** Copies page `from` into page `to`. */
   private copyPage(from: number, to: number): void {
-    const source = this.unitOf(from);
-    const target = this.unitOf(to);
-    for (let kvHead = 0; kvHead < this.kvHeads; kvHead++) {
-      const head = this.part(kvHead).keys;
-      target.slab.set(source.slab.subarray(source.at + head, source.at + head + this.unitFloats), target.at + head);
-    }
+    const source = this.pageOf(from);
+    const target = this.pageOf(to);
+    target.slab.set(source.slab.subarray(source.at, source.at + this.layout.pageFloats), target.at);
   }
 
   /**
@@ -573,7 +582,7 @@ export class KVPool {
       const part = this.part(kvHead);
       for (let t = 0; t < count; t++) {
         const position = start + t;
-        const { slab: page, at } = this.unitOf(pages[Math.floor(position / this.pageSize)]);
+        const { slab: page, at } = this.pageOf(pages[Math.floor(position / this.pageSize)]);
         const row = position % this.pageSize;
         for (const [data, base, width] of [[k, part.keys, this.headDim], [v, part.values, this.valueDim]] as const) {
           const src = (kvHead * count + t) * width;
@@ -591,7 +600,7 @@ export class KVPool {
   private runStep(read: StepRead, async = false): Tensor[] | Promise<Tensor[]> {
     // a queued step's sequences may have been disposed while it waited
     for (const { state } of read.entries) if (state.disposed) throw new AttentionError('DISPOSED', 'a sequence of this step was disposed before the step ran', 'sequence');
-    this.reserve(read.entries);
+    this.reserve(read.entries, 'items');
     const undo = this.apply(read.entries, read.rope);
     const items: PagedItem[] = read.entries.map((entry) => {
       const { state, n, qHeads } = entry;
@@ -600,7 +609,7 @@ export class KVPool {
     });
     const store: PageStore = {
       slabs: [...this.slabs], slabPages: this.slabPages, pageSize: this.pageSize,
-      kvHeads: this.kvHeads, headDim: this.headDim, valueDim: this.valueDim, unitFloats: this.unitFloats,
+      kvHeads: this.kvHeads, headDim: this.headDim, valueDim: this.valueDim, unitFloats: this.layout.unitFloats, pageFloats: this.layout.pageFloats,
     };
     const plan: PagedAttentionPlan = { flops: pagedFlops(store, items), store, items, scale: read.scale, softcap: read.softcap, left: read.left };
     this.running++;
@@ -643,7 +652,9 @@ export class KVPool {
       throw new AttentionError('INVALID_ARGUMENT', `bytes are not an export this pool can import: ${why}`, 'bytes');
     };
     if (view.byteLength < EXPORT_HEADER_BYTES) bad(`${view.byteLength} bytes, shorter than the header`);
-    const copy = view.slice(); // read once: the caller's bytes may change under us
+    // read once, into our own array: the caller's bytes may change under us (and a Buffer's slice is no copy)
+    const copy = new Uint8Array(view.byteLength);
+    copy.set(view);
     const header = new DataView(copy.buffer);
     const [magic, version, dtype, kvHeads, headDim, valueDim, length] = Array.from({ length: 7 }, (_, i) => header.getUint32(4 * i, true));
     if (magic !== EXPORT_MAGIC) bad('no WAKV header');
@@ -654,13 +665,52 @@ export class KVPool {
     }
     const expected = EXPORT_HEADER_BYTES + 4 * kvHeads * length * (headDim + valueDim);
     if (copy.byteLength !== expected) bad(`${copy.byteLength} bytes where length ${length} needs ${expected}`);
-    if (length < 1) bad('an empty sequence (length 0); use pool.sequence()');
     const body = new DataView(copy.buffer, EXPORT_HEADER_BYTES);
     const k = new Float32Array(kvHeads * length * headDim);
     const v = new Float32Array(kvHeads * length * valueDim);
     for (let i = 0; i < k.length; i++) k[i] = body.getFloat32(4 * i, true);
     for (let i = 0; i < v.length; i++) v[i] = body.getFloat32(4 * (k.length + i), true);
+    if (!k.every(Number.isFinite) || !v.every(Number.isFinite)) bad('a key or value is NaN or infinite');
     return { k, v, length };
+  }
+}
+
+/** Each element of an items array, read once by index (not through its iterator); a throwing read is refused. */
+function readItems(items: unknown[]): unknown[] {
+  return asArgument(() => {
+    const length = items.length;
+    const snapshot: unknown[] = [];
+    for (let i = 0; i < length; i++) {
+      try {
+        snapshot.push(items[i]);
+      } catch (cause) {
+        throw new AttentionError('INVALID_ARGUMENT', `items[${i}]: reading it threw (${String(cause)})`, `items[${i}]`);
+      }
+    }
+    return snapshot;
+  });
+}
+
+/** Runs `read`, turning an INVALID_OPTION refusal (readOptions' code) or any other throw into INVALID_ARGUMENT: items are arguments, not options. */
+function asArgument<T>(read: () => T): T {
+  try {
+    return read();
+  } catch (error) {
+    if (error instanceof AttentionError && error.code !== 'INVALID_OPTION') throw error;
+    const argument = error instanceof AttentionError ? error.argument : 'items';
+    throw new AttentionError('INVALID_ARGUMENT', error instanceof Error ? error.message : `items: reading it threw (${String(error)})`, argument);
+  }
+}
+
+/**
+ * Refuses a NaN or infinite key or value: stored in a page, it would make every later query that sees
+ * it NaN, and the kernels' blocks would carry it into rows of the same block that do not see it.
+ */
+function checkFinite32(data: Float32Array, name: string): void {
+  for (let i = 0; i < data.length; i++) {
+    if (!Number.isFinite(data[i])) {
+      throw new AttentionError('INVALID_TENSOR', `${name}.data[${i}] is ${data[i]}; keys and values stored in the pool must be finite`, `${name}.data`);
+    }
   }
 }
 

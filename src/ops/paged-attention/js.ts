@@ -6,7 +6,7 @@ import { type PagedAttentionPlan, pageParts } from './plan.js';
 
 export function pagedAttentionJs(plan: PagedAttentionPlan, arrayOf: ArrayOf): Tensor[] {
   const { store, scale, softcap, left } = plan;
-  const { pageSize, slabPages, unitFloats, kvHeads, headDim, valueDim } = store;
+  const { pageSize, slabPages, pageFloats, kvHeads, headDim, valueDim } = store;
   const slabs = store.slabs.map((slab) => slab.view() as Float32Array);
   return plan.items.map((item) => {
     const q = arrayOf(item.q);
@@ -21,7 +21,7 @@ export function pagedAttentionJs(plan: PagedAttentionPlan, arrayOf: ArrayOf): Te
       const rowOf = (j: number, base: number, width: number): [Float32Array, number] => {
         const page = pages[Math.floor(j / pageSize)];
         const slab = Math.floor(page / slabPages);
-        return [slabs[slab], (page - slab * slabPages) * unitFloats + base + (j % pageSize) * width];
+        return [slabs[slab], (page - slab * slabPages) * pageFloats + base + (j % pageSize) * width];
       };
       for (let g = 0; g < group; g++) {
         const h = kvHead * group + g;

@@ -22,10 +22,10 @@ export interface PagedItem {
 }
 
 /**
- * Where pages live: page p is page p % slabPages of slab floor(p / slabPages). One kv head's part of a
- * page is a unit of unitFloats = pageSize·(headDim + valueDim) floats, its keys [pageSize, Dk] then its
- * values [pageSize, Dv]; a slab holds its units head-major, [kvHeads][slabPages] units, so the pages a
- * sequence took one after another lie one after another for each head (long runs to stream).
+ * Where pages live: page p is page p % slabPages of slab floor(p / slabPages) (every slab but the
+ * last holds slabPages pages). A page is kvHeads units of unitFloats = pageSize·(headDim + valueDim)
+ * floats, one per kv head: its keys [pageSize, Dk], then its values [pageSize, Dv]; so a page is
+ * pageFloats = kvHeads·unitFloats floats, and one head's keys and values for a page lie together.
  */
 export interface PageStore {
   readonly slabs: readonly ResidentTensor[];
@@ -35,6 +35,7 @@ export interface PageStore {
   readonly headDim: number;
   readonly valueDim: number;
   readonly unitFloats: number;
+  readonly pageFloats: number;
 }
 
 export interface PagedAttentionPlan extends OpPlan {
@@ -46,12 +47,9 @@ export interface PagedAttentionPlan extends OpPlan {
   readonly left: number;
 }
 
-/**
- * Offsets in floats, from the start of a page's unit in its slab's first head (page index in slab ·
- * unitFloats), of kv head h's keys and values.
- */
-export function pageParts(store: Pick<PageStore, 'pageSize' | 'slabPages' | 'headDim' | 'unitFloats'>, kvHead: number): { keys: number; values: number } {
-  const keys = kvHead * store.slabPages * store.unitFloats;
+/** Offsets in floats, from the start of a page, of kv head h's keys and values. */
+export function pageParts(store: Pick<PageStore, 'pageSize' | 'headDim' | 'unitFloats'>, kvHead: number): { keys: number; values: number } {
+  const keys = kvHead * store.unitFloats;
   return { keys, values: keys + store.pageSize * store.headDim };
 }
 

@@ -33,7 +33,7 @@ export const pagedAttentionWasm: WasmOp<PagedAttentionPlan, Tensor[]> = {
 
   encode(plan: PagedAttentionPlan, call: WasmCall): PagedEncoded {
     const { store, items } = plan;
-    const { pageSize, slabPages, unitFloats, kvHeads, headDim, valueDim } = store;
+    const { pageSize, slabPages, pageFloats, kvHeads, headDim, valueDim } = store;
     const slabAt = store.slabs.map((slab, s) => call.stage({ resident: slab, offset: 0, length: slab.length }, `pool slab ${s}`));
     // the page table: every item's page addresses, one after another
     const tablePages = items.reduce((sum, item) => sum + item.pages.length, 0);
@@ -63,7 +63,7 @@ export const pagedAttentionWasm: WasmOp<PagedAttentionPlan, Tensor[]> = {
       const u32 = new Uint32Array(call.i32.buffer, pages, item.pages.length);
       item.pages.forEach((page, p) => {
         const slab = Math.floor(page / slabPages);
-        u32[p] = slabAt[slab] + 4 * (page - slab * slabPages) * unitFloats;
+        u32[p] = slabAt[slab] + 4 * (page - slab * slabPages) * pageFloats;
       });
       pageCursor += 4 * item.pages.length;
       for (let kvHead = 0; kvHead < kvHeads; kvHead++) {
