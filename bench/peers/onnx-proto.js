@@ -1,5 +1,5 @@
 // A minimal ONNX protobuf writer: just the fields of ModelProto, GraphProto, NodeProto, AttributeProto,
-// TensorProto and ValueInfoProto that the peer benchmark's graphs use (field numbers from onnx.proto).
+// TensorProto and ValueInfoProto that the peer benchmark's graphs and examples/decoder/onnx-graph.js use (field numbers from onnx.proto).
 // Every message is built as an array of byte chunks; length-delimited fields concatenate them.
 
 const utf8 = new TextEncoder();
@@ -9,8 +9,9 @@ const VARINT = 0;
 const LEN = 2;
 const I32 = 5;
 
-/** ONNX TensorProto.DataType.FLOAT and AttributeProto.AttributeType values used here. */
+/** ONNX TensorProto.DataType values (FLOAT, INT64) and AttributeProto.AttributeType values used here. */
 export const FLOAT = 1;
+export const INT64 = 7;
 const ATTR_FLOAT = 1;
 const ATTR_INT = 2;
 const ATTR_STRING = 3;
@@ -114,8 +115,8 @@ function tensor({ name, dims, data }) {
   return w.bytes(9, new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
 }
 
-/** ValueInfoProto of a float tensor; a dim is a number (dim_value) or a string (dim_param). */
-function valueInfo({ name, dims }) {
+/** ValueInfoProto of a tensor (elemType FLOAT unless given); a dim is a number (dim_value) or a string (dim_param). */
+function valueInfo({ name, dims, elemType = FLOAT }) {
   const shape = new Writer();
   for (const d of dims) {
     const dim = new Writer();
@@ -123,7 +124,7 @@ function valueInfo({ name, dims }) {
     else dim.int(1, d);
     shape.message(1, dim);
   }
-  const tensorType = new Writer().int(1, FLOAT).message(2, shape);
+  const tensorType = new Writer().int(1, elemType).message(2, shape);
   const type = new Writer().message(1, tensorType);
   return new Writer().string(1, name).message(2, type);
 }
