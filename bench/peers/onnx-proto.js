@@ -1,5 +1,6 @@
 // A minimal ONNX protobuf writer: just the fields of ModelProto, GraphProto, NodeProto, AttributeProto,
-// TensorProto and ValueInfoProto that the peer benchmark's graphs and examples/decoder/onnx-graph.js use (field numbers from onnx.proto).
+// TensorProto and ValueInfoProto that the peer benchmark's graphs and examples/decoder/onnx-graph.js use
+// (field numbers from onnx.proto).
 // Every message is built as an array of byte chunks; length-delimited fields concatenate them.
 
 const utf8 = new TextEncoder();

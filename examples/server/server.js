@@ -115,7 +115,7 @@ export async function startServer({ backend = 'auto', threads, batcher = true, p
         const token = argmax(logits, vocab);
         entry.held = token;
         counters.generated++;
-        res.write(`${JSON.stringify({ token })}\n`);
+        if (!gone) res.write(`${JSON.stringify({ token })}\n`);
         next = [token];
       }
     } catch (error) {
