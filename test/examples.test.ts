@@ -26,55 +26,70 @@ describe('examples', () => {
     expect(['Uint16Array', 'Float16Array']).toContain(yHalf.data.constructor.name);
   });
 
-  it('server serves decode steps that equal attention over the whole sequence', async () => {
+  it('server streams the greedy tokens of the model run directly, batched or not, and refuses bad requests with 4xx', async () => {
     const { startServer } = await import('../examples/server/server.js');
-    const server = await startServer({ backend: 'wasm', threads: 2 });
-    const base = `http://127.0.0.1:${server.port}`;
-    const post = (path: string, body: unknown) => fetch(base + path, { method: 'POST', body: JSON.stringify(body) }).then((r) => r.json());
-    try {
-      const { id } = await post('/sessions', { heads: 4, kvHeads: 2, headDim: 8, maxSeq: 64 });
-      const steps = 10;
-      const value = (i: number) => Math.sin(i * 0.7);
-      const q = Array.from({ length: steps * 32 }, (_, i) => value(i));
-      const k = Array.from({ length: steps * 16 }, (_, i) => value(i + 1000));
-      const v = Array.from({ length: steps * 16 }, (_, i) => value(i + 2000));
-      let last: { y: number[]; length: number } | undefined;
-      for (let t = 0; t < steps; t++) {
-        last = await post(`/sessions/${id}/step`, { q: q.slice(t * 32, t * 32 + 32), k: k.slice(t * 16, t * 16 + 16), v: v.slice(t * 16, t * 16 + 16) });
-        if (t === 4) {
-          // a refused step (q one float short) changes nothing: the next step is still position 6
-          const refused = await fetch(`${base}/sessions/${id}/step`, { method: 'POST', body: JSON.stringify({ q: q.slice(0, 31), k: k.slice(0, 16), v: v.slice(0, 16) }) });
-          expect(refused.status).toBe(400);
-          expect((await refused.json()).code).toBe('INVALID_TENSOR');
-        }
-      }
-      expect(last!.length).toBe(steps);
-      // the last step against one attention call over the whole sequence ([1, n, H·D] → [1, H, n, D])
-      const heads = (flat: number[], h: number) => {
-        const out = new Float32Array(flat.length);
-        for (let t = 0; t < steps; t++) for (let hd = 0; hd < h; hd++) for (let d = 0; d < 8; d++) out[(hd * steps + t) * 8 + d] = flat[t * h * 8 + hd * 8 + d];
-        return { data: out, dims: [1, h, steps, 8] };
-      };
-      const full = createEngineSync({ backend: 'js' }).attention(heads(q, 4), heads(k, 2), heads(v, 2), { causal: true });
-      for (let hd = 0; hd < 4; hd++) {
-        for (let d = 0; d < 8; d++) expect(last!.y[hd * 8 + d]).toBeCloseTo(full.data[(hd * steps + steps - 1) * 8 + d], 5);
-      }
-      const stats = await (await fetch(`${base}/stats`)).json();
-      expect(stats.sessions).toBe(1);
-      expect((await fetch(`${base}/nowhere`)).status).toBe(404);
-    } finally {
-      await server.close();
-    }
-  });
+    // @ts-expect-error plain-JS example without types
+    const { createModel, greedyDecode } = await import('../examples/decoder/model.js');
+    // the model run directly: two requests of one session (the last generated token goes in first on the next)
+    const engine = createEngineSync({ backend: 'wasm-simd', threads: 1 });
+    const model = createModel(engine);
+    const direct = model.session();
+    const first = greedyDecode(direct, [11, 22, 33, 44, 55], 4, 4096).tokens;
+    const second = greedyDecode(direct, [first.at(-1), 66, 77], 3, 4096).tokens;
+    model.dispose();
+    engine.dispose();
 
-  it('the server load test reports throughput, latency and event-loop delay', () => {
-    const out = execFileSync(process.execPath, [new URL('../examples/server/load-test.js', import.meta.url).pathname, '--seconds', '1', '--connections', '4', '--backends', 'wasm,js'], { encoding: 'utf8', timeout: 120_000 });
-    const rows = out.split('\n').filter((l) => /^\| (wasm|js)/.test(l));
-    expect(rows).toHaveLength(2);
+    for (const batcher of [true, false]) {
+      const server = await startServer({ backend: 'wasm-simd', threads: 2, batcher, limits: { maxSessions: 3, maxSessionTokens: 64 } });
+      const base = `http://127.0.0.1:${server.port}`;
+      const post = async (path: string, body?: unknown) => {
+        const res = await fetch(base + path, { method: 'POST', body: JSON.stringify(body ?? {}) });
+        return { status: res.status, text: await res.text() };
+      };
+      const tokensOf = (text: string) => text.trim().split('\n').map((line) => JSON.parse(line).token);
+      try {
+        const ids = [];
+        for (let i = 0; i < 3; i++) ids.push(JSON.parse((await post('/sessions')).text).id);
+        expect((await post('/sessions')).status).toBe(429);
+        // three sessions at once (one batch with the batcher), each as the model alone
+        const streams = await Promise.all(ids.map((id) => post(`/sessions/${id}/tokens`, { tokens: [11, 22, 33, 44, 55], generate: 4 })));
+        for (const { status, text } of streams) {
+          expect(status).toBe(200);
+          expect(tokensOf(text)).toEqual(first);
+        }
+        expect(tokensOf((await post(`/sessions/${ids[0]}/tokens`, { tokens: [66, 77], generate: 3 })).text)).toEqual(second);
+        // refusals change nothing
+        expect((await post(`/sessions/${ids[1]}/tokens`, { tokens: [4096], generate: 1 })).status).toBe(400);
+        expect((await post(`/sessions/${ids[1]}/tokens`, { tokens: [1], generate: 1.5 })).status).toBe(400);
+        expect((await post(`/sessions/${ids[1]}/tokens`, { tokens: Array(60).fill(1), generate: 1 })).status).toBe(413);
+        expect((await post(`/sessions/${ids[1]}/tokens`, { tokens: Array(20000).fill(1), generate: 1 })).status).toBe(413);
+        expect((await post('/sessions/99/tokens', { tokens: [1], generate: 1 })).status).toBe(404);
+        // a second request while the first streams (its headers are out) is refused; the first goes on
+        const streaming = await fetch(`${base}/sessions/${ids[1]}/tokens`, { method: 'POST', body: JSON.stringify({ tokens: [66, 77], generate: 3 }) });
+        expect((await post(`/sessions/${ids[1]}/tokens`, { tokens: [1], generate: 1 })).status).toBe(409);
+        expect(tokensOf(await streaming.text())).toEqual(second);
+        expect((await fetch(`${base}/sessions/${ids[2]}`, { method: 'DELETE' })).status).toBe(200);
+        const stats = await (await fetch(`${base}/stats`)).json();
+        expect(stats.sessions).toBe(2);
+        expect(stats.batcher).toBe(batcher);
+        expect(stats.tokens.generated).toBe(3 * 4 + 3 + 3);
+        if (batcher) expect(stats.batches.meanCalls).toBeGreaterThan(1);
+        expect(stats.pool.pagesHeld).toBe(2); // two sessions of 12 positions, a page of 16 each
+        expect((await fetch(`${base}/nowhere`)).status).toBe(404);
+      } finally {
+        await server.close();
+      }
+    }
+  }, 120_000);
+
+  it('the server load test reports tokens/s, per-token latency and event-loop delay, batched and not', () => {
+    const out = execFileSync(process.execPath, [new URL('../examples/server/load-test.js', import.meta.url).pathname, '--sessions', '1,4', '--seconds', '1', '--generate', '4'], { encoding: 'utf8', timeout: 120_000 });
+    const rows = out.split('\n').filter((l) => /^\| \d+ \| (batcher|no-batcher)/.test(l));
+    expect(rows).toHaveLength(4);
     for (const row of rows) {
       const cells = row.split('|').map((c) => c.trim());
-      expect(Number(cells[2])).toBeGreaterThan(0); // requests/s
-      expect(Number(cells[5])).toBe(0); // errors
+      expect(Number(cells[3])).toBeGreaterThan(0); // tokens/s
+      expect(Number(cells[9])).toBe(0); // errors
     }
   }, 180_000);
 });

@@ -1,5 +1,6 @@
 // A minimal ONNX protobuf writer: just the fields of ModelProto, GraphProto, NodeProto, AttributeProto,
-// TensorProto and ValueInfoProto that the peer benchmark's graphs use (field numbers from onnx.proto).
+// TensorProto and ValueInfoProto that the peer benchmark's graphs and examples/decoder/onnx-graph.js use
+// (field numbers from onnx.proto).
 // Every message is built as an array of byte chunks; length-delimited fields concatenate them.
 
 const utf8 = new TextEncoder();
@@ -9,9 +10,10 @@ const VARINT = 0;
 const LEN = 2;
 const I32 = 5;
 
-/** ONNX TensorProto.DataType values (FLOAT, INT32) and AttributeProto.AttributeType values used here. */
+/** ONNX TensorProto.DataType values (FLOAT, INT32, INT64) and AttributeProto.AttributeType values used here. */
 export const FLOAT = 1;
 export const INT32 = 6;
+export const INT64 = 7;
 const ATTR_FLOAT = 1;
 const ATTR_INT = 2;
 const ATTR_STRING = 3;
@@ -115,8 +117,8 @@ function tensor({ name, dims, data }) {
   return w.bytes(9, new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
 }
 
-/** ValueInfoProto of a tensor (float unless type says otherwise); a dim is a number (dim_value) or a string (dim_param). */
-function valueInfo({ name, dims, type: elemType = FLOAT }) {
+/** ValueInfoProto of a tensor (float unless `elemType`, or `type`, says otherwise); a dim is a number (dim_value) or a string (dim_param). */
+function valueInfo({ name, dims, type = FLOAT, elemType = type }) {
   const shape = new Writer();
   for (const d of dims) {
     const dim = new Writer();
@@ -125,8 +127,8 @@ function valueInfo({ name, dims, type: elemType = FLOAT }) {
     shape.message(1, dim);
   }
   const tensorType = new Writer().int(1, elemType).message(2, shape);
-  const type = new Writer().message(1, tensorType);
-  return new Writer().string(1, name).message(2, type);
+  const typeProto = new Writer().message(1, tensorType);
+  return new Writer().string(1, name).message(2, typeProto);
 }
 
 /**

@@ -1,45 +1,116 @@
-// Load test of the example server (loopback only, bounded in time): for each backend it starts the
-// server in a child process, opens a decode session (Hq 32, Hkv 8, D 128) with a 1024-position
-// prefill, and drives POST /sessions/1/step with autocannon. Reports requests per second, p50/p99
-// latency and the server's event-loop delay.
-//   node examples/server/load-test.js [--seconds 5] [--connections 8] [--backends wasm,js]
+// Load test of the token server (loopback only, bounded in time): for each mode (batcher, no batcher)
+// it starts the server in a child process, then for each count of concurrent sessions runs that many
+// clients for --seconds. A client opens a session, sends a prompt of --prompt tokens asking for
+// --generate tokens, then three more requests of 8 tokens each asking for as many, closes the session
+// and starts again, until the time is up (requests under way are finished). Each token line is timed
+// on arrival: the first of a request from when it was sent (it includes the prompt's forward),
+// the others from the token before. Reports generated tokens/s, per-token latency p50/p99, the first
+// token's p50, and the server's event-loop delay p99 (monitorEventLoopDelay, from GET /stats), as
+// a markdown table. Autocannon is not used here: it times whole responses, not tokens in a stream.
+//   node examples/server/load-test.js [--sessions 1,8,64] [--seconds 6] [--prompt 16] [--generate 32]
+//                                     [--modes batcher,no-batcher] [--backend auto] [--threads 2]
 import { spawn } from 'node:child_process';
 import { parseArgs } from 'node:util';
-import autocannon from 'autocannon';
 
-const { values } = parseArgs({ options: { seconds: { type: 'string', default: '5' }, connections: { type: 'string', default: '8' }, backends: { type: 'string', default: 'wasm,js' } } });
-const [heads, kvHeads, headDim] = [32, 8, 128];
-const floats = (n, phase) => Array.from({ length: n }, (_, i) => Number(Math.sin(i + phase).toFixed(4)));
+const { values } = parseArgs({
+  options: {
+    sessions: { type: 'string', default: '1,8,64' }, seconds: { type: 'string', default: '6' }, prompt: { type: 'string', default: '16' },
+    generate: { type: 'string', default: '32' }, modes: { type: 'string', default: 'batcher,no-batcher' }, backend: { type: 'string', default: 'auto' },
+    threads: { type: 'string', default: '2' },
+  },
+});
+const seconds = Number(values.seconds);
+const promptLength = Number(values.prompt);
+const generate = Number(values.generate);
+const VOCAB = 4096;
 
-async function run(backend) {
-  const server = spawn(process.execPath, [new URL('./server.js', import.meta.url).pathname, '--backend', backend], { stdio: ['ignore', 'pipe', 'inherit'] });
+/** Starts server.js in a child process; resolves with its base URL and the process. */
+async function startChild(batcher) {
+  const args = [new URL('./server.js', import.meta.url).pathname, '--backend', values.backend, '--threads', values.threads, ...(batcher ? [] : ['--no-batcher'])];
+  const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'inherit'] });
   const port = await new Promise((resolve, reject) => {
-    server.stdout.on('data', (d) => {
+    child.stdout.on('data', (d) => {
       const m = /listening (\d+)/.exec(String(d));
       if (m) resolve(Number(m[1]));
     });
-    server.once('exit', (code) => reject(new Error(`server exited with ${code}`)));
+    child.once('exit', (code) => reject(new Error(`server exited with ${code}`)));
   });
-  const base = `http://127.0.0.1:${port}`;
-  const post = (path, body) => fetch(base + path, { method: 'POST', body: JSON.stringify(body) }).then((r) => r.json());
+  return { base: `http://127.0.0.1:${port}`, child };
+}
+
+/** Sends one tokens request and times each token line as it arrives; returns the latencies (ms) and an error count. */
+async function request(base, id, tokens, timings) {
+  const sent = performance.now();
+  const res = await fetch(`${base}/sessions/${id}/tokens`, { method: 'POST', body: JSON.stringify({ tokens, generate }) });
+  if (res.status !== 200) {
+    await res.text();
+    return 1;
+  }
+  const reader = res.body.getReader();
+  const decoder = new TextDecoder();
+  let buffered = '';
+  let previous = sent;
+  let index = 0;
+  let errors = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    buffered += decoder.decode(value, { stream: true });
+    const lines = buffered.split('\n');
+    buffered = lines.pop();
+    const now = performance.now();
+    for (const line of lines) {
+      if ('error' in JSON.parse(line)) errors++;
+      else (index++ === 0 ? timings.first : timings.next).push(now - previous);
+      previous = now;
+    }
+  }
+  if (index !== generate) errors++;
+  return errors;
+}
+
+/** One client: sessions of a prompt and three follow-ups, until `deadline`. */
+async function client(base, seed, deadline, timings) {
+  let errors = 0;
+  let state = seed;
+  const token = () => (state = (state * 1103515245 + 12345) % 2147483648) % VOCAB;
+  while (performance.now() < deadline) {
+    const { id } = await (await fetch(`${base}/sessions`, { method: 'POST' })).json();
+    for (let r = 0; r < 4 && performance.now() < deadline; r++) {
+      errors += await request(base, id, Array.from({ length: r === 0 ? promptLength : 8 }, token), timings);
+    }
+    await (await fetch(`${base}/sessions/${id}`, { method: 'DELETE' })).text();
+  }
+  return errors;
+}
+
+const percentile = (sorted, p) => (sorted.length ? sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] : NaN);
+
+const rows = [];
+let backend = '';
+for (const mode of values.modes.split(',')) {
+  const { base, child } = await startChild(mode === 'batcher');
   try {
-    const { id } = await post('/sessions', { heads, kvHeads, headDim, maxSeq: 16384 });
-    for (let t = 0; t < 1024; t++) await post(`/sessions/${id}/step`, { q: floats(heads * headDim, t), k: floats(kvHeads * headDim, t + 1), v: floats(kvHeads * headDim, t + 2) });
-    await fetch(`${base}/stats?reset=1`);
-    const result = await autocannon({
-      url: `${base}/sessions/${id}/step`, method: 'POST', connections: Number(values.connections), duration: Number(values.seconds),
-      body: JSON.stringify({ q: floats(heads * headDim, 7), k: floats(kvHeads * headDim, 8), v: floats(kvHeads * headDim, 9) }),
-    });
-    const stats = await (await fetch(`${base}/stats`)).json();
-    return { backend: stats.backend, rps: result.requests.average, p50: result.latency.p50, p99: result.latency.p99, errors: result.errors + result.non2xx, loop: stats.loopDelayMs };
+    for (const count of values.sessions.split(',').map(Number)) {
+      await fetch(`${base}/stats?reset=1`).then((r) => r.json());
+      const timings = { first: [], next: [] };
+      const start = performance.now();
+      const errors = (await Promise.all(Array.from({ length: count }, (_, c) => client(base, c + 1, start + seconds * 1000, timings)))).reduce((a, b) => a + b, 0);
+      const elapsed = (performance.now() - start) / 1000;
+      const stats = await fetch(`${base}/stats`).then((r) => r.json());
+      backend = `${stats.backend}, ${stats.threads} threads`;
+      const all = [...timings.first, ...timings.next].sort((a, b) => a - b);
+      const first = [...timings.first].sort((a, b) => a - b);
+      rows.push({ mode, count, tokensPerSecond: all.length / elapsed, p50: percentile(all, 50), p99: percentile(all, 99), first: percentile(first, 50), loop: stats.loopDelayMs.p99, batch: stats.batches?.meanCalls, errors });
+    }
   } finally {
-    server.kill();
+    child.kill();
   }
 }
 
-const rows = [];
-for (const backend of values.backends.split(',')) rows.push(await run(backend));
-console.log(`\n${values.connections} connections, ${values.seconds} s per backend, decode steps over a 1024+ position cache (Hq 32, Hkv 8, D 128)\n`);
-console.log('| backend | requests/s | latency p50 ms | latency p99 ms | errors | event-loop delay p99 ms | max ms |');
-console.log('|---|---:|---:|---:|---:|---:|---:|');
-for (const r of rows) console.log(`| ${r.backend} | ${r.rps.toFixed(0)} | ${r.p50} | ${r.p99} | ${r.errors} | ${r.loop.p99.toFixed(2)} | ${r.loop.max.toFixed(2)} |`);
+console.log(`\n${backend}; prompt ${promptLength} tokens, then 3 x 8 more, ${generate} generated per request; ${seconds} s per row (loopback)\n`);
+console.log('| sessions | mode | tokens/s | token p50 ms | token p99 ms | first token p50 ms | mean batch | event-loop delay p99 ms | errors |');
+console.log('|---:|---|---:|---:|---:|---:|---:|---:|---:|');
+for (const r of rows) {
+  console.log(`| ${r.count} | ${r.mode} | ${r.tokensPerSecond.toFixed(0)} | ${r.p50.toFixed(1)} | ${r.p99.toFixed(1)} | ${r.first.toFixed(1)} | ${r.batch === undefined ? '-' : r.batch.toFixed(1)} | ${r.loop.toFixed(1)} | ${r.errors} |`);
+}

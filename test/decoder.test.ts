@@ -1,0 +1,98 @@
+// The decoder example (examples/decoder) against onnxruntime-node running the same model as an ONNX
+// opset-23 graph (RMSNormalization, RotaryEmbedding, Attention with past_key/past_value): a
+// 16-token prompt and 32 greedy decode steps give the same greedy tokens, and logits within 1e-4
+// relative (max |ours - ort| / max |ort| over each run's logits), on every backend. Then the
+// batching the server relies on: a forwardBatch of several sessions (prefill and decode rows mixed,
+// sync and async) equals each session run alone, and a batch that does not fit is refused with
+// nothing changed.
+import ort from 'onnxruntime-node';
+import { beforeAll, describe, expect, it } from 'vitest';
+// @ts-expect-error plain-JS example without types
+import { argmax, createModel, greedyDecode } from '../examples/decoder/model.js';
+// @ts-expect-error plain-JS example without types
+import { buildOnnxModel, onnxGreedyDecode } from '../examples/decoder/onnx-graph.js';
+import { createEngineSync } from '../src/index.js';
+import { BACKENDS } from './helpers.js';
+
+const PROMPT = Array.from({ length: 16 }, (_, i) => (i * 389 + 11) % 4096);
+/** The prompt's run, then 32 decode steps: 33 greedy tokens. */
+const RUNS = 33;
+const VOCAB = 4096;
+
+/** max |a - b| / max |b|. */
+function relativeError(a: Float32Array, b: Float32Array): number {
+  let diff = 0;
+  let scale = 0;
+  for (let i = 0; i < b.length; i++) {
+    diff = Math.max(diff, Math.abs(a[i] - b[i]));
+    scale = Math.max(scale, Math.abs(b[i]));
+  }
+  return diff / scale;
+}
+
+describe('decoder example', () => {
+  let reference: { tokens: number[]; logits: Float32Array[] };
+  beforeAll(async () => {
+    reference = await onnxGreedyDecode(ort, buildOnnxModel(), {}, PROMPT, RUNS);
+  }, 60_000);
+
+  for (const backend of BACKENDS) {
+    it(`${backend}: logits and greedy tokens equal onnxruntime-node's`, () => {
+      const engine = createEngineSync({ backend, threads: 2 });
+      const model = createModel(engine);
+      try {
+        const ours = greedyDecode(model.session(), PROMPT, RUNS, VOCAB);
+        expect(ours.tokens).toEqual(reference.tokens);
+        expect(ours.logits.length).toBe(RUNS);
+        expect(ours.logits[0].length).toBe(PROMPT.length * VOCAB);
+        const worst = Math.max(...ours.logits.map((row: Float32Array, s: number) => relativeError(row, reference.logits[s])));
+        expect(worst).toBeLessThan(1e-4);
+      } finally {
+        model.dispose();
+        engine.dispose();
+      }
+    }, 120_000);
+
+    it(`${backend}: a batch of sessions equals each session alone, sync and async`, async () => {
+      const engine = createEngineSync({ backend, threads: 2 });
+      const model = createModel(engine, { layers: 2, vocab: 512, maxTokens: 256 });
+      try {
+        const vocab = model.config.vocab;
+        const prompts = [[1, 2, 3], [4], [5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21]];
+        // alone: each prompt, then one more token
+        const alone = prompts.map((prompt) => {
+          const session = model.session();
+          const first = session.forward(prompt);
+          const next = session.forward([argmax(first, vocab)]);
+          session.dispose();
+          return { first, next };
+        });
+        for (const async of [false, true]) {
+          const sessions = prompts.map(() => model.session());
+          const first = await model.forwardBatch(sessions.map((session, i) => ({ session, tokens: prompts[i] })), { async });
+          const next = await model.forwardBatch(sessions.map((session, i) => ({ session, tokens: [argmax(first[i], vocab)] })), { async, logits: 'last' });
+          prompts.forEach((_, i) => {
+            expect(relativeError(first[i], alone[i].first)).toBeLessThan(1e-6);
+            expect(relativeError(next[i], alone[i].next)).toBeLessThan(1e-6);
+            expect(sessions[i].length).toBe(prompts[i].length + 1);
+          });
+          for (const session of sessions) session.dispose();
+        }
+        expect(model.stats().pagesHeld).toBe(0);
+        expect(model.stats().pool.pagesUsed).toBe(0);
+
+        // 256 positions = 16 pages per layer: a batch that needs more is refused before anything changes
+        const a = model.session();
+        const b = model.session();
+        a.forward(Array.from({ length: 200 }, (_, i) => i % vocab));
+        expect(() => model.forwardBatch([{ session: b, tokens: [1] }, { session: a, tokens: Array.from({ length: 60 }, () => 3) }])).toThrow(expect.objectContaining({ code: 'CACHE_FULL' }));
+        expect([a.length, b.length, a.busy, b.busy]).toEqual([200, 0, false, false]);
+        expect(() => model.forwardBatch([{ session: b, tokens: [vocab] }])).toThrow(expect.objectContaining({ code: 'INVALID_ARGUMENT' }));
+        expect(b.forward([1]).length).toBe(vocab);
+      } finally {
+        model.dispose();
+        engine.dispose();
+      }
+    }, 120_000);
+  }
+});
