@@ -84,7 +84,9 @@ export class StepBatcher<S, R extends BatchRead<S>> {
   private schedule(): void {
     if (this.running || this.timer !== undefined || this.queue.length === 0) return;
     const wait = this.queue.length >= this.maxBatch ? 0 : this.maxWaitMs;
-    this.timer = wait > 0 ? setTimeout(() => this.flush(), wait) : (setImmediate(() => this.flush()) as unknown as ReturnType<typeof setTimeout>);
+    // no wait: after the calls made in this turn of the event loop (setImmediate in Node, a 0 ms timer elsewhere)
+    const soon = wait === 0 && typeof setImmediate === 'function';
+    this.timer = soon ? (setImmediate(() => this.flush()) as unknown as ReturnType<typeof setTimeout>) : setTimeout(() => this.flush(), wait);
   }
 
   /** The next batch, taken out of the queue (see the file header). */
