@@ -173,7 +173,7 @@ describe.each(BACKENDS)('kvPool hostile on %s', (backend) => {
     pool.dispose();
   });
 
-  it('a step with two forks that share a partly filled page is refused CACHE_FULL though it fits', () => {
+  it('a step with two forks that share a partly filled page fits when one copy does (was: refused CACHE_FULL)', () => {
     // pages of 4, 2 pages in all. a holds 2 positions (1 page); b = a.fork() shares that page.
     // Stepping a and b by 1 each needs 1 new page (the first writer copies the shared page, the
     // second then owns it alone), and 1 is free: reserve() counts a copy for each of them.
@@ -229,7 +229,7 @@ describe.each(BACKENDS)('kvPool hostile on %s', (backend) => {
     pool.dispose();
   });
 
-  it('a pool made with maxBytes reserves more than maxBytes (up to a whole extra 8 MiB slab)', () => {
+  it('a pool made with maxBytes reserves at most maxBytes (was: up to a whole extra 8 MiB slab)', () => {
     // pages of 16 positions × (64 + 64) floats = 8 KiB; a slab holds 1024 pages. maxBytes for
     // 1025 pages: the second slab is allocated at full size (1024 pages) for its one usable page.
     const pageBytes = 4 * 16 * (64 + 64);
@@ -249,7 +249,7 @@ describe.each(BACKENDS)('kvPool hostile on %s', (backend) => {
     expect(engine.stats().usedBytes).toBe(before);
   });
 
-  it('pool.import refuses a Node Buffer holding a valid export (Buffer.slice does not copy)', () => {
+  it('pool.import takes a Node Buffer holding an export (was: refused, Buffer.slice does not copy)', () => {
     const random = rng(104);
     const pool = engine.kvPool({ kvHeads: 1, headDim: 4, pageSize: 4, maxTokens: 64 });
     const a = pool.sequence();
@@ -266,7 +266,7 @@ describe.each(BACKENDS)('kvPool hostile on %s', (backend) => {
     pool.dispose();
   });
 
-  it('export of an empty sequence cannot be imported back', () => {
+  it('the export of an empty sequence imports back (was: refused)', () => {
     const pool = engine.kvPool({ kvHeads: 1, headDim: 4, pageSize: 4, maxTokens: 64 });
     const bytes = pool.sequence().export();
     let imported: KVSequence | undefined;
@@ -276,7 +276,7 @@ describe.each(BACKENDS)('kvPool hostile on %s', (backend) => {
     pool.dispose();
   });
 
-  it('import that does not fit is refused CACHE_FULL naming argument "items" (import has no items)', () => {
+  it('an import that does not fit is refused CACHE_FULL naming "bytes" (was: "items")', () => {
     const random = rng(105);
     const big = engine.kvPool({ kvHeads: 1, headDim: 4, pageSize: 4, maxTokens: 1000 });
     const s = big.sequence();
@@ -326,7 +326,7 @@ describe.each(BACKENDS)('kvPool hostile on %s', (backend) => {
     pool.dispose();
   });
 
-  it('an object made with KVSequence.prototype gives a TypeError, not an AttentionError', () => {
+  it('an object made with KVSequence.prototype is refused as INVALID_ARGUMENT (was: a TypeError)', () => {
     const random = rng(107);
     const pool = engine.kvPool({ kvHeads: 1, headDim: 4, pageSize: 4, maxTokens: 64 });
     const fake = Object.create(KVSequence.prototype) as KVSequence;
@@ -356,7 +356,7 @@ describe.each(BACKENDS)('kvPool hostile on %s', (backend) => {
     pool.dispose();
   });
 
-  it('a null item is refused as INVALID_OPTION, a hole as INVALID_ARGUMENT (the same mistake, two codes)', () => {
+  it('a null item and a hole are both refused as INVALID_ARGUMENT (was: INVALID_OPTION for null)', () => {
     const random = rng(109);
     const pool = engine.kvPool({ kvHeads: 1, headDim: 4, pageSize: 4, maxTokens: 64 });
     const a = pool.sequence();
@@ -367,7 +367,7 @@ describe.each(BACKENDS)('kvPool hostile on %s', (backend) => {
     pool.dispose();
   });
 
-  it('an items array whose element getter throws escapes as a plain Error', () => {
+  it('an items array whose element getter throws is refused as INVALID_ARGUMENT (was: the plain Error escaped)', () => {
     const random = rng(110);
     const pool = engine.kvPool({ kvHeads: 1, headDim: 4, pageSize: 4, maxTokens: 64 });
     const a = pool.sequence();
@@ -389,7 +389,7 @@ describe.each(BACKENDS)('kvPool hostile on %s', (backend) => {
     pool.dispose();
   });
 
-  it('the items array is read through its own (overridable) iterator: the step runs items it was not given', () => {
+  it('the items array is read by index, not through its own iterator (was: the step ran items it was not given)', () => {
     const random = rng(111);
     const pool = engine.kvPool({ kvHeads: 1, headDim: 4, pageSize: 4, maxTokens: 64 });
     const a = pool.sequence();
@@ -606,7 +606,7 @@ describe.each(BACKENDS)('kvPool hostile on %s', (backend) => {
     expect(engine.stats().usedBytes).toBe(base);
   });
 
-  it('pool.stats() after pool.dispose() still counts the pages the disposed sequences held', () => {
+  it('pool.stats() after pool.dispose() counts nothing (was: the pages the disposed sequences held)', () => {
     const random = rng(120);
     const pool = engine.kvPool({ kvHeads: 1, headDim: 4, pageSize: 4, maxTokens: 64 });
     const a = pool.sequence();
@@ -762,5 +762,29 @@ describe('kvPool hostile: bits independent of thread count on the split path wit
     expect(await run(three)).toEqual(await run(one));
     one.dispose();
     three.dispose();
+  });
+});
+
+describe('kvPool: a step the engine refuses after its pages were reserved', () => {
+  it('out of memory for the call: no sequence changed, the slab it reserved given back', () => {
+    // 4 MiB of WASM memory: a pool of up to 3 MiB of pages (one slab of 384 pages of 8 KiB), whose
+    // first step reserves that slab, then cannot stage its q (1.5 MiB): OUT_OF_MEMORY
+    const engine = createEngineSync({ backend: 'wasm-simd', maxMemoryBytes: 4 * 2 ** 20 });
+    const pool = engine.kvPool({ kvHeads: 1, headDim: 64, pageSize: 16, maxBytes: 3 * 2 ** 20 });
+    const random = rng(131);
+    const a = pool.sequence();
+    const before = { used: engine.stats().usedBytes, pool: pool.stats() };
+    const n = 6000;
+    const big = { q: randomTensor(random, [1, n, 64]), k: randomTensor(random, [1, n, 64]), v: randomTensor(random, [1, n, 64]) };
+    const error = thrown(() => pool.step([{ sequence: a, ...big }]));
+    expect(error).toBeInstanceOf(AttentionError);
+    expect((error as AttentionError).code).toBe('OUT_OF_MEMORY');
+    expect({ used: engine.stats().usedBytes, pool: pool.stats() }).toEqual(before);
+    expect(a.length).toBe(0);
+    // and the pool still works
+    const small = { q: randomTensor(random, [1, 3, 64]), k: randomTensor(random, [1, 3, 64]), v: randomTensor(random, [1, 3, 64]) };
+    expect(pool.step([{ sequence: a, ...small }])[0].dims).toEqual([1, 3, 64]);
+    pool.dispose();
+    engine.dispose();
   });
 });

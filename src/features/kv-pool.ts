@@ -368,9 +368,8 @@ export class KVPool {
     const k = new Float32Array(kvHeads * length * headDim);
     const v = new Float32Array(kvHeads * length * valueDim);
     this.copyRows(state.pages, length, k, v, 'read');
-    const body = new DataView(bytes.buffer, EXPORT_HEADER_BYTES);
-    k.forEach((x, i) => body.setFloat32(4 * i, x, true));
-    v.forEach((x, i) => body.setFloat32(4 * (k.length + i), x, true));
+    writeFloats(bytes, EXPORT_HEADER_BYTES, k);
+    writeFloats(bytes, EXPORT_HEADER_BYTES + 4 * k.length, v);
     return bytes;
   }
 
@@ -398,8 +397,7 @@ export class KVPool {
     return state;
   }
 
-  /** @internal */
-  notBusy(state: SequenceState): void {
+  private notBusy(state: SequenceState): void {
     if (state.busy > 0) {
       throw new AttentionError('BUSY', 'this sequence has a stepAsync queued or running: await it first (or use the batcher, which keeps each sequence\'s steps in order)', 'sequence');
     }
@@ -508,7 +506,18 @@ export class KVPool {
     const slab = this.slabs.pop()!;
     const first = this.slabs.length * this.slabPages;
     this.free = this.free.filter((p) => p < first);
+    this.pendingFree = this.pendingFree.filter((p) => p < first);
     slab.release();
+  }
+
+  /** Gives back the slabs past the first `keep` while the newest holds no page and no step runs. */
+  private trim(keep: number): void {
+    while (this.slabs.length > keep && this.running === 0) {
+      const first = (this.slabs.length - 1) * this.slabPages;
+      const last = Math.min(this.maxPages, first + this.slabPages);
+      for (let p = first; p < last; p++) if (this.refs[p] > 0) return;
+      this.dropSlab();
+    }
   }
 
   private take(undo: Undo): number {
@@ -524,9 +533,23 @@ export class KVPool {
    * taking pages and copying a shared last page first; returns how to put it all back.
    */
   private apply(entries: readonly Entries[], rope: RopeSpec | undefined): Undo[] {
-    return entries.map((entry) => {
+    const undos: Undo[] = [];
+    try {
+      for (const entry of entries) this.applyOne(entry, rope, undos);
+    } catch (error) {
+      // nothing here should throw once the step was checked; if it does, no sequence keeps a part of it
+      this.undo(undos);
+      throw error;
+    }
+    return undos;
+  }
+
+  /** apply() for one entry; its undo goes into `undos` before anything changes. */
+  private applyOne(entry: Entries, rope: RopeSpec | undefined, undos: Undo[]): void {
+    {
       const { state, n } = entry;
       const undo: Undo = { state, pages: [...state.pages], length: state.length, taken: [], unshared: -1 };
+      undos.push(undo);
       const last = state.pages.length - 1;
       if (state.length % this.pageSize !== 0 && this.refs[state.pages[last]] > 1) {
         const shared = state.pages[last];
@@ -540,8 +563,7 @@ export class KVPool {
       const k = rope ? rotated(entry.k, this.kvHeads, n, this.headDim, state.length, rope) : entry.k;
       this.copyRows(state.pages, n, k, entry.v, 'write', state.length);
       state.length += n;
-      return undo;
-    });
+    }
   }
 
   private undo(undos: readonly Undo[]): void {
@@ -600,6 +622,7 @@ export class KVPool {
   private runStep(read: StepRead, async = false): Tensor[] | Promise<Tensor[]> {
     // a queued step's sequences may have been disposed while it waited
     for (const { state } of read.entries) if (state.disposed) throw new AttentionError('DISPOSED', 'a sequence of this step was disposed before the step ran', 'sequence');
+    const slabsBefore = this.slabs.length;
     this.reserve(read.entries, 'items');
     const undo = this.apply(read.entries, read.rope);
     const items: PagedItem[] = read.entries.map((entry) => {
@@ -620,14 +643,18 @@ export class KVPool {
       }
     };
     if (!async) {
+      let outputs: Tensor[];
       try {
-        return this.backend.run(pagedAttentionOp, plan);
+        outputs = this.backend.run(pagedAttentionOp, plan);
       } catch (error) {
+        // refused (out of memory for the call, say) or failed: no sequence changed, no slab kept for it
         this.undo(undo);
-        throw error;
-      } finally {
         settle();
+        this.trim(slabsBefore);
+        throw error;
       }
+      settle();
+      return outputs;
     }
     return this.backend.runAsync(pagedAttentionOp, plan).then(
       (outputs) => {
@@ -637,6 +664,7 @@ export class KVPool {
       (error: unknown) => {
         if (!this.disposed) this.undo(undo);
         settle();
+        if (!this.disposed) this.trim(slabsBefore);
         throw error;
       },
     );
@@ -665,11 +693,8 @@ export class KVPool {
     }
     const expected = EXPORT_HEADER_BYTES + 4 * kvHeads * length * (headDim + valueDim);
     if (copy.byteLength !== expected) bad(`${copy.byteLength} bytes where length ${length} needs ${expected}`);
-    const body = new DataView(copy.buffer, EXPORT_HEADER_BYTES);
-    const k = new Float32Array(kvHeads * length * headDim);
-    const v = new Float32Array(kvHeads * length * valueDim);
-    for (let i = 0; i < k.length; i++) k[i] = body.getFloat32(4 * i, true);
-    for (let i = 0; i < v.length; i++) v[i] = body.getFloat32(4 * (k.length + i), true);
+    const k = readFloats(copy, EXPORT_HEADER_BYTES, kvHeads * length * headDim);
+    const v = readFloats(copy, EXPORT_HEADER_BYTES + 4 * k.length, kvHeads * length * valueDim);
     if (!k.every(Number.isFinite) || !v.every(Number.isFinite)) bad('a key or value is NaN or infinite');
     return { k, v, length };
   }
@@ -716,6 +741,26 @@ function checkFinite32(data: Float32Array, name: string): void {
 
 /** x, or 0 when x is subnormal: pages never hold a subnormal, so the kernels read them with no flush (x86 is many times slower on subnormals). */
 const flushSubnormal = (x: number): number => (Math.abs(x) < 2 ** -126 ? 0 : x);
+
+/** Whether this platform stores floats little-endian (then the export's floats are copied as they are). */
+const LITTLE_ENDIAN = new Uint8Array(Uint32Array.of(1).buffer)[0] === 1;
+
+/** `values` as little-endian float32 into `bytes` at `at` (a multiple of 4). */
+function writeFloats(bytes: Uint8Array, at: number, values: Float32Array): void {
+  if (LITTLE_ENDIAN) {
+    new Float32Array(bytes.buffer, bytes.byteOffset + at, values.length).set(values);
+    return;
+  }
+  const view = new DataView(bytes.buffer, bytes.byteOffset + at);
+  values.forEach((x, i) => view.setFloat32(4 * i, x, true));
+}
+
+/** `count` little-endian float32 values from `bytes` at `at`. */
+function readFloats(bytes: Uint8Array, at: number, count: number): Float32Array {
+  if (LITTLE_ENDIAN) return new Float32Array(bytes.buffer.slice(bytes.byteOffset + at, bytes.byteOffset + at + 4 * count));
+  const view = new DataView(bytes.buffer, bytes.byteOffset + at);
+  return Float32Array.from({ length: count }, (_, i) => view.getFloat32(4 * i, true));
+}
 
 /** x [heads, n, headDim] rotated by positions start .. start+n-1 (a new array). */
 function rotated(x: Float32Array, heads: number, n: number, headDim: number, start: number, rope: RopeSpec): Float32Array {
