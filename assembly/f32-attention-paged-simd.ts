@@ -9,12 +9,12 @@
 //   when left >= 0 (a sliding window). A row with no visible key gives 0 (and sum 0 in rowStats).
 //
 // Layout: q row (i, g) at q + g·ldqHead + i·ldqPos (elements, headDim floats), out row (i, g) at
-// out + g·ldoHead + i·ldoPos (valueDim floats). Key j lives in page j / pageSize: its address is the
-// u32 at pages + 4·(j / pageSize); the key row is at that address + kOffset + (j % pageSize)·headDim·4
-// bytes and the value row at + vOffset + (j % pageSize)·valueDim·4 (one page holds pageSize positions
-// of every kv head; the offsets pick this head's part). rowStats (0 = none) receives [max_r, sum_r]
-// per row r, so a caller that split the keys over several calls (flash-decoding) merges them
-// exactly (see f32-attention-flash-simd.ts for the scaling of p and the sums).
+// out + g·ldoHead + i·ldoPos (valueDim floats). Key j lives in page j / pageSize: its key row is at the
+// u32 address pagesK[j / pageSize] + kOffset + (j % pageSize)·headDim·4, its value row at
+// pagesV[j / pageSize] + vOffset + (j % pageSize)·valueDim·4 (the tables give a page's rows of kv head
+// 0; the offsets pick this head's). rowStats (0 = none) receives [max_r, sum_r] per row r, so a caller
+// that split the keys over several calls (flash-decoding) merges them exactly (see
+// f32-attention-flash-simd.ts for the scaling of p and the sums).
 //
 // Same algorithm as f32_attention: blocks of ATT_BR rows stream blocks of ATT_BC keys with an
 // online softmax. The row path (fewer rows than the GEMM tile) reads K and V where they lie, page
@@ -101,7 +101,7 @@ function addWeightedPaged4(p: usize, lds: i32, j0: i32, n: i32, pages: usize, pa
 /** Causal attention over paged keys and values; see the file header for the exact contract. */
 export function f32_attention_paged(
   q: usize, ldqHead: i32, ldqPos: i32, out: usize, ldoHead: i32, ldoPos: i32,
-  positions: i32, group: i32, pages: usize, pageSize: i32, kOffset: i32, vOffset: i32,
+  positions: i32, group: i32, pagesK: usize, pagesV: usize, pageSize: i32, kOffset: i32, vOffset: i32,
   keyStart: i32, keyEnd: i32, headDim: i32, valueDim: i32,
   scale: f32, cap: f32, offset: i32, left: i32, rowStats: usize, scratch: usize,
 ): void {
@@ -153,7 +153,7 @@ export function f32_attention_paged(
         // scores page segment by page segment, K read in place
         for (let j = j0; j < j0 + bc;) {
           const seg = min(j0 + bc - j, pageSize - j % pageSize);
-          const kSeg = pagedRow(pages, pageSize, kOffset, headDim, j);
+          const kSeg = pagedRow(pagesK, pageSize, kOffset, headDim, j);
           let r = 0;
           for (; r + 4 <= br; r += 4) {
             dotScores4(qTileRows + ((<usize>r * headDim) << 2), kSeg, headDim, seg, headDim, sTile + ((<usize>r * ATT_BC + (j - j0)) << 2), ATT_BC);
@@ -167,8 +167,8 @@ export function f32_attention_paged(
         // gather the block's keys and values into contiguous rows, then the GEMM tile path
         for (let j = j0; j < j0 + bc;) {
           const seg = min(j0 + bc - j, pageSize - j % pageSize);
-          memory.copy(kGather + ((<usize>(j - j0) * headDim) << 2), pagedRow(pages, pageSize, kOffset, headDim, j), (<usize>seg * headDim) << 2);
-          memory.copy(vGather + ((<usize>(j - j0) * valueDim) << 2), pagedRow(pages, pageSize, vOffset, valueDim, j), (<usize>seg * valueDim) << 2);
+          memory.copy(kGather + ((<usize>(j - j0) * headDim) << 2), pagedRow(pagesK, pageSize, kOffset, headDim, j), (<usize>seg * headDim) << 2);
+          memory.copy(vGather + ((<usize>(j - j0) * valueDim) << 2), pagedRow(pagesV, pageSize, vOffset, valueDim, j), (<usize>seg * valueDim) << 2);
           j += seg;
         }
         scoreTile(false, qTileRows, br, kGather, headDim, bc, headDim, kT, sTile);
@@ -186,11 +186,11 @@ export function f32_attention_paged(
       if (rowPath) {
         let r = 0;
         for (; r + 4 <= br; r += 4) {
-          addWeightedPaged4(sTile + ((<usize>r * ATT_BC) << 2), ATT_BC, j0, bc, pages, pageSize, vOffset, valueDim, oTile + ((<usize>r * dvPad) << 2), dvPad);
+          addWeightedPaged4(sTile + ((<usize>r * ATT_BC) << 2), ATT_BC, j0, bc, pagesV, pageSize, vOffset, valueDim, oTile + ((<usize>r * dvPad) << 2), dvPad);
         }
         for (let j = j0; r < br && j < j0 + bc;) {
           const seg = min(j0 + bc - j, pageSize - j % pageSize);
-          const vSeg = pagedRow(pages, pageSize, vOffset, valueDim, j);
+          const vSeg = pagedRow(pagesV, pageSize, vOffset, valueDim, j);
           for (let rr = r; rr < br; rr++) {
             addWeighted(sTile + ((<usize>rr * ATT_BC + (j - j0)) << 2), seg, vSeg, valueDim, valueDim, oTile + ((<usize>rr * dvPad) << 2));
           }

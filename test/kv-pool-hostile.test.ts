@@ -230,21 +230,25 @@ describe.each(BACKENDS)('kvPool hostile on %s', (backend) => {
   });
 
   it('a pool made with maxBytes reserves at most maxBytes (was: up to a whole extra 8 MiB slab)', () => {
-    // pages of 16 positions × (64 + 64) floats = 8 KiB; a slab holds 1024 pages. maxBytes for
-    // 1025 pages: the second slab is allocated at full size (1024 pages) for its one usable page.
+    // pages of 16 positions × (64 + 64) floats = 8 KiB; slabs of at most 1024 pages, all of one size.
+    // maxBytes for 1025 pages: two slabs of 512 pages (1024 pages in all, 1 fewer than maxBytes would
+    // hold if slabs could differ), and never more bytes than maxBytes
     const pageBytes = 4 * 16 * (64 + 64);
     const maxBytes = 1025 * pageBytes;
     const before = engine.stats().usedBytes;
     const pool = engine.kvPool({ kvHeads: 1, headDim: 64, pageSize: 16, maxBytes });
+    const capacity = pool.stats().pages;
+    expect(capacity).toBe(1024);
     const s = pool.sequence();
     const random = rng(103);
-    for (let i = 0; i < 1025; i += 25) {
-      const n = Math.min(25, 1025 - i) * 16;
+    for (let i = 0; i < capacity; i += 32) {
+      const n = Math.min(32, capacity - i) * 16;
       s.append(randomTensor(random, [1, n, 64]), randomTensor(random, [1, n, 64]));
     }
-    expect(pool.stats().pagesUsed).toBe(1025);
+    expect(pool.stats().pagesUsed).toBe(capacity);
     expect(pool.stats().bytes).toBeLessThanOrEqual(maxBytes);
     expect(engine.stats().usedBytes - before).toBeLessThanOrEqual(maxBytes + 4096);
+    refused(() => s.append(randomTensor(random, [1, 1, 64]), randomTensor(random, [1, 1, 64])), 'CACHE_FULL', 'k');
     pool.dispose();
     expect(engine.stats().usedBytes).toBe(before);
   });

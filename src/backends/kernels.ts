@@ -26,7 +26,7 @@ export interface Kernels {
   f32_attention_scratch_bytes(headDim: number, valueDim: number): number;
   f32_attention_paged(
     q: number, ldqHead: number, ldqPos: number, out: number, ldoHead: number, ldoPos: number,
-    positions: number, group: number, pages: number, pageSize: number, kOffset: number, vOffset: number,
+    positions: number, group: number, pagesK: number, pagesV: number, pageSize: number, kOffset: number, vOffset: number,
     keyStart: number, keyEnd: number, headDim: number, valueDim: number,
     scale: number, cap: number, offset: number, left: number, rowStats: number, scratch: number,
   ): void;

@@ -18,7 +18,7 @@ import { AttentionError, human } from '../errors.js';
 import type { ResidentTensor } from '../memory/resident.js';
 import { pagedAttentionOp } from '../ops/paged-attention/index.js';
 import type { PagedAttentionPlan, PagedItem, PageStore } from '../ops/paged-attention/plan.js';
-import { pageParts, pagedFlops } from '../ops/paged-attention/plan.js';
+import { pagedFlops, rowsAt, slabFloats } from '../ops/paged-attention/plan.js';
 import { rotateRows } from '../ops/rope/js.js';
 import { type RopeOptions, type RopeSpec, angleTables, positionRange, readRope } from '../ops/rope/options.js';
 import { type Tensor, type TensorLike, checkFinite, checkFloat32, describe, floatTensor, readOptions, readTensor } from '../tensor.js';
@@ -181,8 +181,8 @@ export class KVPool {
   readonly maxPages: number;
   private readonly backend: Backend;
   private readonly slabPages: number;
-  /** A page's shape in memory (see PageStore). */
-  private readonly layout: { pageSize: number; headDim: number; unitFloats: number; pageFloats: number };
+  /** The pages' layout (see PageStore). */
+  private readonly layout: Omit<PageStore, 'slabs'>;
   private slabs: ResidentTensor[] = [];
   private readonly refs: Int32Array;
   /** Pages with a reference. */
@@ -209,23 +209,28 @@ export class KVPool {
     this.headDim = int('headDim', 1);
     this.valueDim = int('valueDim', 1, this.headDim);
     this.pageSize = int('pageSize', 1, 16);
-    const unitFloats = this.pageSize * (this.headDim + this.valueDim);
-    this.layout = { pageSize: this.pageSize, headDim: this.headDim, unitFloats, pageFloats: this.kvHeads * unitFloats };
-    const pageBytes = 4 * this.layout.pageFloats;
+    const pageBytes = 4 * this.pageSize * this.kvHeads * (this.headDim + this.valueDim);
     if (opts.maxTokens === undefined && opts.maxBytes === undefined) {
       throw new AttentionError('INVALID_OPTION', 'options.maxTokens or options.maxBytes is required: the most the pool may hold', 'options.maxTokens');
     }
     if (opts.maxTokens !== undefined && opts.maxBytes !== undefined) {
       throw new AttentionError('INVALID_OPTION', 'give options.maxTokens or options.maxBytes, not both', 'options.maxBytes');
     }
-    this.maxPages = opts.maxTokens !== undefined ? Math.ceil(int('maxTokens', 1) / this.pageSize) : Math.floor(int('maxBytes', 1) / pageBytes);
-    if (this.maxPages < 1) {
+    let maxPages = opts.maxTokens !== undefined ? Math.ceil(int('maxTokens', 1) / this.pageSize) : Math.floor(int('maxBytes', 1) / pageBytes);
+    if (maxPages < 1) {
       throw new AttentionError('INVALID_OPTION', `options.maxBytes ${opts.maxBytes} holds no page of ${human(pageBytes)}`, 'options.maxBytes');
     }
-    if (this.maxPages > 2 ** 24 || pageBytes > 2 ** 30) {
-      throw new AttentionError('OUT_OF_MEMORY', `a pool of ${this.maxPages} pages of ${human(pageBytes)} is more than the engine's memory can address`, opts.maxTokens !== undefined ? 'options.maxTokens' : 'options.maxBytes');
+    if (maxPages > 2 ** 24 || pageBytes > 2 ** 30) {
+      throw new AttentionError('OUT_OF_MEMORY', `a pool of ${maxPages} pages of ${human(pageBytes)} is more than the engine's memory can address`, opts.maxTokens !== undefined ? 'options.maxTokens' : 'options.maxBytes');
     }
-    this.slabPages = Math.max(1, Math.min(this.maxPages, Math.floor(SLAB_BYTES / pageBytes)));
+    // slabs of equal size (a head's offset inside a slab is then the same in all of them), about
+    // SLAB_BYTES each: with maxTokens the last may have room past maxTokens; with maxBytes the pool holds
+    // the whole number of pages per slab that keeps every slab, and so the pool, within maxBytes
+    const slabCount = Math.ceil(maxPages / Math.max(1, Math.floor(SLAB_BYTES / pageBytes)));
+    this.slabPages = opts.maxTokens !== undefined ? Math.ceil(maxPages / slabCount) : Math.floor(maxPages / slabCount);
+    if (opts.maxTokens === undefined) maxPages = this.slabPages * slabCount;
+    this.maxPages = maxPages;
+    this.layout = { slabPages: this.slabPages, pageSize: this.pageSize, kvHeads: this.kvHeads, headDim: this.headDim, valueDim: this.valueDim };
     this.refs = new Int32Array(this.maxPages);
     this.backend = backend;
   }
@@ -498,7 +503,7 @@ export class KVPool {
   private growSlab(): void {
     const first = this.slabs.length * this.slabPages;
     const pages = Math.min(this.slabPages, this.maxPages - first);
-    this.slabs.push(this.backend.tensor([pages * this.layout.pageFloats], 'float32'));
+    this.slabs.push(this.backend.tensor([slabFloats(this.layout)], 'float32'));
     for (let p = first + pages - 1; p >= first; p--) this.free.push(p);
   }
 
@@ -576,22 +581,22 @@ export class KVPool {
     }
   }
 
-  /** Where kv head h's keys and values are inside a page's unit (see PageStore). */
-  private part(kvHead: number): { keys: number; values: number } {
-    return pageParts(this.layout, kvHead);
-  }
-
-  /** The slab array holding `page` (a view of memory as it is now) and the float offset of its unit. */
-  private pageOf(page: number): { slab: Float32Array; at: number } {
+  /** The slab array holding `page` (a view of memory as it is now) and the page's index in it. */
+  private pageOf(page: number): { slab: Float32Array; index: number } {
     const slab = Math.floor(page / this.slabPages);
-    return { slab: this.slabs[slab].view() as Float32Array, at: (page - slab * this.slabPages) * this.layout.pageFloats };
+    return { slab: this.slabs[slab].view() as Float32Array, index: page - slab * this.slabPages };
   }
 
-  /** Copies page `from` into page `to`. */
+  /** Copies page `from` into page `to`: every head's keys and values. */
   private copyPage(from: number, to: number): void {
     const source = this.pageOf(from);
     const target = this.pageOf(to);
-    target.slab.set(source.slab.subarray(source.at, source.at + this.layout.pageFloats), target.at);
+    for (let kvHead = 0; kvHead < this.kvHeads; kvHead++) {
+      const a = rowsAt(this.layout, source.index, kvHead, 0);
+      const b = rowsAt(this.layout, target.index, kvHead, 0);
+      target.slab.set(source.slab.subarray(a.key, a.key + this.pageSize * this.headDim), b.key);
+      target.slab.set(source.slab.subarray(a.value, a.value + this.pageSize * this.valueDim), b.value);
+    }
   }
 
   /**
@@ -601,14 +606,12 @@ export class KVPool {
    */
   private copyRows(pages: readonly number[], count: number, k: Float32Array, v: Float32Array, direction: 'read' | 'write', start = 0): void {
     for (let kvHead = 0; kvHead < this.kvHeads; kvHead++) {
-      const part = this.part(kvHead);
       for (let t = 0; t < count; t++) {
         const position = start + t;
-        const { slab: page, at } = this.pageOf(pages[Math.floor(position / this.pageSize)]);
-        const row = position % this.pageSize;
-        for (const [data, base, width] of [[k, part.keys, this.headDim], [v, part.values, this.valueDim]] as const) {
+        const { slab: page, index } = this.pageOf(pages[Math.floor(position / this.pageSize)]);
+        const at = rowsAt(this.layout, index, kvHead, position % this.pageSize);
+        for (const [data, dst, width] of [[k, at.key, this.headDim], [v, at.value, this.valueDim]] as const) {
           const src = (kvHead * count + t) * width;
-          const dst = at + base + row * width;
           if (direction === 'read') data.set(page.subarray(dst, dst + width), src);
           else for (let d = 0; d < width; d++) page[dst + d] = flushSubnormal(data[src + d]);
         }
@@ -631,9 +634,7 @@ export class KVPool {
       return { q, qHeads, n, length: state.length, pages: Int32Array.from(state.pages) };
     });
     const store: PageStore = {
-      slabs: [...this.slabs], slabPages: this.slabPages, pageSize: this.pageSize,
-      kvHeads: this.kvHeads, headDim: this.headDim, valueDim: this.valueDim, unitFloats: this.layout.unitFloats, pageFloats: this.layout.pageFloats,
-    };
+      slabs: [...this.slabs], ...this.layout };
     const plan: PagedAttentionPlan = { flops: pagedFlops(store, items), store, items, scale: read.scale, softcap: read.softcap, left: read.left };
     this.running++;
     const settle = (): void => {

@@ -13,8 +13,8 @@ const J = PAGED_JOB.at;
 
 /** A work item's record: int32 fields at these indices (addresses are read as unsigned). */
 export const RECORD = {
-  q: 0, ldqHead: 1, out: 2, ldoHead: 3, ldoPos: 4, positions: 5, group: 6, pages: 7,
-  kOffset: 8, vOffset: 9, keyStart: 10, keyEnd: 11, offset: 12, stats: 13,
+  q: 0, ldqHead: 1, out: 2, ldoHead: 3, ldoPos: 4, positions: 5, group: 6, pagesK: 7, pagesV: 8,
+  kOffset: 9, vOffset: 10, keyStart: 11, keyEnd: 12, offset: 13, stats: 14,
 } as const;
 export const RECORD_INTS = 16;
 
@@ -33,7 +33,7 @@ export const runPagedItem: ItemRunner = (kernels: Kernels, job: Float64Array, it
   kernels.f32_attention_paged(
     i32[at + RECORD.q] >>> 0, i32[at + RECORD.ldqHead], headDim,
     i32[at + RECORD.out] >>> 0, i32[at + RECORD.ldoHead], i32[at + RECORD.ldoPos],
-    i32[at + RECORD.positions], i32[at + RECORD.group], i32[at + RECORD.pages] >>> 0, job[J.pageSize],
+    i32[at + RECORD.positions], i32[at + RECORD.group], i32[at + RECORD.pagesK] >>> 0, i32[at + RECORD.pagesV] >>> 0, job[J.pageSize],
     i32[at + RECORD.kOffset], i32[at + RECORD.vOffset], i32[at + RECORD.keyStart], i32[at + RECORD.keyEnd],
     headDim, job[J.valueDim], job[J.scale], job[J.cap], i32[at + RECORD.offset], job[J.left],
     i32[at + RECORD.stats] >>> 0, scratch,

@@ -2,11 +2,11 @@
 // visible keys, read from their pages, in float64, then the softmax and the weighted sum of values.
 import type { ArrayOf } from '../../backend.js';
 import type { Tensor } from '../../tensor.js';
-import { type PagedAttentionPlan, pageParts } from './plan.js';
+import { type PagedAttentionPlan, rowsAt } from './plan.js';
 
 export function pagedAttentionJs(plan: PagedAttentionPlan, arrayOf: ArrayOf): Tensor[] {
   const { store, scale, softcap, left } = plan;
-  const { pageSize, slabPages, pageFloats, kvHeads, headDim, valueDim } = store;
+  const { pageSize, slabPages, kvHeads, headDim, valueDim } = store;
   const slabs = store.slabs.map((slab) => slab.view() as Float32Array);
   return plan.items.map((item) => {
     const q = arrayOf(item.q);
@@ -16,12 +16,11 @@ export function pagedAttentionJs(plan: PagedAttentionPlan, arrayOf: ArrayOf): Te
     const scores = new Float64Array(length);
     const acc = new Float64Array(valueDim);
     for (let kvHead = 0; kvHead < kvHeads; kvHead++) {
-      const part = pageParts(store, kvHead);
       // where key/value j of this head starts: [slab array, element offset]
-      const rowOf = (j: number, base: number, width: number): [Float32Array, number] => {
+      const rowOf = (j: number, part: 'key' | 'value'): [Float32Array, number] => {
         const page = pages[Math.floor(j / pageSize)];
         const slab = Math.floor(page / slabPages);
-        return [slabs[slab], (page - slab * slabPages) * pageFloats + base + (j % pageSize) * width];
+        return [slabs[slab], rowsAt(store, page - slab * slabPages, kvHead, j % pageSize)[part]];
       };
       for (let g = 0; g < group; g++) {
         const h = kvHead * group + g;
@@ -31,7 +30,7 @@ export function pagedAttentionJs(plan: PagedAttentionPlan, arrayOf: ArrayOf): Te
           const qRow = (h * n + i) * headDim;
           let max = -Infinity;
           for (let j = first; j <= last; j++) {
-            const [keys, at] = rowOf(j, part.keys, headDim);
+            const [keys, at] = rowOf(j, 'key');
             let dot = 0;
             for (let d = 0; d < headDim; d++) dot += q[qRow + d] * keys[at + d];
             let t = scale * dot;
@@ -44,7 +43,7 @@ export function pagedAttentionJs(plan: PagedAttentionPlan, arrayOf: ArrayOf): Te
           for (let j = first; j <= last && max > -Infinity; j++) {
             const p = Math.exp(scores[j] - max);
             sum += p;
-            const [values, at] = rowOf(j, part.values, valueDim);
+            const [values, at] = rowOf(j, 'value');
             for (let d = 0; d < valueDim; d++) acc[d] += p * values[at + d];
           }
           const outRow = (h * n + i) * valueDim;

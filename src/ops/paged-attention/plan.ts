@@ -22,10 +22,11 @@ export interface PagedItem {
 }
 
 /**
- * Where pages live: page p is page p % slabPages of slab floor(p / slabPages) (every slab but the
- * last holds slabPages pages). A page is kvHeads units of unitFloats = pageSize·(headDim + valueDim)
- * floats, one per kv head: its keys [pageSize, Dk], then its values [pageSize, Dv]; so a page is
- * pageFloats = kvHeads·unitFloats floats, and one head's keys and values for a page lie together.
+ * Where pages live: page p is page p % slabPages of slab floor(p / slabPages), and every slab holds
+ * slabPages pages, head-major and keys apart from values:
+ *   keys   [kvHeads, slabPages, pageSize, Dk], then values [kvHeads, slabPages, pageSize, Dv],
+ * so the pages a sequence took one after another hold each head's keys (and values) in one run of
+ * memory, which a kernel streams far faster than pieces of a page each.
  */
 export interface PageStore {
   readonly slabs: readonly ResidentTensor[];
@@ -34,8 +35,16 @@ export interface PageStore {
   readonly kvHeads: number;
   readonly headDim: number;
   readonly valueDim: number;
-  readonly unitFloats: number;
-  readonly pageFloats: number;
+}
+
+/** Floats in one slab. */
+export const slabFloats = (store: Omit<PageStore, 'slabs'>): number => store.kvHeads * store.slabPages * store.pageSize * (store.headDim + store.valueDim);
+
+/** Float offsets, inside its slab, of row `row` of kv head h's keys and values in the page at index `index` of the slab. */
+export function rowsAt(store: Omit<PageStore, 'slabs'>, index: number, kvHead: number, row: number): { key: number; value: number } {
+  const { kvHeads, slabPages, pageSize, headDim, valueDim } = store;
+  const position = (kvHead * slabPages + index) * pageSize + row;
+  return { key: position * headDim, value: kvHeads * slabPages * pageSize * headDim + position * valueDim };
 }
 
 export interface PagedAttentionPlan extends OpPlan {
@@ -45,12 +54,6 @@ export interface PagedAttentionPlan extends OpPlan {
   readonly softcap: number;
   /** Keys before the query position a row sees (window); -1: all of them. */
   readonly left: number;
-}
-
-/** Offsets in floats, from the start of a page, of kv head h's keys and values. */
-export function pageParts(store: Pick<PageStore, 'pageSize' | 'headDim' | 'unitFloats'>, kvHead: number): { keys: number; values: number } {
-  const keys = kvHead * store.unitFloats;
-  return { keys, values: keys + store.pageSize * store.headDim };
 }
 
 /** Multiply-adds of the step (Q·Kᵀ and P·V over the visible keys), for the pool's crossover. */

@@ -7,7 +7,7 @@ import type { Tensor } from '../../tensor.js';
 import {
   PAGED_JOB, PAGED_ROW_CHUNK, PAGED_SPLIT_CHUNK, PAGED_SPLIT_MAX_POSITIONS, PAGED_SPLIT_MIN_KEYS, RECORD, RECORD_INTS,
 } from './job.js';
-import { type PagedAttentionPlan, pageParts } from './plan.js';
+import { type PagedAttentionPlan, rowsAt } from './plan.js';
 
 const J = PAGED_JOB.at;
 
@@ -33,11 +33,12 @@ export const pagedAttentionWasm: WasmOp<PagedAttentionPlan, Tensor[]> = {
 
   encode(plan: PagedAttentionPlan, call: WasmCall): PagedEncoded {
     const { store, items } = plan;
-    const { pageSize, slabPages, pageFloats, kvHeads, headDim, valueDim } = store;
+    const { pageSize, slabPages, kvHeads, headDim, valueDim } = store;
     const slabAt = store.slabs.map((slab, s) => call.stage({ resident: slab, offset: 0, length: slab.length }, `pool slab ${s}`));
-    // the page table: every item's page addresses, one after another
+    // the page tables: every item's pages, one after another, as the addresses of their kv head 0 keys and values
     const tablePages = items.reduce((sum, item) => sum + item.pages.length, 0);
-    const table = call.alloc(4 * Math.max(1, tablePages));
+    const tableK = call.alloc(4 * Math.max(1, tablePages));
+    const tableV = call.alloc(4 * Math.max(1, tablePages));
     const keyChunk = Math.ceil(PAGED_SPLIT_CHUNK / pageSize) * pageSize;
     let records = 0;
     const shapes = items.map((item) => {
@@ -52,22 +53,28 @@ export const pagedAttentionWasm: WasmOp<PagedAttentionPlan, Tensor[]> = {
     const recordsAt = call.alloc(4 * RECORD_INTS * Math.max(1, records));
     const outputs: number[] = [];
     const cuts: Cut[] = [];
-    let pageCursor = table;
+    let pageCursor = 0;
     let record = 0;
     items.forEach((item, s) => {
       const { group, perChunk, rowChunks, keyChunks } = shapes[s];
       const q = call.stage(item.q, `items[${s}].q`);
       const out = call.alloc(4 * item.qHeads * item.n * valueDim);
       outputs.push(out);
-      const pages = pageCursor;
-      const u32 = new Uint32Array(call.i32.buffer, pages, item.pages.length);
+      const pagesK = tableK + pageCursor;
+      const pagesV = tableV + pageCursor;
+      const keys = new Uint32Array(call.i32.buffer, pagesK, item.pages.length);
+      const values = new Uint32Array(call.i32.buffer, pagesV, item.pages.length);
       item.pages.forEach((page, p) => {
         const slab = Math.floor(page / slabPages);
-        u32[p] = slabAt[slab] + 4 * (page - slab * slabPages) * pageFloats;
+        const at = rowsAt(store, page - slab * slabPages, 0, 0);
+        keys[p] = slabAt[slab] + 4 * at.key;
+        values[p] = slabAt[slab] + 4 * at.value;
       });
       pageCursor += 4 * item.pages.length;
       for (let kvHead = 0; kvHead < kvHeads; kvHead++) {
-        const part = pageParts(store, kvHead);
+        // this head's rows, from head 0's in the same page
+        const head = rowsAt(store, 0, kvHead, 0);
+        const head0 = rowsAt(store, 0, 0, 0);
         const headQ = q + 4 * kvHead * group * item.n * headDim;
         const headOut = out + 4 * kvHead * group * item.n * valueDim;
         for (let rc = 0; rc < rowChunks; rc++) {
@@ -102,9 +109,10 @@ export const pagedAttentionWasm: WasmOp<PagedAttentionPlan, Tensor[]> = {
             }
             i32[at + RECORD.positions] = positions;
             i32[at + RECORD.group] = group;
-            i32[at + RECORD.pages] = pages;
-            i32[at + RECORD.kOffset] = 4 * part.keys;
-            i32[at + RECORD.vOffset] = 4 * part.values;
+            i32[at + RECORD.pagesK] = pagesK;
+            i32[at + RECORD.pagesV] = pagesV;
+            i32[at + RECORD.kOffset] = 4 * (head.key - head0.key);
+            i32[at + RECORD.vOffset] = 4 * (head.value - head0.value);
             i32[at + RECORD.keyStart] = kc * keyChunk;
             i32[at + RECORD.keyEnd] = keyChunks > 1 ? Math.min(item.length, (kc + 1) * keyChunk) : item.length;
             i32[at + RECORD.offset] = item.length - item.n + i0;
