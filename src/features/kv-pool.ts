@@ -85,6 +85,8 @@ interface Entries {
   k: Float32Array;
   v: Float32Array;
   n: number;
+  /** RoPE's cos and sin for the positions this entry's keys and queries take (built once per step). */
+  tables?: { start: number; cos: Float32Array; sin: Float32Array };
 }
 
 /** Continuous batching over a pool; see pool.batcher(). */
@@ -565,7 +567,7 @@ export class KVPool {
         state.pages[last] = copy;
       }
       while (state.pages.length * this.pageSize < state.length + n) state.pages.push(this.take(undo));
-      const k = rope ? rotated(entry.k, this.kvHeads, n, this.headDim, state.length, rope) : entry.k;
+      const k = rope ? rotated(entry.k, this.kvHeads, n, this.headDim, tablesOf(entry, state.length, rope), rope) : entry.k;
       this.copyRows(state.pages, n, k, entry.v, 'write', state.length);
       state.length += n;
     }
@@ -630,7 +632,7 @@ export class KVPool {
     const undo = this.apply(read.entries, read.rope);
     const items: PagedItem[] = read.entries.map((entry) => {
       const { state, n, qHeads } = entry;
-      const q = read.rope ? rotatedOperand(entry.q, qHeads, n, this.headDim, state.length - n, read.rope) : entry.q;
+      const q = read.rope ? rotatedOperand(entry.q, qHeads, n, this.headDim, tablesOf(entry, state.length - n, read.rope), read.rope) : entry.q;
       return { q, qHeads, n, length: state.length, pages: Int32Array.from(state.pages) };
     });
     const store: PageStore = {
@@ -763,15 +765,20 @@ function readFloats(bytes: Uint8Array, at: number, count: number): Float32Array 
   return Float32Array.from({ length: count }, (_, i) => view.getFloat32(4 * i, true));
 }
 
-/** x [heads, n, headDim] rotated by positions start .. start+n-1 (a new array). */
-function rotated(x: Float32Array, heads: number, n: number, headDim: number, start: number, rope: RopeSpec): Float32Array {
-  const { cos, sin } = angleTables(positionRange(start, n), rope.dims, rope.base);
+/** cos and sin of an entry's positions start .. start+n-1, built once for its k and its q. */
+function tablesOf(entry: Entries, start: number, rope: RopeSpec): { cos: Float32Array; sin: Float32Array } {
+  if (entry.tables?.start !== start) entry.tables = { start, ...angleTables(positionRange(start, entry.n), rope.dims, rope.base) };
+  return entry.tables;
+}
+
+/** x [heads, n, headDim] rotated by the tables' positions (a new array). */
+function rotated(x: Float32Array, heads: number, n: number, headDim: number, tables: { cos: Float32Array; sin: Float32Array }, rope: RopeSpec): Float32Array {
   const out = new Float32Array(x.length);
-  for (let h = 0; h < heads; h++) rotateRows(x, h * n * headDim, headDim, out, h * n * headDim, headDim, n, headDim, rope.dims, cos, sin, 0, rope.interleaved);
+  for (let h = 0; h < heads; h++) rotateRows(x, h * n * headDim, headDim, out, h * n * headDim, headDim, n, headDim, rope.dims, tables.cos, tables.sin, 0, rope.interleaved);
   return out;
 }
 
-function rotatedOperand(q: Operand<Float32Array>, heads: number, n: number, headDim: number, start: number, rope: RopeSpec): Operand<Float32Array> {
-  const array = rotated(operandArray(q), heads, n, headDim, start, rope);
+function rotatedOperand(q: Operand<Float32Array>, heads: number, n: number, headDim: number, tables: { cos: Float32Array; sin: Float32Array }, rope: RopeSpec): Operand<Float32Array> {
+  const array = rotated(operandArray(q), heads, n, headDim, tables, rope);
   return { array, offset: 0, length: array.length };
 }

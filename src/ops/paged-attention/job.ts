@@ -23,8 +23,20 @@ export const PAGED_ROW_CHUNK = 64;
 /** Flash-decoding: items of at most this many query positions over at least SPLIT_MIN_KEYS keys are cut along the keys. */
 export const PAGED_SPLIT_MAX_POSITIONS = 4;
 export const PAGED_SPLIT_MIN_KEYS = 1024;
-/** Keys per chunk of a cut item (rounded up to whole pages). */
+/**
+ * A cut item's keys go in chunks of at least PAGED_SPLIT_CHUNK keys (whole pages), and no more chunks
+ * than give it about PAGED_SPLIT_SLICES work items over its kv heads: enough to spread one long
+ * sequence over 16 threads, few enough that merging the chunks stays a small part of a step.
+ */
 export const PAGED_SPLIT_CHUNK = 512;
+export const PAGED_SPLIT_SLICES = 16;
+
+/** Keys per chunk of an item of `length` keys with `kvHeads` kv heads, cut along its keys (its shape alone decides). */
+export function splitChunk(length: number, kvHeads: number, pageSize: number): number {
+  const chunksPerHead = Math.max(1, Math.ceil(PAGED_SPLIT_SLICES / kvHeads));
+  const keys = Math.max(PAGED_SPLIT_CHUNK, Math.ceil(length / chunksPerHead));
+  return Math.ceil(keys / pageSize) * pageSize;
+}
 
 /** Runs one work item: its record as the kernel's arguments. */
 export const runPagedItem: ItemRunner = (kernels: Kernels, job: Float64Array, item: number, scratch: number, i32: Int32Array): void => {

@@ -5,7 +5,7 @@ import type { Encoded, WasmCall, WasmOp } from '../../backend.js';
 import { HEADER } from '../../job.js';
 import type { Tensor } from '../../tensor.js';
 import {
-  PAGED_JOB, PAGED_ROW_CHUNK, PAGED_SPLIT_CHUNK, PAGED_SPLIT_MAX_POSITIONS, PAGED_SPLIT_MIN_KEYS, RECORD, RECORD_INTS,
+  PAGED_JOB, PAGED_ROW_CHUNK, PAGED_SPLIT_MAX_POSITIONS, PAGED_SPLIT_MIN_KEYS, RECORD, RECORD_INTS, splitChunk,
 } from './job.js';
 import { type PagedAttentionPlan, rowsAt } from './plan.js';
 
@@ -39,16 +39,16 @@ export const pagedAttentionWasm: WasmOp<PagedAttentionPlan, Tensor[]> = {
     const tablePages = items.reduce((sum, item) => sum + item.pages.length, 0);
     const tableK = call.alloc(4 * Math.max(1, tablePages));
     const tableV = call.alloc(4 * Math.max(1, tablePages));
-    const keyChunk = Math.ceil(PAGED_SPLIT_CHUNK / pageSize) * pageSize;
     let records = 0;
     const shapes = items.map((item) => {
       const group = item.qHeads / kvHeads;
       const perChunk = Math.max(1, Math.floor(PAGED_ROW_CHUNK / group));
       const rowChunks = Math.ceil(item.n / perChunk);
       const split = item.n <= PAGED_SPLIT_MAX_POSITIONS && item.length >= PAGED_SPLIT_MIN_KEYS;
+      const keyChunk = splitChunk(item.length, kvHeads, pageSize);
       const keyChunks = split ? Math.ceil(item.length / keyChunk) : 1;
       records += kvHeads * rowChunks * keyChunks;
-      return { group, perChunk, rowChunks, keyChunks };
+      return { group, perChunk, rowChunks, keyChunk, keyChunks };
     });
     const recordsAt = call.alloc(4 * RECORD_INTS * Math.max(1, records));
     const outputs: number[] = [];
@@ -56,7 +56,7 @@ export const pagedAttentionWasm: WasmOp<PagedAttentionPlan, Tensor[]> = {
     let pageCursor = 0;
     let record = 0;
     items.forEach((item, s) => {
-      const { group, perChunk, rowChunks, keyChunks } = shapes[s];
+      const { group, perChunk, rowChunks, keyChunk, keyChunks } = shapes[s];
       const q = call.stage(item.q, `items[${s}].q`);
       const out = call.alloc(4 * item.qHeads * item.n * valueDim);
       outputs.push(out);
