@@ -40,6 +40,8 @@ describe('in Chromium', () => {
     expect(result.sameBits).toBe(true);
     expect(['wasm-simd', 'wasm-relaxed-simd']).toContain(result.backend);
     expect(result.maxError as number).toBeLessThan(1e-5);
+    expect(result.poolSteps).toBe(6);
+    expect(result.poolError as number).toBeLessThan(1e-5);
   });
 
   it('a page without isolation falls back to the unshared build, single thread, instead of failing', async () => {
@@ -52,5 +54,7 @@ describe('in Chromium', () => {
     expect(result.pooledThreads).toBe(1);
     expect(result.sameBits).toBe(true);
     expect(result.maxError as number).toBeLessThan(1e-5);
+    expect(result.poolSteps).toBe(6);
+    expect(result.poolError as number).toBeLessThan(1e-5);
   });
 });
