@@ -47,20 +47,21 @@ export function f32_attention_paged_scratch_bytes(headDim: i32, valueDim: i32): 
 }
 
 /**
- * Loads one vector of every 64-byte line of rows j0 .. end of this head's part of their pages, in
- * memory order (a prefetch: WASM has no prefetch instruction); folds them into `sink`'s first vector
- * with an AND by zero, so the loads stay and `sink` does not change.
+ * Loads the first 4 bytes of every 64-byte line of rows j0 .. end of this head's part of their pages,
+ * in memory order (a prefetch: WASM has no prefetch instruction; each load lies inside the rows, which
+ * are whole floats); folds them into the word at `sink` with an AND by zero, so the loads stay and
+ * `sink` does not change.
  */
 function touchRows(pages: usize, pageSize: i32, partOffset: i32, width: i32, j0: i32, end: i32, sink: usize): void {
-  let seen = v128.splat<i32>(0);
+  let seen: u32 = 0;
   for (let j = j0; j < end;) {
     const segEnd = min(end, j - j % pageSize + pageSize);
     const from = pagedRow(pages, pageSize, partOffset, width, j);
     const to = from + ((<usize>(segEnd - j) * <usize>width) << 2);
-    for (let line = from; line < to; line += 64) seen = v128.or(seen, v128.load(line));
+    for (let line = from; line < to; line += 64) seen |= load<u32>(line);
     j = segEnd;
   }
-  v128.store(sink, v128.or(v128.load(sink), v128.and(seen, v128.splat<i32>(0))));
+  store<u32>(sink, load<u32>(sink) | (seen & 0));
 }
 
 /**

@@ -5,7 +5,7 @@
 // and 16, pages of 1 / 3 / 17 / 1000, maxBytes pools filled to the last page, maxTokens that are not a
 // multiple of pageSize, split-KV lengths around 1024 / 2048 with windows that cut chunks, bits across
 // 1 / 2 / 3 threads, batcher retries with RoPE, memory given back after refused steps.
-// Tests named "DEFECT: ..." fail on the code they were written against.
+// Written by a second adversarial run; the tests whose titles say "was" failed before their fix.
 import { describe, expect, it } from 'vitest';
 import { AttentionError, type Engine, type KVPool, type KVSequence, createEngineSync } from '../src/index.js';
 import type { PoolStepOptions } from '../src/features/kv-pool.js';
@@ -173,7 +173,7 @@ describe('kvPool edges: the touch pass at the end of a slab', () => {
     run(16, 4096);
   });
 
-  it('DEFECT: pages of 17 with Dv 1: the decode step traps (RuntimeError: memory access out of bounds) reading 12 bytes past the slab', () => {
+  it('pages of 17 with Dv 1 at the end of memory: the decode step equals the reference (was: a trap, the prefetch pass read 12 bytes past the slab)', () => {
     // 4096 pages of 17 positions × (3 + 1) floats = 17 × 64 KiB; the last page's values are 68 bytes,
     // and touchRows loads 16 bytes at 64 bytes in: 12 bytes past the end of the slab and of memory
     run(17, 4096);
@@ -407,7 +407,7 @@ describe('kvPool edges: memory after refused steps', () => {
     engine.dispose();
   });
 
-  it('DEFECT: a sync step refused OUT_OF_MEMORY while an async step of the pool runs keeps the slab it reserved (trim skipped, never retried)', async () => {
+  it('a sync step refused OUT_OF_MEMORY while an async step of the pool runs gives its slab back when that step settles (was: kept until dispose)', async () => {
     // pages of 8 KiB, 1024 a slab of 8 MiB (maxBytes 24 MiB → 3 slabs): a holds the whole first slab
     const engine = createEngineSync({ backend: 'wasm-simd', maxMemoryBytes: 26 * 2 ** 20, threads: 2 });
     const pool = engine.kvPool({ kvHeads: 1, headDim: 64, pageSize: 16, maxBytes: 24 * 2 ** 20 });

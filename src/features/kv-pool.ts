@@ -193,6 +193,8 @@ export class KVPool {
   /** Pages whose last reference went while a step was running: free once no step runs. */
   private pendingFree: number[] = [];
   private running = 0;
+  /** A trim that had to wait for the running steps: the slabs to keep. */
+  private trimPending: number | undefined;
   private readonly live = new Set<SequenceState>();
   private asyncTail: Promise<void> = Promise.resolve();
   private disposed = false;
@@ -517,9 +519,13 @@ export class KVPool {
     slab.release();
   }
 
-  /** Gives back the slabs past the first `keep` while the newest holds no page and no step runs. */
+  /** Gives back the slabs past the first `keep` while the newest holds no page (once no step runs). */
   private trim(keep: number): void {
-    while (this.slabs.length > keep && this.running === 0) {
+    if (this.running > 0) {
+      this.trimPending = Math.min(this.trimPending ?? keep, keep);
+      return;
+    }
+    while (this.slabs.length > keep) {
       const first = (this.slabs.length - 1) * this.slabPages;
       const last = Math.min(this.maxPages, first + this.slabPages);
       for (let p = first; p < last; p++) if (this.refs[p] > 0) return;
@@ -643,6 +649,9 @@ export class KVPool {
       if (--this.running === 0 && !this.disposed) {
         this.free.push(...this.pendingFree);
         this.pendingFree = [];
+        const keep = this.trimPending;
+        this.trimPending = undefined;
+        if (keep !== undefined) this.trim(keep);
       }
     };
     if (!async) {
