@@ -24,6 +24,10 @@ export interface Kernels {
     cos: number, sin: number, ldc: number, interleaved: number,
   ): void;
   f32_attention_scratch_bytes(headDim: number, valueDim: number): number;
+  f32_merge_chunks(
+    partial: number, rowStride: number, chunkStride: number, stats: number, statsRowStride: number, statsChunkStride: number,
+    chunks: number, rows: number, valueDim: number, out: number, outStride: number,
+  ): void;
   f32_attention_paged(
     q: number, ldqHead: number, ldqPos: number, out: number, ldoHead: number, ldoPos: number,
     positions: number, group: number, pagesK: number, pagesV: number, pageSize: number, kOffset: number, vOffset: number,

@@ -2,6 +2,7 @@
 // item (the page table) and one record per work item into WASM memory (job.ts), and after the
 // items ran merges the key chunks of cut items and reads each item's output out.
 import type { Encoded, WasmCall, WasmOp } from '../../backend.js';
+import type { Kernels } from '../../backends/kernels.js';
 import { HEADER } from '../../job.js';
 import type { Tensor } from '../../tensor.js';
 import {
@@ -136,39 +137,22 @@ export const pagedAttentionWasm: WasmOp<PagedAttentionPlan, Tensor[]> = {
   finish(plan: PagedAttentionPlan, call: WasmCall, encoded: Encoded): Tensor[] {
     const { outputs, cuts } = encoded as PagedEncoded;
     const valueDim = plan.store.valueDim;
-    for (const cut of cuts) mergeCut(cut, call.f32, valueDim);
+    for (const cut of cuts) mergeCut(cut, call.kernels, valueDim);
     return plan.items.map((item, s) => ({ data: call.collect(outputs[s], item.qHeads * item.n * valueDim, undefined), dims: [item.qHeads, item.n, valueDim] }));
   },
 };
 
 /**
- * Merges a cut slice's chunks, in order, into its output rows: with chunk c's normalised output o_c,
- * row max m_c and sum l_c, out = sum_c w_c o_c / sum_c w_c where w_c = l_c · exp(m_c - max_c m_c).
+ * Merges a cut slice's chunks into its output rows with the f32_merge_chunks kernel, one run of
+ * positions per query head: partial row (g, i) at (g + i·group)·valueDim of a chunk's block, its
+ * stats at row i·group + g, output row (g, i) at out + g·ldoHead + i·valueDim.
  */
-function mergeCut(cut: Cut, f32: Float32Array, valueDim: number): void {
+function mergeCut(cut: Cut, kernels: Kernels, valueDim: number): void {
   const rows = cut.positions * cut.group;
-  const acc = new Float64Array(valueDim);
-  const stats = cut.partialStats >>> 2;
-  for (let r = 0; r < rows; r++) {
-    let max = -Infinity;
-    for (let c = 0; c < cut.chunks; c++) {
-      const s = stats + 2 * (c * rows + r);
-      if (f32[s + 1] > 0 || Number.isNaN(f32[s + 1])) max = Math.max(max, f32[s]);
-    }
-    let total = 0;
-    acc.fill(0);
-    for (let c = 0; c < cut.chunks; c++) {
-      const s = stats + 2 * (c * rows + r);
-      const l = f32[s + 1];
-      const w = l > 0 || Number.isNaN(l) ? l * Math.exp(f32[s] - max) : 0;
-      total += w;
-      if (w === 0) continue;
-      const o = (cut.partialOut >>> 2) + (c * rows + r) * valueDim;
-      for (let d = 0; d < valueDim; d++) acc[d] += w * f32[o + d];
-    }
-    const i = Math.floor(r / cut.group);
-    const g = r % cut.group;
-    const dst = (cut.out >>> 2) + g * cut.ldoHead + i * valueDim;
-    for (let d = 0; d < valueDim; d++) f32[dst + d] = total > 0 || Number.isNaN(total) ? acc[d] / total : 0;
+  for (let g = 0; g < cut.group; g++) {
+    kernels.f32_merge_chunks(
+      cut.partialOut + 4 * g * valueDim, cut.group * valueDim, rows * valueDim, cut.partialStats + 8 * g, cut.group, rows,
+      cut.chunks, cut.positions, valueDim, cut.out + 4 * g * cut.ldoHead, valueDim,
+    );
   }
 }
