@@ -17,9 +17,10 @@
 // f32-attention-flash-simd.ts for the scaling of p and the sums).
 //
 // Same algorithm as f32_attention: blocks of ATT_BR rows stream blocks of ATT_BC keys with an
-// online softmax. The row path (fewer rows than the GEMM tile) reads K and V where they lie, page
-// segment by page segment; the tile path first gathers the block's key and value rows from their
-// pages into scratch, then packs and multiplies them as f32_attention does.
+// online softmax. The row path (blocks of at most PAGED_ROW_PATH_MAX rows: decoding) reads K and V
+// where they lie, page segment by page segment, four rows per load; the tile path first gathers the
+// block's key and value rows from their pages into scratch, then packs and multiplies them as
+// f32_attention does.
 
 import { GEMM_MR, gemm_tile } from './f32-gemm-tile';
 import { f32_pack_panels } from './f32-pack-panels-simd';
@@ -30,8 +31,8 @@ import {
   ATT_BR, ATT_BC, copyScaled, f32_attention_scratch_bytes, finishRow, foldRow, roundUp8, scoreTile,
 } from './f32-attention-flash-simd';
 
-/** Blocks of at most this many rows (a decode step's heads of one group) read K and V in place: after
- * the first row, a page's segment is in L1 for the others, so memory still sees each page once. */
+/** Blocks of at most this many rows (a decode step's heads of one group) read K and V in place, each
+ * load serving four rows (dotScores4, addWeightedPaged4), so memory sees each page once. */
 const PAGED_ROW_PATH_MAX: i32 = 8;
 
 /** Scratch bytes f32_attention_paged needs: f32_attention's, plus a gathered key and value block. */
