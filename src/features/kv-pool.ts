@@ -2,11 +2,11 @@
 // (PagedAttention), taken on demand and shared between forks, with one attention call per step over
 // all the sequences that take part (continuous batching).
 //
-// A page holds pageSize positions of every kv head: keys [kvHeads, pageSize, Dk], then values
-// [kvHeads, pageSize, Dv]. Pages live in slabs (resident tensors of several pages each), reserved as
-// they are first needed and kept for reuse until the pool is disposed. A sequence is a list of page
-// ids and a length; each page has a reference count (forks share pages), and a page goes back to the
-// free list when its count reaches 0 and no running step reads it.
+// A page holds pageSize positions of every kv head. Pages live in equal slabs (resident tensors of
+// several pages each, laid out as PageStore in src/ops/paged-attention/plan.ts says: head-major, keys
+// apart from values), reserved as they are first needed and kept for reuse until the pool is disposed.
+// A sequence is a list of page ids and a length; each page has a reference count (forks share pages),
+// and a page goes back to the free list when its count reaches 0 and no running step reads it.
 //
 // A step (pool.step) reads and checks every item first, then counts the pages it needs (new pages,
 // and a copy of each shared, partly filled last page it will write: copy-on-write); if they do not
