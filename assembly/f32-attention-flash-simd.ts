@@ -98,6 +98,21 @@ export function scoreTile(rowPath: bool, qTileRows: usize, br: i32, kBlock: usiz
   }
 }
 
+/** O += P·V on the tile path: the bc value rows (at vBlock, ldv apart) packed into 8-wide panels in
+ * vPanels, then the GEMM micro-kernel over the br rows of P (sTile, ATT_BC apart) into O (oTile, valueDim
+ * rounded up to 8 apart). */
+export function valueTile(br: i32, bc: i32, vBlock: usize, ldv: i32, valueDim: i32, vPanels: usize, sTile: usize, oTile: usize): void {
+  const dvPad = roundUp8(valueDim);
+  f32_pack_panels(vBlock, ldv, false, bc, valueDim, vPanels);
+  for (let i0 = 0; i0 < br; i0 += GEMM_MR) {
+    const pTile = sTile + ((<usize>i0 * ATT_BC) << 2);
+    for (let p = 0; p < dvPad; p += 8) {
+      gemm_tile(min(GEMM_MR, br - i0), 8, bc, pTile, ATT_BC, vPanels + ((<usize>p * bc) << 2),
+        oTile + ((<usize>i0 * dvPad + p) << 2), dvPad, true);
+    }
+  }
+}
+
 /** Folds one row's tile of scores (transformed by scoreRow, whose max was rowMax) into the row's
  * running max (at mAt), sum (at lAt) and output accumulator oRow (dvPad floats, rescaled only when
  * the max changes); leaves p = exp(t - m)·2^-pShift in sRow for the P·V product (0 if the row saw nothing yet). */
@@ -203,14 +218,7 @@ export function f32_attention(
         for (let i = 0; i < br; i++) addWeighted(sTile + ((<usize>i * ATT_BC) << 2), bc, vBlock, ldv, valueDim, oTile + ((<usize>i * dvPad) << 2));
         continue;
       }
-      f32_pack_panels(vBlock, ldv, false, bc, valueDim, vPanels);
-      for (let i0 = 0; i0 < br; i0 += GEMM_MR) {
-        const pTile = sTile + ((<usize>i0 * ATT_BC) << 2);
-        for (let p = 0; p < dvPad; p += 8) {
-          gemm_tile(min(GEMM_MR, br - i0), 8, bc, pTile, ATT_BC, vPanels + ((<usize>p * bc) << 2),
-            oTile + ((<usize>i0 * dvPad + p) << 2), dvPad, true);
-        }
-      }
+      valueTile(br, bc, vBlock, ldv, valueDim, vPanels, sTile, oTile);
     }
     // out = o / l
     for (let i = 0; i < br; i++) {

@@ -22,13 +22,11 @@
 // block's key and value rows from their pages into scratch, then packs and multiplies them as
 // f32_attention does.
 
-import { GEMM_MR, gemm_tile } from './f32-gemm-tile';
-import { f32_pack_panels } from './f32-pack-panels-simd';
 import { scoreRow, MASK_NONE } from './f32-softmax-scale-mask-simd';
 import { dotScores, dotScores4, addWeighted } from './f32-attention-rows-simd';
 import { madd } from './f32-vmath-simd';
 import {
-  ATT_BR, ATT_BC, copyScaled, f32_attention_scratch_bytes, finishRow, foldRow, roundUp8, scoreTile,
+  ATT_BR, ATT_BC, copyScaled, f32_attention_scratch_bytes, finishRow, foldRow, roundUp8, scoreTile, valueTile,
 } from './f32-attention-flash-simd';
 
 /** Blocks of at most this many rows (a decode step's heads of one group) read K and V in place, each
@@ -220,14 +218,7 @@ export function f32_attention_paged(
         }
         continue;
       }
-      f32_pack_panels(vGather, valueDim, false, bc, valueDim, vPanels);
-      for (let i0 = 0; i0 < br; i0 += GEMM_MR) {
-        const pTile = sTile + ((<usize>i0 * ATT_BC) << 2);
-        for (let p = 0; p < dvPad; p += 8) {
-          gemm_tile(min(GEMM_MR, br - i0), 8, bc, pTile, ATT_BC, vPanels + ((<usize>p * bc) << 2),
-            oTile + ((<usize>i0 * dvPad + p) << 2), dvPad, true);
-        }
-      }
+      valueTile(br, bc, vGather, valueDim, valueDim, vPanels, sTile, oTile);
     }
     for (let r = 0; r < br; r++) {
       const i = (r0 + r) / group, g = (r0 + r) % group;

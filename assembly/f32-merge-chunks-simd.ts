@@ -3,7 +3,9 @@
 // r·rowStride) and its [m_c, l_c] (running max and sum, at stats + 2·(c·statsChunkStride + r·statsRowStride), as the
 // attention kernels write them). Then
 //   out[r] = sum_c w_c · o_c / sum_c w_c,   w_c = l_c · exp(m_c - max_c m_c)  over chunks with l_c > 0
-// (or NaN, which propagates), and 0 when no chunk saw a key. out row r at out + r·outStride.
+// (or NaN, which propagates), and 0 when no chunk saw a key. out row r at out + r·outStride. When
+// merged is not 0, row r's merged [max_c m_c, sum_c w_c] goes to merged + 8·r (as an unsplit row's
+// [max, sum]: -inf and 0 when no chunk saw a key).
 // Chunks are taken in order, so the result does not depend on who computed them.
 
 import { exp1 } from './f32-vmath-simd';
@@ -11,7 +13,7 @@ import { exp1 } from './f32-vmath-simd';
 /** Merges `chunks` partial attention results per row; see the file header. */
 export function f32_merge_chunks(
   partial: usize, rowStride: i32, chunkStride: i32, stats: usize, statsRowStride: i32, statsChunkStride: i32,
-  chunks: i32, rows: i32, valueDim: i32, out: usize, outStride: i32,
+  chunks: i32, rows: i32, valueDim: i32, out: usize, outStride: i32, merged: usize,
 ): void {
   for (let r = 0; r < rows; r++) {
     let max: f32 = -Infinity;
@@ -37,6 +39,10 @@ export function f32_merge_chunks(
         v128.store(dst + off, f32x4.add(v128.load(dst + off), f32x4.mul(wv, v128.load(src + off))));
       }
       for (; d < valueDim; d++) store<f32>(dst + (<usize>d << 2), load<f32>(dst + (<usize>d << 2)) + w * load<f32>(src + (<usize>d << 2)));
+    }
+    if (merged != 0) {
+      store<f32>(merged + ((<usize>r) << 3), max);
+      store<f32>(merged + ((<usize>r) << 3), total, 4);
     }
     if (total > 0 || total != total) {
       const scale = f32x4.splat(1 / total);

@@ -306,6 +306,15 @@ export function checkBoolean(x: unknown, name: string): boolean {
   return x;
 }
 
+/** An integer >= min (a safe integer), or `fallback` when x is undefined and a fallback is given. */
+export function checkInteger(x: unknown, name: string, min: number, fallback?: number): number {
+  const value = x ?? fallback;
+  if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < min) {
+    throw new AttentionError('INVALID_OPTION', `${name} must be an integer >= ${min}, got ${describe(value)}`, name);
+  }
+  return value;
+}
+
 export function checkFinite(x: unknown, name: string, fallback: number): number {
   if (x === undefined) return fallback;
   if (typeof x !== 'number' || !Number.isFinite(x)) {

@@ -7,98 +7,10 @@
 import { describe, expect, it } from 'vitest';
 import { AttentionError, type Engine, type KVPool, KVSequence, createEngineSync } from '../src/index.js';
 import type { PoolStepOptions } from '../src/features/kv-pool.js';
-import { referenceAttention, referenceRotary } from '../src/reference.js';
-import { BACKENDS, engineFor, maxAbs, maxError, randomTensor, refused, rng, tolerance } from './helpers.js';
+import { BACKENDS, engineFor, maxError, randomTensor, refused, rng } from './helpers.js';
+import { type Shape, type StepData, type T, stepData, thrown, Mirror } from './kv-pool-mirror.js';
 
-interface Shape {
-  qHeads: number;
-  kvHeads: number;
-  headDim: number;
-  valueDim: number;
-}
-
-type T = { data: Float32Array; dims: number[] };
-interface StepData {
-  q: T;
-  k: T;
-  v: T;
-}
-
-function stepData(random: () => number, shape: Shape, n: number, magnitude = 1): StepData {
-  return {
-    q: randomTensor(random, [shape.qHeads, n, shape.headDim], magnitude),
-    k: randomTensor(random, [shape.kvHeads, n, shape.headDim], magnitude),
-    v: randomTensor(random, [shape.kvHeads, n, shape.valueDim]),
-  };
-}
-
-/** A sequence's history as the float64 reference sees it (as in kv-pool.test.ts). */
-class Mirror {
-  keys: number[][];
-  values: number[][];
-  constructor(private readonly shape: Shape) {
-    this.keys = Array.from({ length: shape.kvHeads }, () => []);
-    this.values = Array.from({ length: shape.kvHeads }, () => []);
-  }
-
-  clone(): Mirror {
-    const m = new Mirror(this.shape);
-    m.keys = this.keys.map((k) => [...k]);
-    m.values = this.values.map((v) => [...v]);
-    return m;
-  }
-
-  get length(): number {
-    return this.keys[0].length / this.shape.headDim;
-  }
-
-  private rotate(x: T, start: number, options: PoolStepOptions): ArrayLike<number> {
-    if (!options.rope) return x.data;
-    const n = x.dims[1];
-    const positions = { data: Int32Array.from({ length: n }, (_, i) => start + i), dims: [n] };
-    return referenceRotary({ data: x.data, dims: [1, ...x.dims] }, { positions, ...options.rope }).data;
-  }
-
-  append(k: T, v: T, options: PoolStepOptions = {}): void {
-    const { headDim, valueDim } = this.shape;
-    const n = k.dims[1];
-    const kRot = this.rotate(k, this.length, options);
-    for (let h = 0; h < this.shape.kvHeads; h++) {
-      for (let i = 0; i < n * headDim; i++) this.keys[h].push(kRot[h * n * headDim + i]);
-      for (let i = 0; i < n * valueDim; i++) this.values[h].push(v.data[h * n * valueDim + i]);
-    }
-  }
-
-  step(data: StepData, options: PoolStepOptions): { expected: Float64Array; tol: number } {
-    const { kvHeads, headDim, valueDim } = this.shape;
-    const qHeads = data.q.dims[0];
-    const n = data.q.dims[1];
-    this.append(data.k, data.v, options);
-    const length = this.length;
-    const q = this.rotate(data.q, length - n, options);
-    const k = Float64Array.from(this.keys.flat());
-    const v = Float64Array.from(this.values.flat());
-    const window = options.window?.left !== undefined ? { left: options.window.left } : undefined;
-    const expected = referenceAttention(
-      { data: q, dims: [1, qHeads, n, headDim] }, { data: k, dims: [1, kvHeads, length, headDim] }, { data: v, dims: [1, kvHeads, length, valueDim] },
-      { causal: true, offset: length - n, scale: options.scale, softcap: options.softcap, window },
-    ).data;
-    const scale = options.scale ?? 1 / Math.sqrt(headDim);
-    const maxScore = Math.abs(scale) * maxAbs(q) * maxAbs(k) * headDim;
-    return { expected, tol: tolerance.attention(headDim, length, options.softcap ?? maxScore) * Math.max(maxAbs(v), 1e-30) };
-  }
-}
-
-/** What an AttentionError-or-not call threw (undefined when it returned). */
-function thrown(call: () => unknown): unknown {
-  try {
-    call();
-  } catch (e) {
-    return e;
-  }
-  return undefined;
-}
-
+/** What a promise rejected with (undefined when it resolved). */
 async function rejection(promise: Promise<unknown>): Promise<unknown> {
   try {
     await promise;

@@ -8,86 +8,8 @@
 import { describe, expect, it } from 'vitest';
 import { type Engine, type KVPool, KVSequence, createEngineSync } from '../src/index.js';
 import type { PoolStepOptions } from '../src/features/kv-pool.js';
-import { referenceAttention, referenceRotary } from '../src/reference.js';
-import { BACKENDS, engineFor, maxAbs, maxError, randomTensor, refused, rng, tolerance } from './helpers.js';
-
-interface Shape {
-  qHeads: number;
-  kvHeads: number;
-  headDim: number;
-  valueDim: number;
-}
-
-/** One step's new data for a sequence. */
-interface StepData {
-  q: { data: Float32Array; dims: number[] };
-  k: { data: Float32Array; dims: number[] };
-  v: { data: Float32Array; dims: number[] };
-}
-
-/** A pool for a shape (its kv heads and dims; q heads are the steps' business). */
-function poolFor(engine: Engine, shape: Shape, options: { pageSize?: number; maxTokens: number; pageSiz?: number }): KVPool {
-  return engine.kvPool({ kvHeads: shape.kvHeads, headDim: shape.headDim, valueDim: shape.valueDim, ...options });
-}
-
-function stepData(random: () => number, shape: Shape, n: number): StepData {
-  return {
-    q: randomTensor(random, [shape.qHeads, n, shape.headDim]),
-    k: randomTensor(random, [shape.kvHeads, n, shape.headDim]),
-    v: randomTensor(random, [shape.kvHeads, n, shape.valueDim]),
-  };
-}
-
-/** A sequence's history as the reference sees it: keys (rotated when the steps were) and values per kv head. */
-class Mirror {
-  keys: number[][];
-  values: number[][];
-  constructor(private readonly shape: Shape) {
-    this.keys = Array.from({ length: shape.kvHeads }, () => []);
-    this.values = Array.from({ length: shape.kvHeads }, () => []);
-  }
-
-  get length(): number {
-    return this.keys[0].length / this.shape.headDim;
-  }
-
-  /** x [H, n, D] rotated (float64) by positions start.. when the options have rope. */
-  private rotate(x: { data: Float32Array; dims: number[] }, start: number, options: PoolStepOptions): ArrayLike<number> {
-    if (!options.rope) return x.data;
-    const n = x.dims[1];
-    const positions = { data: Int32Array.from({ length: n }, (_, i) => start + i), dims: [n] };
-    return referenceRotary({ data: x.data, dims: [1, ...x.dims] }, { positions, ...options.rope }).data;
-  }
-
-  append(k: { data: Float32Array; dims: number[] }, v: { data: Float32Array; dims: number[] }, options: PoolStepOptions = {}): void {
-    const { headDim, valueDim } = this.shape;
-    const n = k.dims[1];
-    const kRot = this.rotate(k, this.length, options);
-    for (let h = 0; h < this.shape.kvHeads; h++) {
-      for (let i = 0; i < n * headDim; i++) this.keys[h].push(kRot[h * n * headDim + i]);
-      for (let i = 0; i < n * valueDim; i++) this.values[h].push(v.data[h * n * valueDim + i]);
-    }
-  }
-
-  /** Appends the step's k and v, then the reference attention of its q over the whole history, and the tolerance. */
-  step(data: StepData, options: PoolStepOptions): { expected: Float64Array; tol: number } {
-    const { qHeads, kvHeads, headDim, valueDim } = this.shape;
-    const n = data.q.dims[1];
-    this.append(data.k, data.v, options);
-    const length = this.length;
-    const q = this.rotate(data.q, length - n, options);
-    const k = Float64Array.from(this.keys.flat());
-    const v = Float64Array.from(this.values.flat());
-    const window = options.window?.left !== undefined ? { left: options.window.left } : undefined;
-    const expected = referenceAttention(
-      { data: q, dims: [1, qHeads, n, headDim] }, { data: k, dims: [1, kvHeads, length, headDim] }, { data: v, dims: [1, kvHeads, length, valueDim] },
-      { causal: true, offset: length - n, scale: options.scale, softcap: options.softcap, window },
-    ).data;
-    const scale = options.scale ?? 1 / Math.sqrt(headDim);
-    const maxScore = Math.abs(scale) * maxAbs(q) * maxAbs(k) * headDim;
-    return { expected, tol: tolerance.attention(headDim, length, options.softcap ?? maxScore) * Math.max(maxAbs(v), 1e-30) };
-  }
-}
+import { BACKENDS, engineFor, maxError, randomTensor, refused, rng } from './helpers.js';
+import { type Shape, type StepData, stepData, poolFor, Mirror } from './kv-pool-mirror.js';
 
 interface Case extends Shape {
   pageSize: number;
@@ -274,7 +196,7 @@ describe.each(BACKENDS)('kvPool on %s', (backend) => {
     const b = pool.import(bytes);
     expect(b.length).toBe(37);
     const other = poolFor(engine, shape, { pageSize: 5, maxTokens: 100 });
-    const c = other.import(bytes.buffer.slice(0));
+    const c = other.import(bytes.buffer.slice(0) as ArrayBuffer);
     const next = stepData(random, shape, 2);
     const [ya, yb] = pool.step([{ sequence: a, ...next }, { sequence: b, ...next }], { rope: {} });
     const [yc] = other.step([{ sequence: c, ...next }], { rope: {} });

@@ -26,7 +26,7 @@ export interface Kernels {
   f32_attention_scratch_bytes(headDim: number, valueDim: number): number;
   f32_merge_chunks(
     partial: number, rowStride: number, chunkStride: number, stats: number, statsRowStride: number, statsChunkStride: number,
-    chunks: number, rows: number, valueDim: number, out: number, outStride: number,
+    chunks: number, rows: number, valueDim: number, out: number, outStride: number, merged: number,
   ): void;
   f32_attention_paged(
     q: number, ldqHead: number, ldqPos: number, out: number, ldoHead: number, ldoPos: number,

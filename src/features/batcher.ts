@@ -7,7 +7,7 @@
 // that does not fit, say), its calls run again one by one, so the error reaches only the call it
 // belongs to.
 import { AttentionError } from '../errors.js';
-import { type Tensor, type TensorLike, checkFinite, describe, readOptions } from '../tensor.js';
+import { type Tensor, type TensorLike, checkFinite, checkInteger, readOptions } from '../tensor.js';
 
 export interface BatcherOptions {
   /** Calls per step, at most; default 64. */
@@ -53,10 +53,7 @@ export class StepBatcher<S, R extends BatchRead<S>> {
 
   constructor(private readonly pool: StepQueue<S, R>, options: unknown) {
     const opts = readOptions(options, 'options', ['maxBatch', 'maxWaitMs']);
-    const maxBatch = opts.maxBatch ?? 64;
-    if (typeof maxBatch !== 'number' || !Number.isSafeInteger(maxBatch) || maxBatch < 1) {
-      throw new AttentionError('INVALID_OPTION', `options.maxBatch must be an integer >= 1, got ${describe(maxBatch)}`, 'options.maxBatch');
-    }
+    const maxBatch = checkInteger(opts.maxBatch, 'options.maxBatch', 1, 64);
     const maxWaitMs = checkFinite(opts.maxWaitMs, 'options.maxWaitMs', 0);
     if (maxWaitMs < 0) throw new AttentionError('INVALID_OPTION', `options.maxWaitMs must be >= 0, got ${maxWaitMs}`, 'options.maxWaitMs');
     this.maxBatch = maxBatch;

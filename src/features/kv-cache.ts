@@ -20,7 +20,7 @@ import {
 } from '../ops/attention/plan.js';
 import { rotateRows } from '../ops/rope/js.js';
 import { type RopeOptions, type RopeSpec, angleTables, readRope } from '../ops/rope/options.js';
-import { type Checked, type TensorLike, type TensorRead, describe, floatTensor, readOptions, readTensor } from '../tensor.js';
+import { type Checked, type TensorLike, type TensorRead, checkInteger, describe, floatTensor, readOptions, readTensor } from '../tensor.js';
 
 export interface KVCacheOptions {
   batch: number;
@@ -70,13 +70,7 @@ export class KVCache {
   /** @internal use engine.kvCache */
   constructor(backend: Backend, options: KVCacheOptions) {
     const opts = readOptions(options, 'options', ['batch', 'kvHeads', 'headDim', 'valueDim', 'maxSeq']);
-    const int = (name: keyof KVCacheOptions, min: number, fallback?: number): number => {
-      const value = opts[name] ?? fallback;
-      if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < min) {
-        throw new AttentionError('INVALID_OPTION', `options.${name} must be an integer >= ${min}, got ${describe(value)}`, `options.${name}`);
-      }
-      return value;
-    };
+    const int = (name: keyof KVCacheOptions, min: number, fallback?: number): number => checkInteger(opts[name], `options.${name}`, min, fallback);
     this.batch = int('batch', 1);
     this.kvHeads = int('kvHeads', 1);
     this.headDim = int('headDim', 1);

@@ -21,7 +21,7 @@ import type { PagedAttentionPlan, PagedItem, PageStore } from '../ops/paged-atte
 import { pagedFlops, rowsAt, slabFloats } from '../ops/paged-attention/plan.js';
 import { rotateRows } from '../ops/rope/js.js';
 import { type RopeOptions, type RopeSpec, angleTables, positionRange, readRope } from '../ops/rope/options.js';
-import { type Tensor, type TensorLike, checkFinite, checkFloat32, describe, floatTensor, readOptions, readTensor } from '../tensor.js';
+import { type Tensor, type TensorLike, checkFinite, checkFloat32, checkInteger, describe, floatTensor, readOptions, readTensor } from '../tensor.js';
 import { type BatcherOptions, StepBatcher } from './batcher.js';
 
 export interface KVPoolOptions {
@@ -202,13 +202,7 @@ export class KVPool {
   /** @internal use engine.kvPool */
   constructor(backend: Backend, options: KVPoolOptions) {
     const opts = readOptions(options, 'options', ['kvHeads', 'headDim', 'valueDim', 'pageSize', 'maxTokens', 'maxBytes']);
-    const int = (name: keyof KVPoolOptions, min: number, fallback?: number): number => {
-      const value = opts[name] ?? fallback;
-      if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < min) {
-        throw new AttentionError('INVALID_OPTION', `options.${name} must be an integer >= ${min}, got ${describe(value)}`, `options.${name}`);
-      }
-      return value;
-    };
+    const int = (name: keyof KVPoolOptions, min: number, fallback?: number): number => checkInteger(opts[name], `options.${name}`, min, fallback);
     this.kvHeads = int('kvHeads', 1);
     this.headDim = int('headDim', 1);
     this.valueDim = int('valueDim', 1, this.headDim);
@@ -424,12 +418,7 @@ export class KVPool {
     let left = -1;
     if (opts.window !== undefined) {
       const value = readOptions(opts.window, 'options.window', ['left']).left;
-      if (value !== undefined) {
-        if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < 0) {
-          throw new AttentionError('INVALID_OPTION', `options.window.left must be a non-negative integer, got ${describe(value)}`, 'options.window.left');
-        }
-        left = Math.min(value, 2 ** 30);
-      }
+      if (value !== undefined) left = Math.min(checkInteger(value, 'options.window.left', 0), 2 ** 30);
     }
     const rope = readRope(opts.rope, this.headDim);
     const snapshot = readItems(items);
@@ -618,11 +607,8 @@ export class KVPool {
         const position = start + t;
         const { slab: page, index } = this.pageOf(pages[Math.floor(position / this.pageSize)]);
         const at = rowsAt(this.layout, index, kvHead, position % this.pageSize);
-        for (const [data, dst, width] of [[k, at.key, this.headDim], [v, at.value, this.valueDim]] as const) {
-          const src = (kvHead * count + t) * width;
-          if (direction === 'read') data.set(page.subarray(dst, dst + width), src);
-          else for (let d = 0; d < width; d++) page[dst + d] = flushSubnormal(data[src + d]);
-        }
+        copyRow(page, at.key, k, (kvHead * count + t) * this.headDim, this.headDim, direction);
+        copyRow(page, at.value, v, (kvHead * count + t) * this.valueDim, this.valueDim, direction);
       }
     }
   }
@@ -749,6 +735,12 @@ function checkFinite32(data: Float32Array, name: string): void {
       throw new AttentionError('INVALID_TENSOR', `${name}.data[${i}] is ${data[i]}; keys and values stored in the pool must be finite`, `${name}.data`);
     }
   }
+}
+
+/** One row of `width` floats between a page (at `at`) and packed data (at `src`): into the page ('write', subnormals as 0) or out of it ('read'). */
+function copyRow(page: Float32Array, at: number, data: Float32Array, src: number, width: number, direction: 'read' | 'write'): void {
+  if (direction === 'read') data.set(page.subarray(at, at + width), src);
+  else for (let d = 0; d < width; d++) page[at + d] = flushSubnormal(data[src + d]);
 }
 
 /** x, or 0 when x is subnormal: pages never hold a subnormal, so the kernels read them with no flush (x86 is many times slower on subnormals). */

@@ -65,48 +65,25 @@ export const runAttentionItem: ItemRunner = (kernels: Kernels, job: Float64Array
 };
 
 /**
- * Merges split-KV partial results into the output, chunk by chunk in order: with each chunk's
- * normalised output o_c and its row max m_c and sum l_c, out = sum_c w_c o_c / sum_c w_c where
- * w_c = l_c · exp(m_c - max_c m_c). A row no chunk could see stays 0.
+ * Merges split-KV partial results into the output with the f32_merge_chunks kernel, chunk by chunk in
+ * order (see assembly/f32-merge-chunks-simd.ts), one (batch, head) at a time: partial outputs
+ * [bh][kvChunk][row][valueDim], their stats [bh][kvChunk][row][2]; the merged [max, sum] of each row
+ * into the stats, when asked for, as the kernel writes them for an unsplit row.
  */
-export function mergeSplitKV(job: Float64Array, f32: Float32Array): void {
+export function mergeSplitKV(job: Float64Array, kernels: Kernels): void {
   const kvChunks = job[J.kvChunks];
   const seqQ = job[J.seqQ];
   const valueDim = job[J.valueDim];
   const qHeads = job[J.qHeads];
   const heads = job[J.items] / (kvChunks * job[J.rowChunks]);
-  const partial = job[J.partialOut] >>> 2;
-  const stats = job[J.partialStats] >>> 2;
-  const weights = new Float64Array(kvChunks);
-  const acc = new Float64Array(valueDim);
   for (let bh = 0; bh < heads; bh++) {
     const h = bh % qHeads;
     const b = (bh - h) / qHeads;
-    for (let row = 0; row < seqQ; row++) {
-      let max = -Infinity;
-      for (let c = 0; c < kvChunks; c++) {
-        const s = stats + 2 * ((bh * kvChunks + c) * seqQ + row);
-        if (f32[s + 1] > 0 || Number.isNaN(f32[s + 1])) max = Math.max(max, f32[s]);
-      }
-      let total = 0;
-      acc.fill(0);
-      for (let c = 0; c < kvChunks; c++) {
-        const slotIndex = (bh * kvChunks + c) * seqQ + row;
-        const l = f32[stats + 2 * slotIndex + 1];
-        weights[c] = l > 0 || Number.isNaN(l) ? l * Math.exp(f32[stats + 2 * slotIndex] - max) : 0;
-        total += weights[c];
-        if (weights[c] === 0) continue;
-        const o = partial + slotIndex * valueDim;
-        for (let d = 0; d < valueDim; d++) acc[d] += weights[c] * f32[o + d];
-      }
-      const out = (job[J.out] >>> 2) + b * job[J.oB] + h * job[J.oH] + row * job[J.oRow];
-      for (let d = 0; d < valueDim; d++) f32[out + d] = total > 0 || Number.isNaN(total) ? acc[d] / total : 0;
-      if (job[J.stats] !== 0) {
-        // the merged row's [max, sum], as the kernel writes them for an unsplit row
-        const at = (job[J.stats] >>> 2) + 2 * (bh * seqQ + row);
-        f32[at] = max;
-        f32[at + 1] = total;
-      }
-    }
+    kernels.f32_merge_chunks(
+      job[J.partialOut] + 4 * bh * kvChunks * seqQ * valueDim, valueDim, seqQ * valueDim,
+      job[J.partialStats] + 8 * bh * kvChunks * seqQ, 1, seqQ, kvChunks, seqQ, valueDim,
+      job[J.out] + 4 * (b * job[J.oB] + h * job[J.oH]), job[J.oRow],
+      job[J.stats] === 0 ? 0 : job[J.stats] + 8 * bh * seqQ,
+    );
   }
 }

@@ -116,7 +116,7 @@ export const attentionWasm: WasmOp<AttentionPlan, AttentionOutput> = {
 
   finish(plan: AttentionPlan, call: WasmCall, encoded: Encoded): AttentionOutput {
     const { job, outPtr, size, splitKV } = encoded as AttentionEncoded;
-    if (splitKV) mergeSplitKV(job, call.f32);
+    if (splitKV) mergeSplitKV(job, call.kernels);
     const output: AttentionOutput = { data: call.collect(outPtr, size, plan.out), dims: plan.outDims };
     const rows = plan.batch * plan.qHeads * plan.seqQ;
     if (plan.returnLogSumExp) {

@@ -152,7 +152,7 @@ function mergeCut(cut: Cut, kernels: Kernels, valueDim: number): void {
   for (let g = 0; g < cut.group; g++) {
     kernels.f32_merge_chunks(
       cut.partialOut + 4 * g * valueDim, cut.group * valueDim, rows * valueDim, cut.partialStats + 8 * g, cut.group, rows,
-      cut.chunks, cut.positions, valueDim, cut.out + 4 * g * cut.ldoHead, valueDim,
+      cut.chunks, cut.positions, valueDim, cut.out + 4 * g * cut.ldoHead, valueDim, 0,
     );
   }
 }
