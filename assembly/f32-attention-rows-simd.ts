@@ -91,7 +91,7 @@ export function addWeighted(p: usize, n: i32, v: usize, ldv: i32, valueDim: i32,
 
 /** [sum a0, sum a1, sum a2, sum a3]: the four horizontal sums by two rounds of pairwise adds. */
 // @ts-ignore: decorator
-@inline function sums4(a0: v128, a1: v128, a2: v128, a3: v128): v128 {
+@inline export function sums4(a0: v128, a1: v128, a2: v128, a3: v128): v128 {
   const t01 = f32x4.add(v128.shuffle<f32>(a0, a1, 0, 4, 1, 5), v128.shuffle<f32>(a0, a1, 2, 6, 3, 7));
   const t23 = f32x4.add(v128.shuffle<f32>(a2, a3, 0, 4, 1, 5), v128.shuffle<f32>(a2, a3, 2, 6, 3, 7));
   return f32x4.add(v128.shuffle<f32>(t01, t23, 0, 1, 4, 5), v128.shuffle<f32>(t01, t23, 2, 3, 6, 7));
@@ -99,7 +99,7 @@ export function addWeighted(p: usize, n: i32, v: usize, ldv: i32, valueDim: i32,
 
 /** lane r of x into row r of s (rows lds floats apart) at column j. */
 // @ts-ignore: decorator
-@inline function storeColumn(s: usize, sStride: usize, j: i32, x: v128): void {
+@inline export function storeColumn(s: usize, sStride: usize, j: i32, x: v128): void {
   const at = s + (<usize>j << 2);
   store<f32>(at, f32x4.extract_lane(x, 0));
   store<f32>(at + sStride, f32x4.extract_lane(x, 1));

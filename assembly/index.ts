@@ -8,7 +8,7 @@ export { f32_softmax_rows } from './f32-softmax-scale-mask-simd';
 export { f32_attention, f32_attention_scratch_bytes } from './f32-attention-flash-simd';
 export { f32_rope_rows } from './f32-rope-simd';
 export { f32_merge_chunks } from './f32-merge-chunks-simd';
-export { f32_attention_paged, f32_attention_paged_scratch_bytes } from './f32-attention-paged-simd';
+export { f32_attention_paged, f16_attention_paged, qs8_attention_paged, f32_attention_paged_scratch_bytes } from './attention-paged-simd';
 
 /** First byte of linear memory the module does not use itself (static data ends below it). */
 export function heap_base(): usize {

@@ -18,6 +18,7 @@ export { KVCache } from './features/kv-cache.js';
 export type { CacheAppendOptions, CacheAttentionOptions, KVCacheOptions } from './features/kv-cache.js';
 export { KVPool, KVSequence } from './features/kv-pool.js';
 export type { Batcher, KVPoolOptions, KVPoolStats, PoolStepItem, PoolStepOptions } from './features/kv-pool.js';
+export type { KVDtype } from './ops/paged-attention/pages.js';
 export type { BatcherOptions } from './features/batcher.js';
 export type {
   OnnxAttentionAttributes, OnnxAttentionInputs, OnnxAttentionOutputs, OnnxAttentionRequest, OnnxOutputTensor, OnnxTensor,

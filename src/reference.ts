@@ -7,3 +7,5 @@ export { referenceMatmul } from './ops/matmul/reference.js';
 export { referenceSoftmax } from './ops/softmax/reference.js';
 export { referenceRotary } from './ops/rope/reference.js';
 export type { ReferenceRotaryOptions } from './ops/rope/reference.js';
+export { quantizeKV } from './ops/paged-attention/reference.js';
+export type { KVDtype } from './ops/paged-attention/reference.js';

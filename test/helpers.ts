@@ -56,6 +56,20 @@ export const tolerance = {
    * |error| <= ~3·2^-24·(|x1| + |x2|) <= 3·EPS32·max|x|; 4·EPS32·max|x| whatever the position.
    */
   rotary: (maxInput: number): number => 4 * EPS32 * maxInput,
+  /**
+   * Scores over float16 and int8 pages, against the reference over the same quantized keys (before
+   * the scale): the int8 kernel rounds each q row to int16 (half a step of absmax/16383 at most, for
+   * any head dim, per element), and with RoPE a key the pool rotated in float32 may round to the level
+   * next to the one the reference's float64 rotation gives (one step: 2^-10·max|k| for float16,
+   * max|k|/127 for int8), counted twice per key. A score error e moves an output by up to about
+   * 2e·max|v|; callers add 2.5x this (times max|v|) to the attention tolerance.
+   */
+  quantizedScore: (dtype: 'float32' | 'float16' | 'int8', headDim: number, maxQ: number, maxK: number, rope: boolean): number => {
+    if (dtype === 'float32') return 0;
+    const query = dtype === 'int8' ? (headDim * maxQ * maxK) / (2 * 16383) : 0;
+    const step = dtype === 'int8' ? maxK / 127 : maxK * 2 ** -10;
+    return query + (rope ? 2 * maxQ * step : 0);
+  },
   /** ONNX's own: |a - e| <= atol + rtol*|e|. */
   onnx: { rtol: 1e-3, atol: 1e-7 },
 };

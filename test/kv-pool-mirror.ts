@@ -3,7 +3,7 @@
 // and its tolerance.
 import type { Engine, KVPool } from '../src/index.js';
 import type { PoolStepOptions } from '../src/features/kv-pool.js';
-import { referenceAttention, referenceRotary } from '../src/reference.js';
+import { type KVDtype, quantizeKV, referenceAttention, referenceRotary } from '../src/reference.js';
 import { maxAbs, randomTensor, tolerance } from './helpers.js';
 
 export interface Shape {
@@ -11,7 +11,11 @@ export interface Shape {
   kvHeads: number;
   headDim: number;
   valueDim: number;
+  /** The pool's page dtype; float32 when left out. */
+  dtype?: KVDtype;
 }
+
+export const DTYPES: readonly KVDtype[] = ['float32', 'float16', 'int8'];
 
 export type T = { data: Float32Array; dims: number[] };
 
@@ -33,7 +37,7 @@ export function stepData(random: () => number, shape: Shape, n: number, magnitud
 
 /** A pool for a shape (its kv heads and dims; q heads are the steps' business). */
 export function poolFor(engine: Engine, shape: Shape, options: { pageSize?: number; maxTokens: number; pageSiz?: number }): KVPool {
-  return engine.kvPool({ kvHeads: shape.kvHeads, headDim: shape.headDim, valueDim: shape.valueDim, ...options });
+  return engine.kvPool({ kvHeads: shape.kvHeads, headDim: shape.headDim, valueDim: shape.valueDim, dtype: shape.dtype, ...options });
 }
 
 /** What a call threw (undefined when it returned). */
@@ -46,7 +50,10 @@ export function thrown(call: () => unknown): unknown {
   return undefined;
 }
 
-/** A sequence's history as the reference sees it: keys (rotated when the steps were) and values per kv head. */
+/**
+ * A sequence's history as the reference sees it: keys (rotated when the steps were) and values per kv
+ * head, as the pool's pages hold them (quantized by the reference's quantizeKV for float16 and int8).
+ */
 export class Mirror {
   keys: number[][];
   values: number[][];
@@ -78,10 +85,14 @@ export class Mirror {
   append(k: T, v: T, options: PoolStepOptions = {}): void {
     const { headDim, valueDim } = this.shape;
     const n = k.dims[1];
-    const kRot = this.rotate(k, this.length, options);
+    const dtype = this.shape.dtype ?? 'float32';
+    const rotated = this.rotate(k, this.length, options);
+    // float16 and int8 pages: the values they hold (the pool rotates keys in float32, then stores them)
+    const kHeld = dtype === 'float32' ? rotated : quantizeKV(Float32Array.from(rotated), headDim, dtype);
+    const vHeld = dtype === 'float32' ? v.data : quantizeKV(v.data, valueDim, dtype);
     for (let h = 0; h < this.shape.kvHeads; h++) {
-      for (let i = 0; i < n * headDim; i++) this.keys[h].push(kRot[h * n * headDim + i]);
-      for (let i = 0; i < n * valueDim; i++) this.values[h].push(v.data[h * n * valueDim + i]);
+      for (let i = 0; i < n * headDim; i++) this.keys[h].push(kHeld[h * n * headDim + i]);
+      for (let i = 0; i < n * valueDim; i++) this.values[h].push(vHeld[h * n * valueDim + i]);
     }
   }
 
@@ -101,6 +112,8 @@ export class Mirror {
     ).data;
     const scale = options.scale ?? 1 / Math.sqrt(headDim);
     const maxScore = Math.abs(scale) * maxAbs(q) * maxAbs(k) * headDim;
-    return { expected, tol: tolerance.attention(headDim, length, options.softcap ?? maxScore) * Math.max(maxAbs(v), 1e-30) };
+    const scoreError = Math.abs(scale) * tolerance.quantizedScore(this.shape.dtype ?? 'float32', headDim, maxAbs(q), maxAbs(k), options.rope !== undefined);
+    const tol = tolerance.attention(headDim, length, options.softcap ?? maxScore) + 2.5 * scoreError;
+    return { expected, tol: tol * Math.max(maxAbs(v), 1e-30) };
   }
 }

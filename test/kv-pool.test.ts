@@ -9,7 +9,7 @@ import { describe, expect, it } from 'vitest';
 import { type Engine, type KVPool, KVSequence, createEngineSync } from '../src/index.js';
 import type { PoolStepOptions } from '../src/features/kv-pool.js';
 import { BACKENDS, engineFor, maxError, randomTensor, refused, rng } from './helpers.js';
-import { type Shape, type StepData, stepData, poolFor, Mirror } from './kv-pool-mirror.js';
+import { DTYPES, type Shape, type StepData, stepData, poolFor, Mirror } from './kv-pool-mirror.js';
 
 interface Case extends Shape {
   pageSize: number;
@@ -29,13 +29,15 @@ const cases: Array<[string, Case]> = [
   ['window 5, softcap 20, scale 0.3', { qHeads: 4, kvHeads: 2, headDim: 8, valueDim: 8, pageSize: 4, options: { window: { left: 5 }, softcap: 20, scale: 0.3 } }],
 ];
 
-describe.each(BACKENDS)('kvPool on %s', (backend) => {
+const runs = BACKENDS.flatMap((backend) => DTYPES.map((dtype) => [backend, dtype] as const));
+
+describe.each(runs)('kvPool on %s, %s pages', (backend, dtype) => {
   const engine = engineFor(backend);
 
   it.each(cases)('interleaved steps equal each sequence alone: %s', async (_, c) => {
     const random = rng(c.headDim * 31 + c.pageSize);
-    const pool = engine.kvPool({ kvHeads: c.kvHeads, headDim: c.headDim, valueDim: c.valueDim, pageSize: c.pageSize, maxTokens: 4000 });
-    const sequences = Array.from({ length: c.sequences ?? 4 }, () => ({ sequence: pool.sequence(), mirror: new Mirror(c) }));
+    const pool = engine.kvPool({ kvHeads: c.kvHeads, headDim: c.headDim, valueDim: c.valueDim, pageSize: c.pageSize, maxTokens: 4000, dtype });
+    const sequences = Array.from({ length: c.sequences ?? 4 }, () => ({ sequence: pool.sequence(), mirror: new Mirror({ ...c, dtype }) }));
     const sizes = c.sizes ?? [1, 1, 1, 2, 5, 17, 40];
     const options = c.options ?? {};
     for (let s = 0; s < (c.steps ?? 10); s++) {
@@ -55,7 +57,7 @@ describe.each(BACKENDS)('kvPool on %s', (backend) => {
   });
 
   it('long histories (split over the keys) and prefill chunks', async () => {
-    const shape = { qHeads: 4, kvHeads: 2, headDim: 8, valueDim: 8 };
+    const shape: Shape = { qHeads: 4, kvHeads: 2, headDim: 8, valueDim: 8, dtype };
     const random = rng(7);
     const pool = poolFor(engine, shape, { pageSize: 16, maxTokens: 8192 });
     const a = { sequence: pool.sequence(), mirror: new Mirror(shape) };
@@ -74,7 +76,7 @@ describe.each(BACKENDS)('kvPool on %s', (backend) => {
   });
 
   it("an item's bits do not depend on the other items of its step", () => {
-    const shape = { qHeads: 8, kvHeads: 2, headDim: 32, valueDim: 32 };
+    const shape: Shape = { qHeads: 8, kvHeads: 2, headDim: 32, valueDim: 32, dtype };
     const run = (withOthers: boolean): Float32Array[] => {
       const random = rng(11);
       const pool = poolFor(engine, shape, { pageSize: 8, maxTokens: 8192 });
@@ -96,7 +98,7 @@ describe.each(BACKENDS)('kvPool on %s', (backend) => {
   });
 
   it('forks equal sequences built with the same tokens, and share pages until they write', () => {
-    const shape = { qHeads: 4, kvHeads: 2, headDim: 16, valueDim: 16 };
+    const shape: Shape = { qHeads: 4, kvHeads: 2, headDim: 16, valueDim: 16, dtype };
     const random = rng(5);
     const pool = poolFor(engine, shape, { pageSize: 16, maxTokens: 1024 });
     const prefix = stepData(random, shape, 20);
@@ -124,7 +126,7 @@ describe.each(BACKENDS)('kvPool on %s', (backend) => {
 
   it('pages all come back after dispose, and the pool gives its memory back', () => {
     const before = engine.stats().usedBytes;
-    const shape = { qHeads: 2, kvHeads: 1, headDim: 8, valueDim: 8 };
+    const shape: Shape = { qHeads: 2, kvHeads: 1, headDim: 8, valueDim: 8, dtype };
     const random = rng(3);
     const pool = poolFor(engine, shape, { pageSize: 4, maxTokens: 400 });
     const sequences = Array.from({ length: 5 }, () => pool.sequence());
@@ -133,7 +135,8 @@ describe.each(BACKENDS)('kvPool on %s', (backend) => {
     pool.step(forks.map((sequence) => ({ sequence, ...stepData(random, shape, 2) })));
     expect(pool.stats().pagesUsed).toBeGreaterThan(0);
     for (const s of [...sequences, ...forks]) s.dispose();
-    expect(pool.stats()).toMatchObject({ pagesUsed: 0, sequences: 0, pageSize: 4, pages: 100, bytesPerToken: 64 });
+    // keys and values of 8 each, one kv head: float32 64 bytes, float16 32, int8 16 and two float32 scales
+    expect(pool.stats()).toMatchObject({ dtype, pagesUsed: 0, sequences: 0, pageSize: 4, pages: 100, bytesPerToken: { float32: 64, float16: 32, int8: 24 }[dtype] });
     pool.dispose();
     expect(engine.stats().usedBytes).toBe(before);
     refused(() => pool.sequence(), 'DISPOSED');
@@ -141,7 +144,7 @@ describe.each(BACKENDS)('kvPool on %s', (backend) => {
   });
 
   it('a refused step changes no sequence', () => {
-    const shape = { qHeads: 2, kvHeads: 1, headDim: 8, valueDim: 8 };
+    const shape: Shape = { qHeads: 2, kvHeads: 1, headDim: 8, valueDim: 8, dtype };
     const random = rng(9);
     const pool = poolFor(engine, shape, { pageSize: 16, maxTokens: 64 });
     const a = { sequence: pool.sequence(), mirror: new Mirror(shape) };
@@ -184,12 +187,13 @@ describe.each(BACKENDS)('kvPool on %s', (backend) => {
   });
 
   it('export then import gives the same next outputs', () => {
-    const shape = { qHeads: 4, kvHeads: 2, headDim: 8, valueDim: 12 };
+    const shape: Shape = { qHeads: 4, kvHeads: 2, headDim: 8, valueDim: 12, dtype };
     const random = rng(13);
     const pool = poolFor(engine, shape, { pageSize: 16, maxTokens: 1024 });
     const a = pool.sequence();
     const mirror = new Mirror(shape);
     const prompt = stepData(random, shape, 37);
+    // pages of 16: a head's 37 rows of 8 floats are not a multiple of 16 bytes, so page padding matters
     pool.step([{ sequence: a, ...prompt }], { rope: {} });
     mirror.step(prompt, { rope: {} });
     const bytes = a.export();
@@ -204,17 +208,21 @@ describe.each(BACKENDS)('kvPool on %s', (backend) => {
     const { expected, tol } = mirror.step(next, { rope: {} });
     expect(maxError(yc.data, expected)).toBeLessThanOrEqual(tol);
     refused(() => pool.import(bytes.subarray(0, 40)), 'INVALID_ARGUMENT', 'bytes');
-    const wrong = engine.kvPool({ kvHeads: 2, headDim: 8, valueDim: 8, maxTokens: 64 });
+    const wrong = engine.kvPool({ kvHeads: 2, headDim: 8, valueDim: 8, maxTokens: 64, dtype });
     refused(() => wrong.import(bytes), 'INVALID_ARGUMENT', 'bytes', /value dim 12/);
     const corrupt = bytes.slice();
     corrupt[0] ^= 1;
     refused(() => pool.import(corrupt), 'INVALID_ARGUMENT', 'bytes', /header/);
-    refused(() => other.import(bytes.slice(0, 32 + 4 * 2 * 37 * 20 - 4)), 'INVALID_ARGUMENT', 'bytes');
-    for (const p of [pool, other, wrong]) p.dispose();
+    refused(() => other.import(bytes.slice(0, bytes.length - 4)), 'INVALID_ARGUMENT', 'bytes');
+    // the dtype travels with the bytes: another dtype's pool refuses them, and a second export is the same bytes
+    const otherDtype = poolFor(engine, { ...shape, dtype: dtype === 'int8' ? 'float16' : 'int8' }, { maxTokens: 64 });
+    refused(() => otherDtype.import(bytes), 'INVALID_ARGUMENT', 'bytes', new RegExp(`pages are ${dtype}`));
+    expect(Array.from(pool.import(bytes).export())).toEqual(Array.from(bytes));
+    for (const p of [pool, other, wrong, otherDtype]) p.dispose();
   });
 
   it('append stores keys and values as given; options are checked', () => {
-    const shape = { qHeads: 2, kvHeads: 1, headDim: 4, valueDim: 4 };
+    const shape: Shape = { qHeads: 2, kvHeads: 1, headDim: 4, valueDim: 4, dtype };
     const random = rng(17);
     const pool = poolFor(engine, shape, { pageSize: 3, maxTokens: 30 });
     const a = pool.sequence();
@@ -237,7 +245,7 @@ describe.each(BACKENDS)('kvPool on %s', (backend) => {
   });
 
   it('batcher: concurrent calls share steps, each sequence in order, errors stay with their call', async () => {
-    const shape = { qHeads: 4, kvHeads: 2, headDim: 8, valueDim: 8 };
+    const shape: Shape = { qHeads: 4, kvHeads: 2, headDim: 8, valueDim: 8, dtype };
     const random = rng(19);
     const pool = poolFor(engine, shape, { pageSize: 4, maxTokens: 400 });
     const batcher = pool.batcher({ maxBatch: 4 });
@@ -275,8 +283,8 @@ describe.each(BACKENDS)('kvPool on %s', (backend) => {
 });
 
 describe('kvPool threads', () => {
-  it('stepAsync gives the same bits on 1 and 2 threads', async () => {
-    const shape = { qHeads: 8, kvHeads: 2, headDim: 64, valueDim: 64 };
+  it.each(DTYPES)('stepAsync gives the same bits on 1 and 2 threads: %s pages', async (dtype) => {
+    const shape: Shape = { qHeads: 8, kvHeads: 2, headDim: 64, valueDim: 64, dtype };
     const run = async (engine: Engine): Promise<number[][]> => {
       const random = rng(23);
       const pool: KVPool = poolFor(engine, shape, { pageSize: 16, maxTokens: 20000 });

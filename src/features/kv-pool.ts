@@ -2,9 +2,10 @@
 // (PagedAttention), taken on demand and shared between forks, with one attention call per step over
 // all the sequences that take part (continuous batching).
 //
-// A page holds pageSize positions of every kv head. Pages live in equal slabs (resident tensors of
-// several pages each, laid out as PageStore in src/ops/paged-attention/plan.ts says: head-major, keys
-// apart from values), reserved as they are first needed and kept for reuse until the pool is disposed.
+// A page holds pageSize positions of every kv head, as float32, float16 or int8 (options.dtype; see
+// src/ops/paged-attention/pages.ts for the element types and the layout: head-major, keys apart from
+// values). Pages live in equal slabs (resident tensors of several pages each), reserved as they are
+// first needed and kept for reuse until the pool is disposed.
 // A sequence is a list of page ids and a length; each page has a reference count (forks share pages),
 // and a page goes back to the free list when its count reaches 0 and no running step reads it.
 //
@@ -17,8 +18,11 @@ import { type Backend, type Operand, operandArray } from '../backend.js';
 import { AttentionError, human } from '../errors.js';
 import type { ResidentTensor } from '../memory/resident.js';
 import { pagedAttentionOp } from '../ops/paged-attention/index.js';
+import {
+  HALF_MAX, KV_DTYPES, type KVDtype, type PageLayout, type SlabViews, blockSizes, bytesPerToken, elementBytes, pageBytes, rowsAt, slabBytes, slabViews, storeRow,
+} from '../ops/paged-attention/pages.js';
 import type { PagedAttentionPlan, PagedItem, PageStore } from '../ops/paged-attention/plan.js';
-import { pagedFlops, rowsAt, slabFloats } from '../ops/paged-attention/plan.js';
+import { pagedFlops } from '../ops/paged-attention/plan.js';
 import { rotateRows } from '../ops/rope/js.js';
 import { type RopeOptions, type RopeSpec, angleTables, positionRange, readRope } from '../ops/rope/options.js';
 import { type Tensor, type TensorLike, checkFinite, checkFloat32, checkInteger, describe, floatTensor, readOptions, readTensor } from '../tensor.js';
@@ -31,6 +35,12 @@ export interface KVPoolOptions {
   valueDim?: number;
   /** Positions per page; default 16. */
   pageSize?: number;
+  /**
+   * What a page stores each key and value as: 'float32' (the default), 'float16' (IEEE half, round to
+   * nearest even; values beyond ±65504 are refused) or 'int8' (symmetric, one float32 scale per
+   * position and kv head for its keys and one for its values: absmax / 127).
+   */
+  dtype?: KVDtype;
   /** Capacity in positions (rounded up to whole pages). Give this or maxBytes. */
   maxTokens?: number;
   /** Capacity in bytes of pages. Give this or maxTokens. */
@@ -57,6 +67,7 @@ export interface PoolStepOptions {
 }
 
 export interface KVPoolStats {
+  dtype: KVDtype;
   pageSize: number;
   /** Pages the pool may hold (its capacity). */
   pages: number;
@@ -66,24 +77,41 @@ export interface KVPoolStats {
   sequences: number;
   /** Bytes of pages reserved in the engine's memory now. */
   bytes: number;
-  /** Bytes one cached position takes (keys and values of every kv head). */
+  /** Bytes one cached position takes (keys, values and int8 scales of every kv head; page padding not counted). */
   bytesPerToken: number;
 }
 
 /** Bytes of memory per slab of pages, about (a slab holds at least one page). */
 const SLAB_BYTES = 8 * 2 ** 20;
-/** export() format: magic, then version, dtype (0: float32), kvHeads, headDim, valueDim, length as u32 little-endian. */
+/**
+ * export() format: magic, then version, dtype (DTYPE_CODES), kvHeads, headDim, valueDim, length as u32
+ * little-endian, then little-endian rows as the pages hold them: keys [kvHeads, length, headDim], values
+ * [kvHeads, length, valueDim] (float32, float16 bit patterns or int8), then for int8 the key scales
+ * [kvHeads, length] and the value scales [kvHeads, length] (float32).
+ */
 const EXPORT_MAGIC = 0x564b4157; // 'WAKV' read as a little-endian u32
 const EXPORT_VERSION = 1;
 const EXPORT_HEADER_BYTES = 32;
+const DTYPE_CODES: Record<KVDtype, number> = { float32: 0, float16: 1, int8: 2 };
+
+/** Rows as the pages hold them (elements of the pool's dtype, packed [kvHeads, n, width]) and their int8 scales [kvHeads, n]. */
+interface StoredRows {
+  k: Float32Array | Uint16Array | Int8Array;
+  v: Float32Array | Uint16Array | Int8Array;
+  kScales: Float32Array;
+  vScales: Float32Array;
+}
 
 /** Keys and values of n new positions for one sequence, read once and checked. */
 interface Entries {
   /** The caller's handle (none for an import). */
   sequence?: KVSequence;
   state: SequenceState;
+  /** New keys and values as floats, stored through the pool's dtype (empty for an import). */
   k: Float32Array;
   v: Float32Array;
+  /** Rows already in the page format (an import): copied as they are. */
+  stored?: StoredRows;
   n: number;
   /** RoPE's cos and sin for the positions this entry's keys and queries take (built once per step). */
   tables?: { start: number; cos: Float32Array; sin: Float32Array };
@@ -179,12 +207,13 @@ export class KVPool {
   readonly headDim: number;
   readonly valueDim: number;
   readonly pageSize: number;
+  readonly dtype: KVDtype;
   /** Pages the pool may hold. */
   readonly maxPages: number;
   private readonly backend: Backend;
   private readonly slabPages: number;
   /** The pages' layout (see PageStore). */
-  private readonly layout: Omit<PageStore, 'slabs'>;
+  private readonly layout: PageLayout;
   private slabs: ResidentTensor[] = [];
   private readonly refs: Int32Array;
   /** Pages with a reference. */
@@ -201,34 +230,35 @@ export class KVPool {
 
   /** @internal use engine.kvPool */
   constructor(backend: Backend, options: KVPoolOptions) {
-    const opts = readOptions(options, 'options', ['kvHeads', 'headDim', 'valueDim', 'pageSize', 'maxTokens', 'maxBytes']);
+    const opts = readOptions(options, 'options', ['kvHeads', 'headDim', 'valueDim', 'pageSize', 'dtype', 'maxTokens', 'maxBytes']);
     const int = (name: keyof KVPoolOptions, min: number, fallback?: number): number => checkInteger(opts[name], `options.${name}`, min, fallback);
     this.kvHeads = int('kvHeads', 1);
     this.headDim = int('headDim', 1);
     this.valueDim = int('valueDim', 1, this.headDim);
     this.pageSize = int('pageSize', 1, 16);
-    const pageBytes = 4 * this.pageSize * this.kvHeads * (this.headDim + this.valueDim);
+    this.dtype = readDtype(opts.dtype);
+    const onePage = pageBytes(this);
     if (opts.maxTokens === undefined && opts.maxBytes === undefined) {
       throw new AttentionError('INVALID_OPTION', 'options.maxTokens or options.maxBytes is required: the most the pool may hold', 'options.maxTokens');
     }
     if (opts.maxTokens !== undefined && opts.maxBytes !== undefined) {
       throw new AttentionError('INVALID_OPTION', 'give options.maxTokens or options.maxBytes, not both', 'options.maxBytes');
     }
-    let maxPages = opts.maxTokens !== undefined ? Math.ceil(int('maxTokens', 1) / this.pageSize) : Math.floor(int('maxBytes', 1) / pageBytes);
+    let maxPages = opts.maxTokens !== undefined ? Math.ceil(int('maxTokens', 1) / this.pageSize) : Math.floor(int('maxBytes', 1) / onePage);
     if (maxPages < 1) {
-      throw new AttentionError('INVALID_OPTION', `options.maxBytes ${opts.maxBytes} holds no page of ${human(pageBytes)}`, 'options.maxBytes');
+      throw new AttentionError('INVALID_OPTION', `options.maxBytes ${opts.maxBytes} holds no page of ${human(onePage)}`, 'options.maxBytes');
     }
-    if (maxPages > 2 ** 24 || pageBytes > 2 ** 30) {
-      throw new AttentionError('OUT_OF_MEMORY', `a pool of ${maxPages} pages of ${human(pageBytes)} is more than the engine's memory can address`, opts.maxTokens !== undefined ? 'options.maxTokens' : 'options.maxBytes');
+    if (maxPages > 2 ** 24 || onePage > 2 ** 30) {
+      throw new AttentionError('OUT_OF_MEMORY', `a pool of ${maxPages} pages of ${human(onePage)} is more than the engine's memory can address`, opts.maxTokens !== undefined ? 'options.maxTokens' : 'options.maxBytes');
     }
     // slabs of equal size (a head's offset inside a slab is then the same in all of them), about
     // SLAB_BYTES each: with maxTokens the last may have room past maxTokens; with maxBytes the pool holds
     // the whole number of pages per slab that keeps every slab, and so the pool, within maxBytes
-    const slabCount = Math.ceil(maxPages / Math.max(1, Math.floor(SLAB_BYTES / pageBytes)));
+    const slabCount = Math.ceil(maxPages / Math.max(1, Math.floor(SLAB_BYTES / onePage)));
     this.slabPages = opts.maxTokens !== undefined ? Math.ceil(maxPages / slabCount) : Math.floor(maxPages / slabCount);
     if (opts.maxTokens === undefined) maxPages = this.slabPages * slabCount;
     this.maxPages = maxPages;
-    this.layout = { slabPages: this.slabPages, pageSize: this.pageSize, kvHeads: this.kvHeads, headDim: this.headDim, valueDim: this.valueDim };
+    this.layout = { dtype: this.dtype, slabPages: this.slabPages, pageSize: this.pageSize, kvHeads: this.kvHeads, headDim: this.headDim, valueDim: this.valueDim };
     this.refs = new Int32Array(this.maxPages);
     this.backend = backend;
   }
@@ -252,14 +282,16 @@ export class KVPool {
   }
 
   stats(): KVPoolStats {
-    if (this.disposed) return { pageSize: this.pageSize, pages: this.maxPages, pagesUsed: 0, sequences: 0, bytes: 0, bytesPerToken: 4 * this.kvHeads * (this.headDim + this.valueDim) };
+    const perToken = bytesPerToken(this);
+    if (this.disposed) return { dtype: this.dtype, pageSize: this.pageSize, pages: this.maxPages, pagesUsed: 0, sequences: 0, bytes: 0, bytesPerToken: perToken };
     return {
+      dtype: this.dtype,
       pageSize: this.pageSize,
       pages: this.maxPages,
       pagesUsed: this.used,
       sequences: this.live.size,
       bytes: this.slabs.reduce((sum, slab) => sum + 4 * slab.length, 0),
-      bytesPerToken: 4 * this.kvHeads * (this.headDim + this.valueDim),
+      bytesPerToken: perToken,
     };
   }
 
@@ -316,9 +348,9 @@ export class KVPool {
   /** Makes a sequence from sequence.export()'s bytes. */
   import(bytes: Uint8Array | ArrayBuffer): KVSequence {
     this.check();
-    const { k, v, length } = this.readExport(bytes);
+    const { stored, length } = this.readExport(bytes);
     const state: SequenceState = { pool: this, pages: [], length: 0, busy: 0, disposed: false };
-    const entries: Entries = { state, k, v, n: length };
+    const entries: Entries = { state, k: new Float32Array(0), v: new Float32Array(0), stored, n: length };
     this.reserve([entries], 'bytes');
     this.apply([entries], undefined);
     this.live.add(state);
@@ -365,14 +397,12 @@ export class KVPool {
     this.notBusy(state);
     const { kvHeads, headDim, valueDim } = this;
     const length = state.length;
-    const bytes = new Uint8Array(EXPORT_HEADER_BYTES + 4 * kvHeads * length * (headDim + valueDim));
+    const stored = this.readRows(state.pages, length);
+    const bytes = new Uint8Array(exportBytes(this, length));
     const header = new DataView(bytes.buffer);
-    [EXPORT_MAGIC, EXPORT_VERSION, 0, kvHeads, headDim, valueDim, length].forEach((x, i) => header.setUint32(4 * i, x, true));
-    const k = new Float32Array(kvHeads * length * headDim);
-    const v = new Float32Array(kvHeads * length * valueDim);
-    this.copyRows(state.pages, length, k, v, 'read');
-    writeFloats(bytes, EXPORT_HEADER_BYTES, k);
-    writeFloats(bytes, EXPORT_HEADER_BYTES + 4 * k.length, v);
+    [EXPORT_MAGIC, EXPORT_VERSION, DTYPE_CODES[this.dtype], kvHeads, headDim, valueDim, length].forEach((x, i) => header.setUint32(4 * i, x, true));
+    let at = EXPORT_HEADER_BYTES;
+    for (const part of exportParts(this.dtype, stored)) at = writeLittleEndian(bytes, at, part);
     return bytes;
   }
 
@@ -460,8 +490,8 @@ export class KVPool {
     if (v.dims[1] !== k.dims[1]) throw new AttentionError('SHAPE_MISMATCH', `${vName} has ${v.dims[1]} positions but ${kName} has ${k.dims[1]}`, `${vName}.dims[1]`);
     const data = (t: typeof k): Float32Array => (copy ? operandArray(t.operand).slice() : operandArray(t.operand));
     const [kData, vData] = [data(k), data(v)];
-    checkFinite32(kData, kName);
-    checkFinite32(vData, vName);
+    checkStorable(kData, kName, this.dtype);
+    checkStorable(vData, vName, this.dtype);
     return { sequence, state, k: kData, v: vData, n: k.dims[1] };
   }
 
@@ -496,7 +526,7 @@ export class KVPool {
   private growSlab(): void {
     const first = this.slabs.length * this.slabPages;
     const pages = Math.min(this.slabPages, this.maxPages - first);
-    this.slabs.push(this.backend.tensor([slabFloats(this.layout)], 'float32'));
+    this.slabs.push(this.backend.tensor([slabBytes(this.layout) / 4], 'float32'));
     for (let p = first + pages - 1; p >= first; p--) this.free.push(p);
   }
 
@@ -563,7 +593,7 @@ export class KVPool {
       }
       while (state.pages.length * this.pageSize < state.length + n) state.pages.push(this.take(undo));
       const k = rope ? rotated(entry.k, this.kvHeads, n, this.headDim, tablesOf(entry, state.length, rope), rope) : entry.k;
-      this.copyRows(state.pages, n, k, entry.v, 'write', state.length);
+      this.writeRows(state.pages, state.length, n, entry.stored ?? { k, v: entry.v });
       state.length += n;
     }
   }
@@ -578,39 +608,75 @@ export class KVPool {
     }
   }
 
-  /** The slab array holding `page` (a view of memory as it is now) and the page's index in it. */
-  private pageOf(page: number): { slab: Float32Array; index: number } {
+  /** Views of the slab holding `page` (its memory as it is now) and the page's index in it. */
+  private pageOf(page: number): { slab: SlabViews; index: number } {
     const slab = Math.floor(page / this.slabPages);
-    return { slab: this.slabs[slab].view() as Float32Array, index: page - slab * this.slabPages };
+    return { slab: slabViews(this.slabs[slab].view() as Float32Array), index: page - slab * this.slabPages };
   }
 
-  /** Copies page `from` into page `to`: every head's keys and values. */
+  /** Copies page `from` into page `to`: every head's key and value blocks (rows and scales). */
   private copyPage(from: number, to: number): void {
     const source = this.pageOf(from);
     const target = this.pageOf(to);
+    const blocks = blockSizes(this.layout);
     for (let kvHead = 0; kvHead < this.kvHeads; kvHead++) {
       const a = rowsAt(this.layout, source.index, kvHead, 0);
       const b = rowsAt(this.layout, target.index, kvHead, 0);
-      target.slab.set(source.slab.subarray(a.key, a.key + this.pageSize * this.headDim), b.key);
-      target.slab.set(source.slab.subarray(a.value, a.value + this.pageSize * this.valueDim), b.value);
+      target.slab.bytes.set(source.slab.bytes.subarray(a.key, a.key + blocks.key), b.key);
+      target.slab.bytes.set(source.slab.bytes.subarray(a.value, a.value + blocks.value), b.value);
     }
   }
 
   /**
-   * Copies `count` positions between packed k [Hkv, count, Dk], v [Hkv, count, Dv] and the pages,
-   * starting at position `start` of the sequence: into the pages ('write', subnormals stored as 0) or
-   * out of them ('read').
+   * Writes `count` positions after position `start` of a sequence into its pages: floats k [Hkv,
+   * count, Dk] and v [Hkv, count, Dv] stored through the pool's dtype, or rows already in the page
+   * format, copied as they are.
    */
-  private copyRows(pages: readonly number[], count: number, k: Float32Array, v: Float32Array, direction: 'read' | 'write', start = 0): void {
+  private writeRows(pages: readonly number[], start: number, count: number, rows: { k: Float32Array; v: Float32Array } | StoredRows): void {
+    const { headDim, valueDim, dtype } = this;
+    const stored = 'kScales' in rows;
+    const bytes = elementBytes(dtype);
     for (let kvHead = 0; kvHead < this.kvHeads; kvHead++) {
       for (let t = 0; t < count; t++) {
         const position = start + t;
-        const { slab: page, index } = this.pageOf(pages[Math.floor(position / this.pageSize)]);
+        const row = kvHead * count + t;
+        const { slab, index } = this.pageOf(pages[Math.floor(position / this.pageSize)]);
         const at = rowsAt(this.layout, index, kvHead, position % this.pageSize);
-        copyRow(page, at.key, k, (kvHead * count + t) * this.headDim, this.headDim, direction);
-        copyRow(page, at.value, v, (kvHead * count + t) * this.valueDim, this.valueDim, direction);
+        if (stored) {
+          copyElements(rows.k, row * headDim, headDim, slab, at.key, bytes);
+          copyElements(rows.v, row * valueDim, valueDim, slab, at.value, bytes);
+          if (dtype === 'int8') {
+            slab.f32[at.keyScale >> 2] = rows.kScales[row];
+            slab.f32[at.valueScale >> 2] = rows.vScales[row];
+          }
+        } else {
+          storeRow(dtype, slab, at.key, at.keyScale, rows.k, row * headDim, headDim);
+          storeRow(dtype, slab, at.value, at.valueScale, rows.v, row * valueDim, valueDim);
+        }
       }
     }
+  }
+
+  /** The first `length` positions of a sequence's pages, as the pages hold them. */
+  private readRows(pages: readonly number[], length: number): StoredRows {
+    const { kvHeads, headDim, valueDim, dtype } = this;
+    const make = (n: number): StoredRows['k'] => (dtype === 'float32' ? new Float32Array(n) : dtype === 'float16' ? new Uint16Array(n) : new Int8Array(n));
+    const rows: StoredRows = { k: make(kvHeads * length * headDim), v: make(kvHeads * length * valueDim), kScales: new Float32Array(kvHeads * length), vScales: new Float32Array(kvHeads * length) };
+    const bytes = elementBytes(dtype);
+    for (let kvHead = 0; kvHead < kvHeads; kvHead++) {
+      for (let t = 0; t < length; t++) {
+        const row = kvHead * length + t;
+        const { slab, index } = this.pageOf(pages[Math.floor(t / this.pageSize)]);
+        const at = rowsAt(this.layout, index, kvHead, t % this.pageSize);
+        rows.k.set(elementsAt(slab, at.key, headDim, bytes), row * headDim);
+        rows.v.set(elementsAt(slab, at.value, valueDim, bytes), row * valueDim);
+        if (dtype === 'int8') {
+          rows.kScales[row] = slab.f32[at.keyScale >> 2];
+          rows.vScales[row] = slab.f32[at.valueScale >> 2];
+        }
+      }
+    }
+    return rows;
   }
 
   /** Checks capacity, applies the step's writes, and runs its attention; puts everything back if that fails. */
@@ -668,8 +734,8 @@ export class KVPool {
     );
   }
 
-  /** Reads sequence.export()'s bytes, checked against this pool's heads and dims. */
-  private readExport(bytes: unknown): { k: Float32Array; v: Float32Array; length: number } {
+  /** Reads sequence.export()'s bytes, checked against this pool's dtype, heads and dims. */
+  private readExport(bytes: unknown): { stored: StoredRows; length: number } {
     let view: Uint8Array;
     if (bytes instanceof Uint8Array) view = bytes;
     else if (bytes instanceof ArrayBuffer) view = new Uint8Array(bytes);
@@ -685,17 +751,72 @@ export class KVPool {
     const [magic, version, dtype, kvHeads, headDim, valueDim, length] = Array.from({ length: 7 }, (_, i) => header.getUint32(4 * i, true));
     if (magic !== EXPORT_MAGIC) bad('no WAKV header');
     if (version !== EXPORT_VERSION) bad(`format version ${version}, this pool reads ${EXPORT_VERSION}`);
-    if (dtype !== 0) bad(`dtype code ${dtype}, this pool holds float32 (0)`);
+    if (dtype !== DTYPE_CODES[this.dtype]) {
+      const name = KV_DTYPES.find((d) => DTYPE_CODES[d] === dtype);
+      bad(`its pages are ${name ?? `of unknown dtype code ${dtype}`}, this pool holds ${this.dtype}`);
+    }
     if (kvHeads !== this.kvHeads || headDim !== this.headDim || valueDim !== this.valueDim) {
       bad(`kv heads ${kvHeads}, head dim ${headDim}, value dim ${valueDim}; the pool holds ${this.kvHeads}, ${this.headDim}, ${this.valueDim}`);
     }
-    const expected = EXPORT_HEADER_BYTES + 4 * kvHeads * length * (headDim + valueDim);
+    const expected = exportBytes(this, length);
     if (copy.byteLength !== expected) bad(`${copy.byteLength} bytes where length ${length} needs ${expected}`);
-    const k = readFloats(copy, EXPORT_HEADER_BYTES, kvHeads * length * headDim);
-    const v = readFloats(copy, EXPORT_HEADER_BYTES + 4 * k.length, kvHeads * length * valueDim);
-    if (!k.every(Number.isFinite) || !v.every(Number.isFinite)) bad('a key or value is NaN or infinite');
-    return { k, v, length };
+    const rows = kvHeads * length;
+    const elements = (n: number): StoredRows['k'] => (this.dtype === 'float32' ? new Float32Array(n) : this.dtype === 'float16' ? new Uint16Array(n) : new Int8Array(n));
+    const stored: StoredRows = { k: elements(rows * headDim), v: elements(rows * valueDim), kScales: new Float32Array(this.dtype === 'int8' ? rows : 0), vScales: new Float32Array(this.dtype === 'int8' ? rows : 0) };
+    let at = EXPORT_HEADER_BYTES;
+    for (const part of exportParts(this.dtype, stored)) at = readLittleEndian(copy, at, part);
+    const why = unstorable(this.dtype, stored);
+    if (why) bad(why);
+    return { stored, length };
   }
+}
+
+/** options.dtype: one of KV_DTYPES, float32 when left out. */
+function readDtype(value: unknown): KVDtype {
+  if (value === undefined) return 'float32';
+  if (!KV_DTYPES.includes(value as KVDtype)) {
+    throw new AttentionError('INVALID_OPTION', `options.dtype must be one of ${KV_DTYPES.map((d) => `'${d}'`).join(', ')}, got ${describe(value)}`, 'options.dtype');
+  }
+  return value as KVDtype;
+}
+
+/** Bytes of an export of `length` positions. */
+function exportBytes(layout: Omit<PageLayout, 'slabPages' | 'pageSize'>, length: number): number {
+  const rows = layout.kvHeads * length;
+  return EXPORT_HEADER_BYTES + rows * ((layout.headDim + layout.valueDim) * elementBytes(layout.dtype) + (layout.dtype === 'int8' ? 8 : 0));
+}
+
+/** The arrays of an export after its header, in order. */
+const exportParts = (dtype: KVDtype, rows: StoredRows): StoredRows['k'][] => (dtype === 'int8' ? [rows.k, rows.v, rows.kScales, rows.vScales] : [rows.k, rows.v]);
+
+/** Why imported rows could not have come from a pool of this dtype (undefined when they could): what the kernels count on. */
+function unstorable(dtype: KVDtype, rows: StoredRows): string | undefined {
+  const parts: Array<[string, StoredRows['k']]> = [['a key', rows.k], ['a value', rows.v]];
+  for (const [what, data] of parts) {
+    for (let i = 0; i < data.length; i++) {
+      const x = data[i];
+      if (dtype === 'float32' && (!Number.isFinite(x) || (x !== 0 && Math.abs(x) < 2 ** -126))) return `${what} is ${x}: float32 pages hold no NaN or infinite value and no subnormal`;
+      if (dtype === 'float16' && (x & 0x7c00) === 0x7c00) return `${what} is a float16 infinity or NaN (0x${x.toString(16)})`;
+      if (dtype === 'int8' && x === -128) return `${what} is -128 (int8 pages hold -127..127)`;
+    }
+  }
+  for (const scales of [rows.kScales, rows.vScales]) {
+    for (const s of scales) if (!(s === 0 || (s >= 2 ** -126 && Number.isFinite(s)))) return `a scale is ${s} (int8 scales are 0 or finite, positive and normal)`;
+  }
+  return undefined;
+}
+
+/** Copies `width` elements of `data` from `from` into a slab at byte `at` (elements of `bytes` bytes each, as the slab holds them). */
+function copyElements(data: StoredRows['k'], from: number, width: number, slab: SlabViews, at: number, bytes: number): void {
+  const target = bytes === 4 ? slab.f32 : bytes === 2 ? slab.u16 : slab.i8;
+  target.set(data.subarray(from, from + width), at / bytes);
+}
+
+/** `width` elements of a slab at byte `at` (a view). */
+function elementsAt(slab: SlabViews, at: number, width: number, bytes: number): StoredRows['k'] {
+  if (bytes === 4) return slab.f32.subarray(at >> 2, (at >> 2) + width);
+  if (bytes === 2) return slab.u16.subarray(at >> 1, (at >> 1) + width);
+  return slab.i8.subarray(at, at + width);
 }
 
 /** Each element of an items array, read once by index (not through its iterator); a throwing read is refused. */
@@ -726,44 +847,44 @@ function asArgument<T>(read: () => T): T {
 }
 
 /**
- * Refuses a NaN or infinite key or value: stored in a page, it would make every later query that sees
- * it NaN, and the kernels' blocks would carry it into rows of the same block that do not see it.
+ * Refuses a NaN or infinite key or value (stored in a page, it would make every later query that sees
+ * it NaN, and the kernels' blocks would carry it into rows of the same block that do not see it), and
+ * for float16 pages one beyond ±65504 (it would become infinite).
  */
-function checkFinite32(data: Float32Array, name: string): void {
+function checkStorable(data: Float32Array, name: string, dtype: KVDtype): void {
   for (let i = 0; i < data.length; i++) {
     if (!Number.isFinite(data[i])) {
       throw new AttentionError('INVALID_TENSOR', `${name}.data[${i}] is ${data[i]}; keys and values stored in the pool must be finite`, `${name}.data`);
     }
+    if (dtype === 'float16' && Math.abs(data[i]) > HALF_MAX) {
+      throw new AttentionError('INVALID_TENSOR', `${name}.data[${i}] is ${data[i]}, beyond float16's ±${HALF_MAX}: this pool's pages are float16 (use float32 or int8 pages for such values)`, `${name}.data`);
+    }
   }
 }
 
-/** One row of `width` floats between a page (at `at`) and packed data (at `src`): into the page ('write', subnormals as 0) or out of it ('read'). */
-function copyRow(page: Float32Array, at: number, data: Float32Array, src: number, width: number, direction: 'read' | 'write'): void {
-  if (direction === 'read') data.set(page.subarray(at, at + width), src);
-  else for (let d = 0; d < width; d++) page[at + d] = flushSubnormal(data[src + d]);
-}
-
-/** x, or 0 when x is subnormal: pages never hold a subnormal, so the kernels read them with no flush (x86 is many times slower on subnormals). */
-const flushSubnormal = (x: number): number => (Math.abs(x) < 2 ** -126 ? 0 : x);
-
-/** Whether this platform stores floats little-endian (then the export's floats are copied as they are). */
+/** Whether this platform stores typed arrays little-endian (then an export's elements are copied as they are). */
 const LITTLE_ENDIAN = new Uint8Array(Uint32Array.of(1).buffer)[0] === 1;
 
-/** `values` as little-endian float32 into `bytes` at `at` (a multiple of 4). */
-function writeFloats(bytes: Uint8Array, at: number, values: Float32Array): void {
-  if (LITTLE_ENDIAN) {
-    new Float32Array(bytes.buffer, bytes.byteOffset + at, values.length).set(values);
-    return;
+/** `values` into `bytes` at `at`, little-endian; returns the byte after them. */
+function writeLittleEndian(bytes: Uint8Array, at: number, values: StoredRows['k']): number {
+  const size = values.BYTES_PER_ELEMENT;
+  if (LITTLE_ENDIAN || size === 1) bytes.set(new Uint8Array(values.buffer, values.byteOffset, values.byteLength), at);
+  else {
+    const view = new DataView(bytes.buffer, bytes.byteOffset + at);
+    values.forEach((x, i) => (size === 4 ? view.setFloat32(4 * i, x, true) : view.setUint16(2 * i, x, true)));
   }
-  const view = new DataView(bytes.buffer, bytes.byteOffset + at);
-  values.forEach((x, i) => view.setFloat32(4 * i, x, true));
+  return at + values.byteLength;
 }
 
-/** `count` little-endian float32 values from `bytes` at `at`. */
-function readFloats(bytes: Uint8Array, at: number, count: number): Float32Array {
-  if (LITTLE_ENDIAN) return new Float32Array(bytes.buffer.slice(bytes.byteOffset + at, bytes.byteOffset + at + 4 * count));
-  const view = new DataView(bytes.buffer, bytes.byteOffset + at);
-  return Float32Array.from({ length: count }, (_, i) => view.getFloat32(4 * i, true));
+/** Fills `values` from little-endian `bytes` at `at`; returns the byte after them. */
+function readLittleEndian(bytes: Uint8Array, at: number, values: StoredRows['k']): number {
+  const size = values.BYTES_PER_ELEMENT;
+  if (LITTLE_ENDIAN || size === 1) new Uint8Array(values.buffer, values.byteOffset, values.byteLength).set(bytes.subarray(at, at + values.byteLength));
+  else {
+    const view = new DataView(bytes.buffer, bytes.byteOffset + at);
+    for (let i = 0; i < values.length; i++) values[i] = size === 4 ? view.getFloat32(4 * i, true) : view.getUint16(2 * i, true);
+  }
+  return at + values.byteLength;
 }
 
 /** cos and sin of an entry's positions start .. start+n-1, built once for its k and its q. */

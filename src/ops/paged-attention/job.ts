@@ -7,7 +7,10 @@
 import type { Kernels } from '../../backends/kernels.js';
 import { type ItemRunner, jobLayout } from '../../job.js';
 
-export const PAGED_JOB = jobLayout(5, ['records', 'headDim', 'valueDim', 'pageSize', 'scale', 'cap', 'left'] as const);
+export const PAGED_JOB = jobLayout(5, ['records', 'headDim', 'valueDim', 'pageSize', 'scale', 'cap', 'left', 'dtype'] as const);
+
+/** The job's dtype field: which kernel runs its items (the pages' element type). */
+export const PAGED_DTYPE = { float32: 0, float16: 1, int8: 2 } as const;
 
 const J = PAGED_JOB.at;
 
@@ -42,7 +45,9 @@ export function splitChunk(length: number, kvHeads: number, pageSize: number): n
 export const runPagedItem: ItemRunner = (kernels: Kernels, job: Float64Array, item: number, scratch: number, i32: Int32Array): void => {
   const at = (job[J.records] >>> 2) + item * RECORD_INTS;
   const headDim = job[J.headDim];
-  kernels.f32_attention_paged(
+  const dtype = job[J.dtype];
+  const kernel = dtype === PAGED_DTYPE.float32 ? kernels.f32_attention_paged : dtype === PAGED_DTYPE.float16 ? kernels.f16_attention_paged : kernels.qs8_attention_paged;
+  kernel(
     i32[at + RECORD.q] >>> 0, i32[at + RECORD.ldqHead], headDim,
     i32[at + RECORD.out] >>> 0, i32[at + RECORD.ldoHead], i32[at + RECORD.ldoPos],
     i32[at + RECORD.positions], i32[at + RECORD.group], i32[at + RECORD.pagesK] >>> 0, i32[at + RECORD.pagesV] >>> 0, job[J.pageSize],

@@ -1,13 +1,16 @@
 // Paged attention in plain TypeScript (see plan.ts for the math): each row's scores over its
-// visible keys, read from their pages, in float64, then the softmax and the weighted sum of values.
+// visible keys, read from their pages (dequantized as pages.ts's loadRow says), in float64, then the
+// softmax and the weighted sum of values.
 import type { ArrayOf } from '../../backend.js';
 import type { Tensor } from '../../tensor.js';
-import { type PagedAttentionPlan, rowsAt } from './plan.js';
+import { loadRow, rowsAt, slabViews } from './pages.js';
+import type { PagedAttentionPlan } from './plan.js';
 
 export function pagedAttentionJs(plan: PagedAttentionPlan, arrayOf: ArrayOf): Tensor[] {
   const { store, scale, softcap, left } = plan;
-  const { pageSize, slabPages, kvHeads, headDim, valueDim } = store;
-  const slabs = store.slabs.map((slab) => slab.view() as Float32Array);
+  const { pageSize, slabPages, kvHeads, headDim, valueDim, dtype } = store;
+  const slabs = store.slabs.map((slab) => slabViews(slab.view() as Float32Array));
+  const key = new Float64Array(headDim);
   return plan.items.map((item) => {
     const q = arrayOf(item.q);
     const { n, length, pages } = item;
@@ -15,12 +18,15 @@ export function pagedAttentionJs(plan: PagedAttentionPlan, arrayOf: ArrayOf): Te
     const out = new Float32Array(item.qHeads * n * valueDim);
     const scores = new Float64Array(length);
     const acc = new Float64Array(valueDim);
+    const value = new Float64Array(valueDim);
     for (let kvHead = 0; kvHead < kvHeads; kvHead++) {
-      // where key/value j of this head starts: [slab array, element offset]
-      const rowOf = (j: number, part: 'key' | 'value'): [Float32Array, number] => {
+      // key or value j of this head, read into `row`
+      const read = (j: number, part: 'key' | 'value', row: Float64Array): void => {
         const page = pages[Math.floor(j / pageSize)];
         const slab = Math.floor(page / slabPages);
-        return [slabs[slab], rowsAt(store, page - slab * slabPages, kvHead, j % pageSize)[part]];
+        const at = rowsAt(store, page - slab * slabPages, kvHead, j % pageSize);
+        if (part === 'key') loadRow(dtype, slabs[slab], at.key, at.keyScale, row, 0, headDim);
+        else loadRow(dtype, slabs[slab], at.value, at.valueScale, row, 0, valueDim);
       };
       for (let g = 0; g < group; g++) {
         const h = kvHead * group + g;
@@ -30,9 +36,9 @@ export function pagedAttentionJs(plan: PagedAttentionPlan, arrayOf: ArrayOf): Te
           const qRow = (h * n + i) * headDim;
           let max = -Infinity;
           for (let j = first; j <= last; j++) {
-            const [keys, at] = rowOf(j, 'key');
+            read(j, 'key', key);
             let dot = 0;
-            for (let d = 0; d < headDim; d++) dot += q[qRow + d] * keys[at + d];
+            for (let d = 0; d < headDim; d++) dot += q[qRow + d] * key[d];
             let t = scale * dot;
             if (softcap > 0) t = softcap * Math.tanh(t / softcap);
             scores[j] = t;
@@ -43,8 +49,8 @@ export function pagedAttentionJs(plan: PagedAttentionPlan, arrayOf: ArrayOf): Te
           for (let j = first; j <= last && max > -Infinity; j++) {
             const p = Math.exp(scores[j] - max);
             sum += p;
-            const [values, at] = rowOf(j, 'value');
-            for (let d = 0; d < valueDim; d++) acc[d] += p * values[at + d];
+            read(j, 'value', value);
+            for (let d = 0; d < valueDim; d++) acc[d] += p * value[d];
           }
           const outRow = (h * n + i) * valueDim;
           for (let d = 0; d < valueDim; d++) out[outRow + d] = sum > 0 || Number.isNaN(sum) ? acc[d] / sum : 0;

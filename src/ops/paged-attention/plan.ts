@@ -6,9 +6,10 @@
 //   over j <= length - n + i (causal, aligned bottom-right) and j >= length - n + i - left when
 //   left >= 0 (a sliding window of left + 1 keys).
 // Key j of an item is row j % pageSize of page pages[j / pageSize]; a page holds pageSize positions
-// of every kv head (see PageStore for the layout).
+// of every kv head (see pages.ts for the layout); a page holds float32, float16 or int8 values.
 import type { Operand, OpPlan } from '../../backend.js';
 import type { ResidentTensor } from '../../memory/resident.js';
+import type { PageLayout } from './pages.js';
 
 export interface PagedItem {
   /** [qHeads, n, headDim], already rotated when the step has rope. */
@@ -21,30 +22,9 @@ export interface PagedItem {
   readonly pages: Int32Array;
 }
 
-/**
- * Where pages live: page p is page p % slabPages of slab floor(p / slabPages), and every slab holds
- * slabPages pages, head-major and keys apart from values:
- *   keys   [kvHeads, slabPages, pageSize, Dk], then values [kvHeads, slabPages, pageSize, Dv],
- * so the pages a sequence took one after another hold each head's keys (and values) in one run of
- * memory, which a kernel streams far faster than pieces of a page each.
- */
-export interface PageStore {
+/** The pages (see pages.ts for their layout and element types): page p is page p % slabPages of slab floor(p / slabPages). */
+export interface PageStore extends PageLayout {
   readonly slabs: readonly ResidentTensor[];
-  readonly slabPages: number;
-  readonly pageSize: number;
-  readonly kvHeads: number;
-  readonly headDim: number;
-  readonly valueDim: number;
-}
-
-/** Floats in one slab. */
-export const slabFloats = (store: Omit<PageStore, 'slabs'>): number => store.kvHeads * store.slabPages * store.pageSize * (store.headDim + store.valueDim);
-
-/** Float offsets, inside its slab, of row `row` of kv head h's keys and values in the page at index `index` of the slab. */
-export function rowsAt(store: Omit<PageStore, 'slabs'>, index: number, kvHead: number, row: number): { key: number; value: number } {
-  const { kvHeads, slabPages, pageSize, headDim, valueDim } = store;
-  const position = (kvHead * slabPages + index) * pageSize + row;
-  return { key: position * headDim, value: kvHeads * slabPages * pageSize * headDim + position * valueDim };
 }
 
 export interface PagedAttentionPlan extends OpPlan {

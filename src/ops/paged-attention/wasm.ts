@@ -6,9 +6,10 @@ import type { Kernels } from '../../backends/kernels.js';
 import { HEADER } from '../../job.js';
 import type { Tensor } from '../../tensor.js';
 import {
-  PAGED_JOB, PAGED_ROW_CHUNK, PAGED_SPLIT_MAX_POSITIONS, PAGED_SPLIT_MIN_KEYS, RECORD, RECORD_INTS, splitChunk,
+  PAGED_DTYPE, PAGED_JOB, PAGED_ROW_CHUNK, PAGED_SPLIT_MAX_POSITIONS, PAGED_SPLIT_MIN_KEYS, RECORD, RECORD_INTS, splitChunk,
 } from './job.js';
-import { type PagedAttentionPlan, rowsAt } from './plan.js';
+import { rowsAt } from './pages.js';
+import type { PagedAttentionPlan } from './plan.js';
 
 const J = PAGED_JOB.at;
 
@@ -68,8 +69,8 @@ export const pagedAttentionWasm: WasmOp<PagedAttentionPlan, Tensor[]> = {
       item.pages.forEach((page, p) => {
         const slab = Math.floor(page / slabPages);
         const at = rowsAt(store, page - slab * slabPages, 0, 0);
-        keys[p] = slabAt[slab] + 4 * at.key;
-        values[p] = slabAt[slab] + 4 * at.value;
+        keys[p] = slabAt[slab] + at.key;
+        values[p] = slabAt[slab] + at.value;
       });
       pageCursor += 4 * item.pages.length;
       for (let kvHead = 0; kvHead < kvHeads; kvHead++) {
@@ -112,8 +113,8 @@ export const pagedAttentionWasm: WasmOp<PagedAttentionPlan, Tensor[]> = {
             i32[at + RECORD.group] = group;
             i32[at + RECORD.pagesK] = pagesK;
             i32[at + RECORD.pagesV] = pagesV;
-            i32[at + RECORD.kOffset] = 4 * (head.key - head0.key);
-            i32[at + RECORD.vOffset] = 4 * (head.value - head0.value);
+            i32[at + RECORD.kOffset] = head.key - head0.key;
+            i32[at + RECORD.vOffset] = head.value - head0.value;
             i32[at + RECORD.keyStart] = kc * keyChunk;
             i32[at + RECORD.keyEnd] = keyChunks > 1 ? Math.min(item.length, (kc + 1) * keyChunk) : item.length;
             i32[at + RECORD.offset] = item.length - item.n + i0;
@@ -130,6 +131,7 @@ export const pagedAttentionWasm: WasmOp<PagedAttentionPlan, Tensor[]> = {
     job[J.scale] = plan.scale;
     job[J.cap] = plan.softcap;
     job[J.left] = plan.left;
+    job[J.dtype] = PAGED_DTYPE[store.dtype];
     const scratchBytes = call.kernels.f32_attention_paged_scratch_bytes(headDim, valueDim);
     return { job, scratchBytes, outPtr: 0, size: 0, outputs, cuts };
   },
