@@ -4,7 +4,7 @@
 // template for the page element types T: f32, u16 (float16 bit patterns) and i8 (int8 with a float32
 // scale per row):
 //   dotScoresFloat4<T>: s_r[j] = q_r · k_j                        T = f32 or u16
-//   dotScoresQ8x4:      s_r[j] = (qs_r·q16_r) · (ks_j·k8_j)         int8 keys, q quantized to int16
+//   dotScoresQ8x4:      s_r[j] = (qs_r·q_r) · (ks_j·k8_j)          int8 keys, q quantized to 14 bits
 //   addWeightedPaged4<T>: o_r += sum_j p_r[j] v_j                 (int8: p already times the value scales)
 // for four rows r and keys j of one page run. Pages hold no subnormal float32 and no infinity or NaN
 // (the pool stores none), so no load pays for a flush.
@@ -71,18 +71,24 @@ export function dotScoresFloat4<T>(q: usize, k: usize, n: i32, headDim: i32, s: 
   }
 }
 
-/** The largest |q16| for rows of headDim: a dot of headDim products q16·k8 (|k8| <= 127) stays within int32. */
-export function q16Max(headDim: i32): f32 {
-  return <f32>min(32767, 2147483647 / (127 * max(headDim, 1)));
+/**
+ * The largest |q| of a query row quantized for int8 keys: 8191 (14 bits, so q + 8192 splits into two
+ * 7-bit halves for the relaxed build's 8-bit dots), less for head dims past 1032, so that every int32
+ * sum below (up to headDim·127·16383) stays exact.
+ */
+export function queryQuantMax(headDim: i32): f32 {
+  return <f32>min(8191, 2147483647 / (127 * 2 * max(headDim, 1)));
 }
 
 /**
- * Quantizes `rows` float rows (headDim apart) to int16 rows (headDim apart) with one scale per row:
- * qs = absmax / q16Max, q16 = round(x / qs). A row whose scale would not be a normal float (absmax 0,
- * or so small that 1 / qs overflows) becomes zeros with scale 0.
+ * Quantizes `rows` float query rows (headDim apart) for the int8 kernel, one scale per row:
+ * qs = absmax / queryQuantMax, q = round(x / qs), stored as int16 rows at q16 (headDim apart). The
+ * relaxed build also stores q + 8192 split in 7-bit halves, q + 8192 = 128·hi + lo, as bytes at
+ * qHi and qLo (rows headDim apart): the unsigned operands of its 8-bit dots. A row whose scale would
+ * not be a normal float (absmax 0, or so small that 1 / qs overflows) becomes zeros with scale 0.
  */
-export function quantizeRows16(q: usize, rows: i32, headDim: i32, q16: usize, scales: usize): void {
-  const top = q16Max(headDim);
+export function quantizeQueryRows(q: usize, rows: i32, headDim: i32, q16: usize, qHi: usize, qLo: usize, scales: usize): void {
+  const top = queryQuantMax(headDim);
   for (let r = 0; r < rows; r++) {
     const row = q + ((<usize>r * headDim) << 2);
     const out = q16 + ((<usize>r * headDim) << 1);
@@ -91,13 +97,13 @@ export function quantizeRows16(q: usize, rows: i32, headDim: i32, q16: usize, sc
     for (; d + 4 <= headDim; d += 4) m = f32x4.pmax(m, f32x4.abs(v128.load(row + (<usize>d << 2))));
     let absmax = max(max(f32x4.extract_lane(m, 0), f32x4.extract_lane(m, 1)), max(f32x4.extract_lane(m, 2), f32x4.extract_lane(m, 3)));
     for (; d < headDim; d++) absmax = max(absmax, abs(load<f32>(row + (<usize>d << 2))));
-    const inverse = top / absmax;
+    let inverse = top / absmax;
     if (!(absmax > 0) || !isFinite(inverse)) {
-      memory.fill(out, 0, (<usize>headDim) << 1);
+      inverse = 0;
       store<f32>(scales + (<usize>r << 2), 0);
-      continue;
+    } else {
+      store<f32>(scales + (<usize>r << 2), absmax / top);
     }
-    store<f32>(scales + (<usize>r << 2), absmax / top);
     const vi = f32x4.splat(inverse);
     d = 0;
     for (; d + 8 <= headDim; d += 8) {
@@ -106,7 +112,43 @@ export function quantizeRows16(q: usize, rows: i32, headDim: i32, q16: usize, sc
       v128.store(out + (<usize>d << 1), i16x8.narrow_i32x4_s(lo, hi));
     }
     for (; d < headDim; d++) store<i16>(out + (<usize>d << 1), <i16>(<i32>nearest(load<f32>(row + (<usize>d << 2)) * inverse)));
+    if (ASC_FEATURE_RELAXED_SIMD) {
+      const at = <usize>r * headDim;
+      for (d = 0; d < headDim; d++) {
+        const biased = <i32>load<i16>(out + (<usize>d << 1)) + 8192;
+        store<u8>(qHi + at + <usize>d, <u8>(biased >> 7));
+        store<u8>(qLo + at + <usize>d, <u8>(biased & 127));
+      }
+    }
   }
+}
+
+/** Whether i32x4.relaxed_dot_i8x16_i7x16_add_s gives exact sums here: 0 not probed yet, 1 yes, 2 no. */
+let relaxedDotState: i32 = 0;
+
+/**
+ * Whether this runtime's relaxed 8-bit dot gives exact sums (probed once per instance, on 32 bytes of
+ * `scratch`): Node 20's V8 (11.3) lowers it without VNNI to a sequence that doubles them, Node 22+
+ * gets it right. The int8 kernel falls back to int16 dots where it does not.
+ */
+export function relaxedDotExact(scratch: usize): bool {
+  if (!ASC_FEATURE_RELAXED_SIMD) return false;
+  if (relaxedDotState == 0) {
+    for (let i = 0; i < 16; i++) {
+      store<i8>(scratch + <usize>i, <i8>(i * 16 - 120));
+      store<u8>(scratch + 16 + <usize>i, <u8>(127 - i * 7));
+    }
+    const got = i32x4.relaxed_dot_i8x16_i7x16_add_s(v128.load(scratch), v128.load(scratch, 16), i32x4.splat(5));
+    v128.store(scratch, got, 32);
+    let exact = true;
+    for (let lane = 0; lane < 4; lane++) {
+      let sum = 5;
+      for (let i = lane * 4; i < lane * 4 + 4; i++) sum += <i32>load<i8>(scratch + <usize>i) * <i32>load<u8>(scratch + 16 + <usize>i);
+      if (load<i32>(scratch + 32 + (<usize>lane << 2)) != sum) exact = false;
+    }
+    relaxedDotState = exact ? 1 : 2;
+  }
+  return relaxedDotState == 1;
 }
 
 /** [sum a0, sum a1, sum a2, sum a3] of four int32 vectors. */
@@ -118,17 +160,48 @@ export function quantizeRows16(q: usize, rows: i32, headDim: i32, q16: usize, sc
 }
 
 /**
- * s_r[j] = (qs_r · ks_j) · (q16_r · k8_j) for four query rows quantized to int16 (rows headDim apart,
- * their scales at qScales) and n int8 keys of one page run (headDim bytes apart, their scales at
- * kScales): the dots in int32 (exact), eight products per i32x4.dot_i16x8_s, each key loaded once for
- * the four rows.
+ * s_r[j] = (qs_r · ks_j) · (q_r · k8_j) for four query rows quantized by quantizeQueryRows (their
+ * scales at qScales; rows headDim apart) and n int8 keys of one page run (headDim bytes apart, their
+ * scales at kScales). The dots are exact int32 sums, each key loaded once for the four rows:
+ * - simd build: eight products per i32x4.dot_i16x8_s, keys widened to int16;
+ * - relaxed build, where relaxedDotExact: sixteen per i32x4.relaxed_dot_i8x16_i7x16_add_s (one VNNI
+ *   instruction on CPUs that have it), whose second operand must be 0..127: q·k = 128·(hi·k) + lo·k -
+ *   8192·sum(k), with sum(k) from one more dot against ones.
+ * Both give the same bits (the sums are exact).
  */
-export function dotScoresQ8x4(q16: usize, qScales: usize, k: usize, kScales: usize, n: i32, headDim: i32, s: usize, lds: i32): void {
-  const qStride = (<usize>headDim) << 1;
+export function dotScoresQ8x4(q16: usize, qHi: usize, qLo: usize, qScales: usize, k: usize, kScales: usize, n: i32, headDim: i32, s: usize, lds: i32, relaxedDot: bool): void {
   const sStride = (<usize>lds) << 2;
+  const qs = v128.load(qScales);
+  if (ASC_FEATURE_RELAXED_SIMD && relaxedDot) {
+    const qStride = <usize>headDim;
+    const vecEnd = headDim & ~15;
+    const h1 = qHi + qStride, h2 = h1 + qStride, h3 = h2 + qStride;
+    const l1 = qLo + qStride, l2 = l1 + qStride, l3 = l2 + qStride;
+    const ones = i8x16.splat(1);
+    for (let j = 0; j < n; j++) {
+      const kj = k + <usize>j * <usize>headDim;
+      let a0 = i32x4.splat(0), a1 = i32x4.splat(0), a2 = i32x4.splat(0), a3 = i32x4.splat(0);
+      let b0 = i32x4.splat(0), b1 = i32x4.splat(0), b2 = i32x4.splat(0), b3 = i32x4.splat(0);
+      let sum = i32x4.splat(0);
+      for (let d = 0; d < vecEnd; d += 16) {
+        const x = v128.load(kj + <usize>d);
+        const off = <usize>d;
+        sum = i32x4.relaxed_dot_i8x16_i7x16_add_s(x, ones, sum);
+        a0 = i32x4.relaxed_dot_i8x16_i7x16_add_s(x, v128.load(qHi + off), a0); b0 = i32x4.relaxed_dot_i8x16_i7x16_add_s(x, v128.load(qLo + off), b0);
+        a1 = i32x4.relaxed_dot_i8x16_i7x16_add_s(x, v128.load(h1 + off), a1); b1 = i32x4.relaxed_dot_i8x16_i7x16_add_s(x, v128.load(l1 + off), b1);
+        a2 = i32x4.relaxed_dot_i8x16_i7x16_add_s(x, v128.load(h2 + off), a2); b2 = i32x4.relaxed_dot_i8x16_i7x16_add_s(x, v128.load(l2 + off), b2);
+        a3 = i32x4.relaxed_dot_i8x16_i7x16_add_s(x, v128.load(h3 + off), a3); b3 = i32x4.relaxed_dot_i8x16_i7x16_add_s(x, v128.load(l3 + off), b3);
+      }
+      const sums = isums4(sum, sum, sum, sum);
+      let dots = i32x4.sub(i32x4.add(i32x4.shl(isums4(a0, a1, a2, a3), 7), isums4(b0, b1, b2, b3)), i32x4.shl(sums, 13));
+      dots = i32x4.add(dots, tailDots4(q16, headDim, kj, vecEnd));
+      storeColumn(s, sStride, j, f32x4.mul(f32x4.convert_i32x4_s(dots), f32x4.mul(qs, v128.load32_splat(kScales + (<usize>j << 2)))));
+    }
+    return;
+  }
+  const qStride = (<usize>headDim) << 1;
   const vecEnd = headDim & ~7;
   const q1 = q16 + qStride, q2 = q1 + qStride, q3 = q2 + qStride;
-  const qs = v128.load(qScales);
   for (let j = 0; j < n; j++) {
     const kj = k + <usize>j * <usize>headDim;
     let a0 = i32x4.splat(0), a1 = i32x4.splat(0), a2 = i32x4.splat(0), a3 = i32x4.splat(0);
@@ -140,15 +213,22 @@ export function dotScoresQ8x4(q16: usize, qScales: usize, k: usize, kScales: usi
       a2 = i32x4.add(a2, i32x4.dot_i16x8_s(v128.load(q2 + off), x));
       a3 = i32x4.add(a3, i32x4.dot_i16x8_s(v128.load(q3 + off), x));
     }
-    let dots = isums4(a0, a1, a2, a3);
-    for (let d = vecEnd; d < headDim; d++) {
-      const off = <usize>d << 1;
-      const qd = i32x4(<i32>load<i16>(q16 + off), <i32>load<i16>(q1 + off), <i32>load<i16>(q2 + off), <i32>load<i16>(q3 + off));
-      dots = i32x4.add(dots, i32x4.mul(qd, i32x4.splat(<i32>load<i8>(kj + <usize>d))));
-    }
-    const scores = f32x4.mul(f32x4.convert_i32x4_s(dots), f32x4.mul(qs, v128.load32_splat(kScales + (<usize>j << 2))));
-    storeColumn(s, sStride, j, scores);
+    const dots = i32x4.add(isums4(a0, a1, a2, a3), tailDots4(q16, headDim, kj, vecEnd));
+    storeColumn(s, sStride, j, f32x4.mul(f32x4.convert_i32x4_s(dots), f32x4.mul(qs, v128.load32_splat(kScales + (<usize>j << 2)))));
   }
+}
+
+/** [q_r·k] for r < 4 over the dims vecEnd <= d < headDim (int16 q rows headDim apart, int8 k), exact. */
+// @ts-ignore: decorator
+@inline function tailDots4(q16: usize, headDim: i32, kj: usize, vecEnd: i32): v128 {
+  const qStride = (<usize>headDim) << 1;
+  let dots = i32x4.splat(0);
+  for (let d = vecEnd; d < headDim; d++) {
+    const off = <usize>d << 1;
+    const qd = i32x4(<i32>load<i16>(q16 + off), <i32>load<i16>(q16 + qStride + off), <i32>load<i16>(q16 + 2 * qStride + off), <i32>load<i16>(q16 + 3 * qStride + off));
+    dots = i32x4.add(dots, i32x4.mul(qd, i32x4.splat(<i32>load<i8>(kj + <usize>d))));
+  }
+  return dots;
 }
 
 /**

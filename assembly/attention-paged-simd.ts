@@ -30,7 +30,7 @@
 // them as f32_attention does.
 
 import { scoreRow, MASK_NONE } from './f32-softmax-scale-mask-simd';
-import { addWeightedPaged4, dotScoresFloat4, dotScoresQ8x4, quantizeRows16, rowsToFloats } from './attention-paged-rows-simd';
+import { addWeightedPaged4, dotScoresFloat4, dotScoresQ8x4, quantizeQueryRows, relaxedDotExact, rowsToFloats } from './attention-paged-rows-simd';
 import { pageRow, pageScale } from './page-table';
 import {
   ATT_BR, ATT_BC, copyScaled, f32_attention_scratch_bytes, finishRow, foldRow, roundUp8, scoreTile, valueTile,
@@ -42,7 +42,7 @@ const PAGED_ROW_PATH_MAX: i32 = 8;
 
 /** Scratch bytes the paged kernels need: f32_attention's, plus a gathered key and value block and the int8 kernel's int16 q rows and their scales. */
 export function f32_attention_paged_scratch_bytes(headDim: i32, valueDim: i32): i32 {
-  return f32_attention_scratch_bytes(headDim, valueDim) + 4 * ATT_BC * (headDim + valueDim) + 2 * ATT_BR * headDim + 4 * ATT_BR + 16;
+  return f32_attention_scratch_bytes(headDim, valueDim) + 4 * ATT_BC * (headDim + valueDim) + 4 * ATT_BR * headDim + 4 * ATT_BR + 16;
 }
 
 /** Causal attention over float32 pages; see the file header for the exact contract. */
@@ -94,8 +94,11 @@ export function qs8_attention_paged(
   const kGather = qTileRows + ((<usize>ATT_BR * headDim) << 2);
   const vGather = kGather + ((<usize>ATT_BC * headDim) << 2);
   const q16 = vGather + ((<usize>ATT_BC * valueDim) << 2);
-  const qScales = (q16 + ((<usize>ATT_BR * headDim) << 1) + 15) & ~(<usize>15);
+  const qHi = q16 + ((<usize>ATT_BR * headDim) << 1);
+  const qLo = qHi + <usize>ATT_BR * headDim;
+  const qScales = (qLo + <usize>ATT_BR * headDim + 15) & ~(<usize>15);
   const keyBytes = headDim * <i32>sizeof<T>(), valueBytes = valueDim * <i32>sizeof<T>();
+  const relaxedDot = sizeof<T>() == 1 && relaxedDotExact(scratch);
   const rows = positions * group;
   const pShift = 33 - clz(max(keyEnd - keyStart, 1));
   const pUnshift: f32 = reinterpret<f32>((127 + pShift) << 23);
@@ -120,7 +123,7 @@ export function qs8_attention_paged(
       }
     }
     if (brRows > br) memory.fill(qTileRows + ((<usize>br * headDim) << 2), 0, (<usize>(brRows - br) * headDim) << 2);
-    if (sizeof<T>() == 1 && rowPath) quantizeRows16(qTileRows, brRows, headDim, q16, qScales);
+    if (sizeof<T>() == 1 && rowPath) quantizeQueryRows(qTileRows, brRows, headDim, q16, qHi, qLo, qScales);
     const scoreScale: f32 = qOverflow ? scale : 1;
     for (let r = 0; r < br; r++) {
       store<f32>(mRow + (<usize>r << 2), -Infinity);
@@ -143,7 +146,7 @@ export function qs8_attention_paged(
             const sRows = sTile + ((<usize>r * ATT_BC + (j - j0)) << 2);
             if (sizeof<T>() == 1) {
               const kScales = pageScale(pagesK, pageSize, kOffset, keyBytes, j);
-              dotScoresQ8x4(q16 + ((<usize>r * headDim) << 1), qScales + (<usize>r << 2), kSeg, kScales, seg, headDim, sRows, ATT_BC);
+              dotScoresQ8x4(q16 + ((<usize>r * headDim) << 1), qHi + <usize>r * headDim, qLo + <usize>r * headDim, qScales + (<usize>r << 2), kSeg, kScales, seg, headDim, sRows, ATT_BC, relaxedDot);
             } else {
               dotScoresFloat4<T>(qTileRows + ((<usize>r * headDim) << 2), kSeg, seg, headDim, sRows, ATT_BC);
             }

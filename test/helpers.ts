@@ -58,7 +58,7 @@ export const tolerance = {
   rotary: (maxInput: number): number => 4 * EPS32 * maxInput,
   /**
    * Scores over float16 and int8 pages, against the reference over the same quantized keys (before
-   * the scale): the int8 kernel rounds each q row to int16 (half a step of absmax/16383 at most, for
+   * the scale): the int8 kernel rounds each q row to 14 bits (half a step of absmax/8191 at most, for
    * any head dim, per element), and with RoPE a key the pool rotated in float32 may round to the level
    * next to the one the reference's float64 rotation gives (one step: 2^-10·max|k| for float16,
    * max|k|/127 for int8), counted twice per key. A score error e moves an output by up to about
@@ -66,7 +66,7 @@ export const tolerance = {
    */
   quantizedScore: (dtype: 'float32' | 'float16' | 'int8', headDim: number, maxQ: number, maxK: number, rope: boolean): number => {
     if (dtype === 'float32') return 0;
-    const query = dtype === 'int8' ? (headDim * maxQ * maxK) / (2 * 16383) : 0;
+    const query = dtype === 'int8' ? (headDim * maxQ * maxK) / (2 * 8191) : 0;
     const step = dtype === 'int8' ? maxK / 127 : maxK * 2 ** -10;
     return query + (rope ? 2 * maxQ * step : 0);
   },
