@@ -661,7 +661,8 @@ export class KVPool {
   private readRows(pages: readonly number[], length: number): StoredRows {
     const { kvHeads, headDim, valueDim, dtype } = this;
     const make = (n: number): StoredRows['k'] => (dtype === 'float32' ? new Float32Array(n) : dtype === 'float16' ? new Uint16Array(n) : new Int8Array(n));
-    const rows: StoredRows = { k: make(kvHeads * length * headDim), v: make(kvHeads * length * valueDim), kScales: new Float32Array(kvHeads * length), vScales: new Float32Array(kvHeads * length) };
+    const scales = dtype === 'int8' ? kvHeads * length : 0;
+    const rows: StoredRows = { k: make(kvHeads * length * headDim), v: make(kvHeads * length * valueDim), kScales: new Float32Array(scales), vScales: new Float32Array(scales) };
     const bytes = elementBytes(dtype);
     for (let kvHead = 0; kvHead < kvHeads; kvHead++) {
       for (let t = 0; t < length; t++) {
