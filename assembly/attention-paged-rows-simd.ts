@@ -5,13 +5,14 @@
 // scale per row):
 //   dotScoresFloat4<T>: s_r[j] = q_r · k_j                        T = f32 or u16
 //   dotScoresQ8x4:      s_r[j] = (qs_r·q_r) · (ks_j·k8_j)          int8 keys, q quantized to 14 bits
-//   addWeightedPaged4<T>: o_r += sum_j p_r[j] v_j                 (int8: p already times the value scales)
+//   addWeightedPaged4<T>: o_r += sum_j p_r[j] v_j                 T = f32 or u16
+//   addWeightedQ8Pairs4:  o_r += sum_j w_r[j] v_j                 int8 values in pairs, w = p·vs to 15 bits
 // for four rows r and keys j of one page run. Pages hold no subnormal float32 and no infinity or NaN
 // (the pool stores none), so no load pays for a flush.
 import { madd } from './f32-vmath-simd';
 import { halfAt, halvesHigh, halvesLow } from './f16-convert-simd';
 import { storeColumn, sums4 } from './f32-attention-rows-simd';
-import { pageRow } from './page-table';
+import { pageRow, pageRowPair } from './page-table';
 
 /** Element i of a row at `row` as a float (int8: before its scale). */
 // @ts-ignore: decorator
@@ -123,34 +124,6 @@ export function quantizeQueryRows(q: usize, rows: i32, headDim: i32, q16: usize,
   }
 }
 
-/** Whether i32x4.relaxed_dot_i8x16_i7x16_add_s gives exact sums here: 0 not probed yet, 1 yes, 2 no. */
-let relaxedDotState: i32 = 0;
-
-/**
- * Whether this runtime's relaxed 8-bit dot gives exact sums (probed once per instance, on 32 bytes of
- * `scratch`): Node 20's V8 (11.3) lowers it without VNNI to a sequence that doubles them, Node 22+
- * gets it right. The int8 kernel falls back to int16 dots where it does not.
- */
-export function relaxedDotExact(scratch: usize): bool {
-  if (!ASC_FEATURE_RELAXED_SIMD) return false;
-  if (relaxedDotState == 0) {
-    for (let i = 0; i < 16; i++) {
-      store<i8>(scratch + <usize>i, <i8>(i * 16 - 120));
-      store<u8>(scratch + 16 + <usize>i, <u8>(127 - i * 7));
-    }
-    const got = i32x4.relaxed_dot_i8x16_i7x16_add_s(v128.load(scratch), v128.load(scratch, 16), i32x4.splat(5));
-    v128.store(scratch, got, 32);
-    let exact = true;
-    for (let lane = 0; lane < 4; lane++) {
-      let sum = 5;
-      for (let i = lane * 4; i < lane * 4 + 4; i++) sum += <i32>load<i8>(scratch + <usize>i) * <i32>load<u8>(scratch + 16 + <usize>i);
-      if (load<i32>(scratch + 32 + (<usize>lane << 2)) != sum) exact = false;
-    }
-    relaxedDotState = exact ? 1 : 2;
-  }
-  return relaxedDotState == 1;
-}
-
 /** [sum a0, sum a1, sum a2, sum a3] of four int32 vectors. */
 // @ts-ignore: decorator
 @inline function isums4(a0: v128, a1: v128, a2: v128, a3: v128): v128 {
@@ -164,7 +137,7 @@ export function relaxedDotExact(scratch: usize): bool {
  * scales at qScales; rows headDim apart) and n int8 keys of one page run (headDim bytes apart, their
  * scales at kScales). The dots are exact int32 sums, each key loaded once for the four rows:
  * - simd build: eight products per i32x4.dot_i16x8_s, keys widened to int16;
- * - relaxed build, where relaxedDotExact: sixteen per i32x4.relaxed_dot_i8x16_i7x16_add_s (one VNNI
+ * - relaxed build, when the caller says the runtime computes them exactly (`relaxedDot`): sixteen per i32x4.relaxed_dot_i8x16_i7x16_add_s (one VNNI
  *   instruction on CPUs that have it), whose second operand must be 0..127: q·k = 128·(hi·k) + lo·k -
  *   8192·sum(k), with sum(k) from one more dot against ones.
  * Both give the same bits (the sums are exact).
@@ -303,6 +276,122 @@ export function addWeightedPaged4<T>(p: usize, lds: i32, j0: i32, n: i32, pages:
     store<f32>(o1 + off, f32x4.extract_lane(sum, 1));
     store<f32>(o2 + off, f32x4.extract_lane(sum, 2));
     store<f32>(o3 + off, f32x4.extract_lane(sum, 3));
+  }
+}
+
+/** Most pairs of value rows one block of ATT_BC keys can touch (pages of 1: one pair per key). */
+export const MAX_BLOCK_PAIRS: i32 = 128;
+
+/** Scratch bytes addWeightedQ8Pairs4 takes: a pair's address and its weights for four rows, per pair. */
+export const PAIRS_WORK_BYTES: i32 = MAX_BLOCK_PAIRS * 4 * 5;
+
+/**
+ * o_r += sum_j w_r[j] v_j for four rows over int8 values j0 .. j0+n of their pages, held in interleaved
+ * pairs of rows (pages.ts): w_r = p_r (already times the value scales; p rows lds floats apart,
+ * column 0 is key j0) quantized per row to 15 bits, w16 = round(w · 32767 / max_j w_r[j]), so that
+ * one i32x4.dot_i16x8_s weighs two positions of four columns, exactly in int32 (at most 128 keys of
+ * 32767·127: below 2^31); each row's sums then go into o (rows ldo floats apart) times max / 32767.
+ * `work` holds the block's pairs: their addresses and each row's two weights per pair (PAIRS_WORK_BYTES).
+ */
+export function addWeightedQ8Pairs4(p: usize, lds: i32, j0: i32, n: i32, pages: usize, pageSize: i32, vOffset: i32, valueDim: i32, o: usize, ldo: i32, work: usize): void {
+  const pStride = (<usize>lds) << 2;
+  const oStride = (<usize>ldo) << 2;
+  const end = j0 + n;
+  // each row's weight scale
+  let inverse = f32x4.splat(0.0), factor = f32x4.splat(0.0);
+  for (let r = 0; r < 4; r++) {
+    let m = f32x4.splat(0.0);
+    const row = p + <usize>r * pStride;
+    let j = 0;
+    for (; j + 4 <= n; j += 4) m = f32x4.pmax(m, v128.load(row + (<usize>j << 2)));
+    let wmax = max(max(f32x4.extract_lane(m, 0), f32x4.extract_lane(m, 1)), max(f32x4.extract_lane(m, 2), f32x4.extract_lane(m, 3)));
+    for (; j < n; j++) wmax = max(wmax, load<f32>(row + (<usize>j << 2)));
+    const inv: f32 = 32767 / wmax;
+    const ok = wmax > 0 && isFinite(inv);
+    store<f32>(work + (<usize>r << 2), ok ? inv : 0);
+    store<f32>(work + 16 + (<usize>r << 2), ok ? wmax / 32767 : 0);
+  }
+  inverse = v128.load(work);
+  factor = v128.load(work, 16);
+  // the block's pairs, page segment by page segment: their addresses, and for each row the two
+  // weights (0 for a row of the pair outside j0 .. end or past the page)
+  const addrs = work;
+  const weights = work + ((<usize>MAX_BLOCK_PAIRS) << 2);
+  const wStride = (<usize>MAX_BLOCK_PAIRS) << 2;
+  let pairs = 0;
+  for (let j = j0; j < end;) {
+    const row0 = j % pageSize;
+    const segEnd = min(end, j - row0 + pageSize);
+    const first = j - (row0 & 1);
+    for (let a = first; a < segEnd; a += 2) {
+      store<u32>(addrs + (<usize>pairs << 2), <u32>pageRowPair(pages, pageSize, vOffset, valueDim, a));
+      const inA = a >= j, inB = a + 1 < segEnd;
+      const wa = inA ? i32x4.trunc_sat_f32x4_s(f32x4.nearest(f32x4.mul(f32x4(
+        load<f32>(p + ((<usize>(a - j0)) << 2)), load<f32>(p + pStride + ((<usize>(a - j0)) << 2)),
+        load<f32>(p + 2 * pStride + ((<usize>(a - j0)) << 2)), load<f32>(p + 3 * pStride + ((<usize>(a - j0)) << 2))), inverse))) : i32x4.splat(0);
+      const wb = inB ? i32x4.trunc_sat_f32x4_s(f32x4.nearest(f32x4.mul(f32x4(
+        load<f32>(p + ((<usize>(a + 1 - j0)) << 2)), load<f32>(p + pStride + ((<usize>(a + 1 - j0)) << 2)),
+        load<f32>(p + 2 * pStride + ((<usize>(a + 1 - j0)) << 2)), load<f32>(p + 3 * pStride + ((<usize>(a + 1 - j0)) << 2))), inverse))) : i32x4.splat(0);
+      // per row r: the i32 (wa_r & 0xffff) | (wb_r << 16), two int16 weights in dot_i16x8_s's order
+      const packed = v128.or(v128.and(wa, i32x4.splat(0xffff)), i32x4.shl(wb, 16));
+      store<i32>(weights + (<usize>pairs << 2), i32x4.extract_lane(packed, 0));
+      store<i32>(weights + wStride + (<usize>pairs << 2), i32x4.extract_lane(packed, 1));
+      store<i32>(weights + 2 * wStride + (<usize>pairs << 2), i32x4.extract_lane(packed, 2));
+      store<i32>(weights + 3 * wStride + (<usize>pairs << 2), i32x4.extract_lane(packed, 3));
+      pairs++;
+    }
+    j = segEnd;
+  }
+  const w1 = weights + wStride, w2 = w1 + wStride, w3 = w2 + wStride;
+  const o1 = o + oStride, o2 = o1 + oStride, o3 = o2 + oStride;
+  const f0 = f32x4.splat(f32x4.extract_lane(factor, 0)), f1 = f32x4.splat(f32x4.extract_lane(factor, 1));
+  const f2 = f32x4.splat(f32x4.extract_lane(factor, 2)), f3 = f32x4.splat(f32x4.extract_lane(factor, 3));
+  let c = 0;
+  for (; c + 8 <= valueDim; c += 8) {
+    let a0 = i32x4.splat(0), a1 = i32x4.splat(0), a2 = i32x4.splat(0), a3 = i32x4.splat(0);
+    let b0 = i32x4.splat(0), b1 = i32x4.splat(0), b2 = i32x4.splat(0), b3 = i32x4.splat(0);
+    for (let k = 0; k < pairs; k++) {
+      const x = v128.load(<usize>load<u32>(addrs + (<usize>k << 2)) + (<usize>c << 1));
+      const lo = i16x8.extend_low_i8x16_s(x), hi = i16x8.extend_high_i8x16_s(x);
+      const at = <usize>k << 2;
+      const v0 = v128.load32_splat(weights + at), v1 = v128.load32_splat(w1 + at), v2 = v128.load32_splat(w2 + at), v3 = v128.load32_splat(w3 + at);
+      a0 = i32x4.add(a0, i32x4.dot_i16x8_s(lo, v0)); b0 = i32x4.add(b0, i32x4.dot_i16x8_s(hi, v0));
+      a1 = i32x4.add(a1, i32x4.dot_i16x8_s(lo, v1)); b1 = i32x4.add(b1, i32x4.dot_i16x8_s(hi, v1));
+      a2 = i32x4.add(a2, i32x4.dot_i16x8_s(lo, v2)); b2 = i32x4.add(b2, i32x4.dot_i16x8_s(hi, v2));
+      a3 = i32x4.add(a3, i32x4.dot_i16x8_s(lo, v3)); b3 = i32x4.add(b3, i32x4.dot_i16x8_s(hi, v3));
+    }
+    const off = <usize>c << 2;
+    v128.store(o + off, madd(f32x4.convert_i32x4_s(a0), f0, v128.load(o + off))); v128.store(o + off, madd(f32x4.convert_i32x4_s(b0), f0, v128.load(o + off, 16)), 16);
+    v128.store(o1 + off, madd(f32x4.convert_i32x4_s(a1), f1, v128.load(o1 + off))); v128.store(o1 + off, madd(f32x4.convert_i32x4_s(b1), f1, v128.load(o1 + off, 16)), 16);
+    v128.store(o2 + off, madd(f32x4.convert_i32x4_s(a2), f2, v128.load(o2 + off))); v128.store(o2 + off, madd(f32x4.convert_i32x4_s(b2), f2, v128.load(o2 + off, 16)), 16);
+    v128.store(o3 + off, madd(f32x4.convert_i32x4_s(a3), f3, v128.load(o3 + off))); v128.store(o3 + off, madd(f32x4.convert_i32x4_s(b3), f3, v128.load(o3 + off, 16)), 16);
+  }
+  // the last columns, one at a time for the four rows
+  for (; c < valueDim; c++) {
+    let sums = i32x4.splat(0);
+    for (let k = 0; k < pairs; k++) {
+      const at = <usize>load<u32>(addrs + (<usize>k << 2)) + (<usize>c << 1);
+      const w = i32x4(load<i32>(weights + (<usize>k << 2)), load<i32>(w1 + (<usize>k << 2)), load<i32>(w2 + (<usize>k << 2)), load<i32>(w3 + (<usize>k << 2)));
+      const wa = i32x4.shr_s(i32x4.shl(w, 16), 16), wb = i32x4.shr_s(w, 16);
+      sums = i32x4.add(sums, i32x4.add(i32x4.mul(wa, i32x4.splat(<i32>load<i8>(at))), i32x4.mul(wb, i32x4.splat(<i32>load<i8>(at + 1)))));
+    }
+    const add = f32x4.mul(f32x4.convert_i32x4_s(sums), factor);
+    const off = <usize>c << 2;
+    store<f32>(o + off, load<f32>(o + off) + f32x4.extract_lane(add, 0));
+    store<f32>(o1 + off, load<f32>(o1 + off) + f32x4.extract_lane(add, 1));
+    store<f32>(o2 + off, load<f32>(o2 + off) + f32x4.extract_lane(add, 2));
+    store<f32>(o3 + off, load<f32>(o3 + off) + f32x4.extract_lane(add, 3));
+  }
+}
+
+/** dst rows = float(int8 value rows) · their scales for `rows` rows of `width` of one page run held in interleaved pairs (the first row `odd` = 1 when it is the second of its pair). */
+export function pairRowsToFloats(src: usize, odd: i32, rows: i32, width: i32, scales: usize, dst: usize): void {
+  for (let r = 0; r < rows; r++) {
+    const t = r + odd;
+    const from = src + <usize>(t >> 1) * (<usize>width << 1) + <usize>(t & 1);
+    const to = dst + ((<usize>r * width) << 2);
+    const scale = load<f32>(scales + (<usize>r << 2));
+    for (let d = 0; d < width; d++) store<f32>(to + (<usize>d << 2), <f32>load<i8>(from + (<usize>d << 1)) * scale);
   }
 }
 

@@ -12,17 +12,18 @@
 // out + g·ldoHead + i·ldoPos (valueDim floats). Key j lives in page j / pageSize: its key row is at the
 // u32 address pagesK[j / pageSize] + kOffset + (j % pageSize)·headDim·sizeof(T), its value row at
 // pagesV[j / pageSize] + vOffset + (j % pageSize)·valueDim·sizeof(T) (the tables give a page's rows of
-// kv head 0; the offsets, in bytes, pick this head's); int8 rows' scales follow their block (see
-// page-table.ts).
+// kv head 0; the offsets, in bytes, pick this head's); int8 rows' scales follow their block, and int8
+// value rows go in interleaved pairs (see page-table.ts). rowStats (0 = none) receives [max_r, sum_r]
+// per row r, so a caller that split the keys over several calls (flash-decoding) merges them exactly
+// (see f32-attention-flash-simd.ts for the scaling of p and the sums).
 //
 // One template over the pages' element type T, exported as f32_attention_paged (float32 pages),
 // f16_attention_paged (float16: u16 bit patterns) and qs8_attention_paged (int8 with a float32 scale
-// per row). Elements become floats in registers (attention-paged-rows-simd.ts); int8 keys meet q
-// quantized per row to int16 in exact int32 dots, and int8 values enter P·V with their scales folded
-// into the probabilities. rowStats (0 = none) receives [max_r, sum_r] per row r, so a caller
-// that split the keys over several calls (flash-decoding) merges them exactly (see
-// f32-attention-flash-simd.ts for the scaling of p and the sums).
-//
+// per row). Elements become floats in registers (attention-paged-rows-simd.ts); in the decode path
+// int8 keys meet q quantized per row to 14 bits in exact int32 dots (relaxed 8-bit dots when
+// relaxedDot says the runtime computes them exactly: see src/platform.ts), and int8 values meet the
+// probabilities times the value scales, rounded per row to 15 bits, in exact int32 dots.
+
 // Same algorithm as f32_attention: blocks of ATT_BR rows stream blocks of ATT_BC keys with an
 // online softmax. The row path (blocks of at most PAGED_ROW_PATH_MAX rows: decoding) reads K and V
 // where they lie, page segment by page segment, four rows per load; the tile path first gathers the
@@ -30,8 +31,10 @@
 // them as f32_attention does.
 
 import { scoreRow, MASK_NONE } from './f32-softmax-scale-mask-simd';
-import { addWeightedPaged4, dotScoresFloat4, dotScoresQ8x4, quantizeQueryRows, relaxedDotExact, rowsToFloats } from './attention-paged-rows-simd';
-import { pageRow, pageScale } from './page-table';
+import {
+  PAIRS_WORK_BYTES, addWeightedPaged4, addWeightedQ8Pairs4, dotScoresFloat4, dotScoresQ8x4, pairRowsToFloats, quantizeQueryRows, rowsToFloats,
+} from './attention-paged-rows-simd';
+import { pageRow, pageRowPair, pageScale, scalesOffset } from './page-table';
 import {
   ATT_BR, ATT_BC, copyScaled, f32_attention_scratch_bytes, finishRow, foldRow, roundUp8, scoreTile, valueTile,
 } from './f32-attention-flash-simd';
@@ -42,7 +45,7 @@ const PAGED_ROW_PATH_MAX: i32 = 8;
 
 /** Scratch bytes the paged kernels need: f32_attention's, plus a gathered key and value block and the int8 kernel's int16 q rows and their scales. */
 export function f32_attention_paged_scratch_bytes(headDim: i32, valueDim: i32): i32 {
-  return f32_attention_scratch_bytes(headDim, valueDim) + 4 * ATT_BC * (headDim + valueDim) + 4 * ATT_BR * headDim + 4 * ATT_BR + 16;
+  return f32_attention_scratch_bytes(headDim, valueDim) + 4 * ATT_BC * (headDim + valueDim) + 4 * ATT_BR * headDim + 4 * ATT_BR + 16 + PAIRS_WORK_BYTES;
 }
 
 /** Causal attention over float32 pages; see the file header for the exact contract. */
@@ -50,9 +53,9 @@ export function f32_attention_paged(
   q: usize, ldqHead: i32, ldqPos: i32, out: usize, ldoHead: i32, ldoPos: i32,
   positions: i32, group: i32, pagesK: usize, pagesV: usize, pageSize: i32, kOffset: i32, vOffset: i32,
   keyStart: i32, keyEnd: i32, headDim: i32, valueDim: i32,
-  scale: f32, cap: f32, offset: i32, left: i32, rowStats: usize, scratch: usize,
+  scale: f32, cap: f32, offset: i32, left: i32, rowStats: usize, scratch: usize, relaxedDot: bool,
 ): void {
-  attentionPaged<f32>(q, ldqHead, ldqPos, out, ldoHead, ldoPos, positions, group, pagesK, pagesV, pageSize, kOffset, vOffset, keyStart, keyEnd, headDim, valueDim, scale, cap, offset, left, rowStats, scratch);
+  attentionPaged<f32>(q, ldqHead, ldqPos, out, ldoHead, ldoPos, positions, group, pagesK, pagesV, pageSize, kOffset, vOffset, keyStart, keyEnd, headDim, valueDim, scale, cap, offset, left, rowStats, scratch, relaxedDot);
 }
 
 /** Causal attention over float16 pages; see the file header. */
@@ -60,9 +63,9 @@ export function f16_attention_paged(
   q: usize, ldqHead: i32, ldqPos: i32, out: usize, ldoHead: i32, ldoPos: i32,
   positions: i32, group: i32, pagesK: usize, pagesV: usize, pageSize: i32, kOffset: i32, vOffset: i32,
   keyStart: i32, keyEnd: i32, headDim: i32, valueDim: i32,
-  scale: f32, cap: f32, offset: i32, left: i32, rowStats: usize, scratch: usize,
+  scale: f32, cap: f32, offset: i32, left: i32, rowStats: usize, scratch: usize, relaxedDot: bool,
 ): void {
-  attentionPaged<u16>(q, ldqHead, ldqPos, out, ldoHead, ldoPos, positions, group, pagesK, pagesV, pageSize, kOffset, vOffset, keyStart, keyEnd, headDim, valueDim, scale, cap, offset, left, rowStats, scratch);
+  attentionPaged<u16>(q, ldqHead, ldqPos, out, ldoHead, ldoPos, positions, group, pagesK, pagesV, pageSize, kOffset, vOffset, keyStart, keyEnd, headDim, valueDim, scale, cap, offset, left, rowStats, scratch, relaxedDot);
 }
 
 /** Causal attention over int8 pages; see the file header. */
@@ -70,9 +73,9 @@ export function qs8_attention_paged(
   q: usize, ldqHead: i32, ldqPos: i32, out: usize, ldoHead: i32, ldoPos: i32,
   positions: i32, group: i32, pagesK: usize, pagesV: usize, pageSize: i32, kOffset: i32, vOffset: i32,
   keyStart: i32, keyEnd: i32, headDim: i32, valueDim: i32,
-  scale: f32, cap: f32, offset: i32, left: i32, rowStats: usize, scratch: usize,
+  scale: f32, cap: f32, offset: i32, left: i32, rowStats: usize, scratch: usize, relaxedDot: bool,
 ): void {
-  attentionPaged<i8>(q, ldqHead, ldqPos, out, ldoHead, ldoPos, positions, group, pagesK, pagesV, pageSize, kOffset, vOffset, keyStart, keyEnd, headDim, valueDim, scale, cap, offset, left, rowStats, scratch);
+  attentionPaged<i8>(q, ldqHead, ldqPos, out, ldoHead, ldoPos, positions, group, pagesK, pagesV, pageSize, kOffset, vOffset, keyStart, keyEnd, headDim, valueDim, scale, cap, offset, left, rowStats, scratch, relaxedDot);
 }
 
 /** The three kernels' body, for pages of T (f32, u16 halves, i8). */
@@ -81,7 +84,7 @@ export function qs8_attention_paged(
   q: usize, ldqHead: i32, ldqPos: i32, out: usize, ldoHead: i32, ldoPos: i32,
   positions: i32, group: i32, pagesK: usize, pagesV: usize, pageSize: i32, kOffset: i32, vOffset: i32,
   keyStart: i32, keyEnd: i32, headDim: i32, valueDim: i32,
-  scale: f32, cap: f32, offset: i32, left: i32, rowStats: usize, scratch: usize,
+  scale: f32, cap: f32, offset: i32, left: i32, rowStats: usize, scratch: usize, relaxedDot: bool,
 ): void {
   const dvPad = roundUp8(valueDim);
   const kT = scratch;
@@ -97,8 +100,10 @@ export function qs8_attention_paged(
   const qHi = q16 + ((<usize>ATT_BR * headDim) << 1);
   const qLo = qHi + <usize>ATT_BR * headDim;
   const qScales = (qLo + <usize>ATT_BR * headDim + 15) & ~(<usize>15);
+  const pairsWork = qScales + ((<usize>ATT_BR) << 2);
   const keyBytes = headDim * <i32>sizeof<T>(), valueBytes = valueDim * <i32>sizeof<T>();
-  const relaxedDot = sizeof<T>() == 1 && relaxedDotExact(scratch);
+  // int8 blocks: the scales after the rows (value rows in pairs)
+  const kScalesAt = scalesOffset(pageSize, keyBytes), vScalesAt = scalesOffset((pageSize + 1) & ~1, valueBytes);
   const rows = positions * group;
   const pShift = 33 - clz(max(keyEnd - keyStart, 1));
   const pUnshift: f32 = reinterpret<f32>((127 + pShift) << 23);
@@ -145,7 +150,7 @@ export function qs8_attention_paged(
           for (let r = 0; r < brRows; r += 4) {
             const sRows = sTile + ((<usize>r * ATT_BC + (j - j0)) << 2);
             if (sizeof<T>() == 1) {
-              const kScales = pageScale(pagesK, pageSize, kOffset, keyBytes, j);
+              const kScales = pageScale(pagesK, pageSize, kOffset, kScalesAt, j);
               dotScoresQ8x4(q16 + ((<usize>r * headDim) << 1), qHi + <usize>r * headDim, qLo + <usize>r * headDim, qScales + (<usize>r << 2), kSeg, kScales, seg, headDim, sRows, ATT_BC, relaxedDot);
             } else {
               dotScoresFloat4<T>(qTileRows + ((<usize>r * headDim) << 2), kSeg, seg, headDim, sRows, ATT_BC);
@@ -158,13 +163,16 @@ export function qs8_attention_paged(
         for (let j = j0; j < j0 + bc;) {
           const seg = min(j0 + bc - j, pageSize - j % pageSize);
           const kTo = kGather + ((<usize>(j - j0) * headDim) << 2), vTo = vGather + ((<usize>(j - j0) * valueDim) << 2);
-          const kFrom = pageRow(pagesK, pageSize, kOffset, keyBytes, j), vFrom = pageRow(pagesV, pageSize, vOffset, valueBytes, j);
+          const kFrom = pageRow(pagesK, pageSize, kOffset, keyBytes, j);
           if (sizeof<T>() == 4) {
             memory.copy(kTo, kFrom, (<usize>seg * headDim) << 2);
-            memory.copy(vTo, vFrom, (<usize>seg * valueDim) << 2);
+            memory.copy(vTo, pageRow(pagesV, pageSize, vOffset, valueBytes, j), (<usize>seg * valueDim) << 2);
+          } else if (sizeof<T>() == 2) {
+            rowsToFloats<T>(kFrom, seg, headDim, 0, kTo);
+            rowsToFloats<T>(pageRow(pagesV, pageSize, vOffset, valueBytes, j), seg, valueDim, 0, vTo);
           } else {
-            rowsToFloats<T>(kFrom, seg, headDim, pageScale(pagesK, pageSize, kOffset, keyBytes, j), kTo);
-            rowsToFloats<T>(vFrom, seg, valueDim, pageScale(pagesV, pageSize, vOffset, valueBytes, j), vTo);
+            rowsToFloats<T>(kFrom, seg, headDim, pageScale(pagesK, pageSize, kOffset, kScalesAt, j), kTo);
+            pairRowsToFloats(pageRowPair(pagesV, pageSize, vOffset, valueDim, j), (j % pageSize) & 1, seg, valueDim, pageScale(pagesV, pageSize, vOffset, vScalesAt, j), vTo);
           }
           j += seg;
         }
@@ -184,7 +192,7 @@ export function qs8_attention_paged(
         if (sizeof<T>() == 1) {
           // int8 values: their scales go into the probabilities, p_r[j] · vs_j
           for (let j = j0; j < j0 + bc; j++) {
-            const vs = load<f32>(pageScale(pagesV, pageSize, vOffset, valueBytes, j));
+            const vs = load<f32>(pageScale(pagesV, pageSize, vOffset, vScalesAt, j));
             for (let r = 0; r < br; r++) {
               const at = sTile + ((<usize>r * ATT_BC + (j - j0)) << 2);
               store<f32>(at, load<f32>(at) * vs);
@@ -192,7 +200,9 @@ export function qs8_attention_paged(
           }
         }
         for (let r = 0; r < brRows; r += 4) {
-          addWeightedPaged4<T>(sTile + ((<usize>r * ATT_BC) << 2), ATT_BC, j0, bc, pagesV, pageSize, vOffset, valueDim, oTile + ((<usize>r * dvPad) << 2), dvPad);
+          const pRows = sTile + ((<usize>r * ATT_BC) << 2), oRows = oTile + ((<usize>r * dvPad) << 2);
+          if (sizeof<T>() == 1) addWeightedQ8Pairs4(pRows, ATT_BC, j0, bc, pagesV, pageSize, vOffset, valueDim, oRows, dvPad, pairsWork);
+          else addWeightedPaged4<T>(pRows, ATT_BC, j0, bc, pagesV, pageSize, vOffset, valueDim, oRows, dvPad);
         }
         continue;
       }

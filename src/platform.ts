@@ -15,3 +15,12 @@ export function cores(): number {
   if (nodeOs) return nodeOs.availableParallelism();
   return typeof navigator !== 'undefined' ? navigator.hardwareConcurrency || 1 : 1;
 }
+
+/**
+ * Whether this runtime computes i32x4.relaxed_dot_i8x16_i7x16_add_s exactly in every compiler tier:
+ * V8 11.3 (Node 20) doubles the sums in its baseline compiler (Liftoff) and gets them right once a
+ * function tiers up, so a kernel's results would depend on timing there; V8 12.4 (Node 22) and later
+ * are right in both (checked with --liftoff --no-wasm-tier-up and --no-liftoff). Elsewhere (browsers)
+ * the int8 kernel keeps to 16-bit dots, which give the same bits.
+ */
+export const relaxedDotExact: boolean = isNode && Number(process.versions.v8?.split('.')[0]) >= 12;

@@ -70,6 +70,12 @@ export const tolerance = {
     const step = dtype === 'int8' ? maxK / 127 : maxK * 2 ** -10;
     return query + (rope ? 2 * maxQ * step : 0);
   },
+  /**
+   * int8 pages, P·V: each row's weights p·(value scale) are rounded to 15 bits of their block's largest
+   * (half a step, 1/65534 of it, at most per weight, independent from key to key), so an output moves by
+   * about sqrt(keys/12)/32767 of max|v|; six times that. Callers multiply by max|v|.
+   */
+  quantizedWeights: (dtype: 'float32' | 'float16' | 'int8', seqKV: number): number => (dtype === 'int8' ? (6 * Math.sqrt((seqKV + 1) / 12)) / 32767 : 0),
   /** ONNX's own: |a - e| <= atol + rtol*|e|. */
   onnx: { rtol: 1e-3, atol: 1e-7 },
 };

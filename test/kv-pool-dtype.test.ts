@@ -142,7 +142,7 @@ describe.each(BACKENDS)('%s: page dtypes at their edges', (backend) => {
     expect(y.data.every(Number.isFinite)).toBe(true);
     const scale = 1 / Math.sqrt(WIDTH);
     const maxScore = scale * maxAbs(q.data) * maxAbs(held) * WIDTH;
-    const tol = tolerance.attention(WIDTH, length, maxScore) + 2.5 * scale * tolerance.quantizedScore(dtype, WIDTH, maxAbs(q.data), maxAbs(held), false);
+    const tol = tolerance.attention(WIDTH, length, maxScore) + 2.5 * scale * tolerance.quantizedScore(dtype, WIDTH, maxAbs(q.data), maxAbs(held), false) + tolerance.quantizedWeights(dtype, length);
     expect(maxError(y.data, expected.data)).toBeLessThanOrEqual(tol * maxAbs(held));
     pool.dispose();
   });

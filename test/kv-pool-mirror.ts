@@ -113,7 +113,7 @@ export class Mirror {
     const scale = options.scale ?? 1 / Math.sqrt(headDim);
     const maxScore = Math.abs(scale) * maxAbs(q) * maxAbs(k) * headDim;
     const scoreError = Math.abs(scale) * tolerance.quantizedScore(this.shape.dtype ?? 'float32', headDim, maxAbs(q), maxAbs(k), options.rope !== undefined);
-    const tol = tolerance.attention(headDim, length, options.softcap ?? maxScore) + 2.5 * scoreError;
+    const tol = tolerance.attention(headDim, length, options.softcap ?? maxScore) + 2.5 * scoreError + tolerance.quantizedWeights(this.shape.dtype ?? 'float32', length);
     return { expected, tol: tol * Math.max(maxAbs(v), 1e-30) };
   }
 }

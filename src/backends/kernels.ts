@@ -32,19 +32,19 @@ export interface Kernels {
     q: number, ldqHead: number, ldqPos: number, out: number, ldoHead: number, ldoPos: number,
     positions: number, group: number, pagesK: number, pagesV: number, pageSize: number, kOffset: number, vOffset: number,
     keyStart: number, keyEnd: number, headDim: number, valueDim: number,
-    scale: number, cap: number, offset: number, left: number, rowStats: number, scratch: number,
+    scale: number, cap: number, offset: number, left: number, rowStats: number, scratch: number, relaxedDot: number,
   ): void;
   f16_attention_paged(
     q: number, ldqHead: number, ldqPos: number, out: number, ldoHead: number, ldoPos: number,
     positions: number, group: number, pagesK: number, pagesV: number, pageSize: number, kOffset: number, vOffset: number,
     keyStart: number, keyEnd: number, headDim: number, valueDim: number,
-    scale: number, cap: number, offset: number, left: number, rowStats: number, scratch: number,
+    scale: number, cap: number, offset: number, left: number, rowStats: number, scratch: number, relaxedDot: number,
   ): void;
   qs8_attention_paged(
     q: number, ldqHead: number, ldqPos: number, out: number, ldoHead: number, ldoPos: number,
     positions: number, group: number, pagesK: number, pagesV: number, pageSize: number, kOffset: number, vOffset: number,
     keyStart: number, keyEnd: number, headDim: number, valueDim: number,
-    scale: number, cap: number, offset: number, left: number, rowStats: number, scratch: number,
+    scale: number, cap: number, offset: number, left: number, rowStats: number, scratch: number, relaxedDot: number,
   ): void;
   f32_attention_paged_scratch_bytes(headDim: number, valueDim: number): number;
   f32_exp(x: number): number;

@@ -19,7 +19,7 @@ import { AttentionError, human } from '../errors.js';
 import type { ResidentTensor } from '../memory/resident.js';
 import { pagedAttentionOp } from '../ops/paged-attention/index.js';
 import {
-  HALF_MAX, KV_DTYPES, type KVDtype, type PageLayout, type SlabViews, blockSizes, bytesPerToken, elementBytes, pageBytes, rowsAt, slabBytes, slabViews, storeRow,
+  HALF_MAX, KV_DTYPES, type KVDtype, type PageLayout, type SlabViews, blockSizes, bytesPerToken, elementBytes, pageBytes, rowsAt, slabBytes, slabViews, storeRow, valueStride,
 } from '../ops/paged-attention/pages.js';
 import type { PagedAttentionPlan, PagedItem, PageStore } from '../ops/paged-attention/plan.js';
 import { pagedFlops } from '../ops/paged-attention/plan.js';
@@ -636,6 +636,7 @@ export class KVPool {
     const { headDim, valueDim, dtype } = this;
     const stored = 'kScales' in rows;
     const bytes = elementBytes(dtype);
+    const stride = valueStride(dtype);
     for (let kvHead = 0; kvHead < this.kvHeads; kvHead++) {
       for (let t = 0; t < count; t++) {
         const position = start + t;
@@ -643,15 +644,15 @@ export class KVPool {
         const { slab, index } = this.pageOf(pages[Math.floor(position / this.pageSize)]);
         const at = rowsAt(this.layout, index, kvHead, position % this.pageSize);
         if (stored) {
-          copyElements(rows.k, row * headDim, headDim, slab, at.key, bytes);
-          copyElements(rows.v, row * valueDim, valueDim, slab, at.value, bytes);
+          copyElements(rows.k, row * headDim, headDim, slab, at.key, bytes, 1);
+          copyElements(rows.v, row * valueDim, valueDim, slab, at.value, bytes, stride);
           if (dtype === 'int8') {
             slab.f32[at.keyScale >> 2] = rows.kScales[row];
             slab.f32[at.valueScale >> 2] = rows.vScales[row];
           }
         } else {
           storeRow(dtype, slab, at.key, at.keyScale, rows.k, row * headDim, headDim);
-          storeRow(dtype, slab, at.value, at.valueScale, rows.v, row * valueDim, valueDim);
+          storeRow(dtype, slab, at.value, at.valueScale, rows.v, row * valueDim, valueDim, stride);
         }
       }
     }
@@ -664,13 +665,14 @@ export class KVPool {
     const scales = dtype === 'int8' ? kvHeads * length : 0;
     const rows: StoredRows = { k: make(kvHeads * length * headDim), v: make(kvHeads * length * valueDim), kScales: new Float32Array(scales), vScales: new Float32Array(scales) };
     const bytes = elementBytes(dtype);
+    const stride = valueStride(dtype);
     for (let kvHead = 0; kvHead < kvHeads; kvHead++) {
       for (let t = 0; t < length; t++) {
         const row = kvHead * length + t;
         const { slab, index } = this.pageOf(pages[Math.floor(t / this.pageSize)]);
         const at = rowsAt(this.layout, index, kvHead, t % this.pageSize);
-        rows.k.set(elementsAt(slab, at.key, headDim, bytes), row * headDim);
-        rows.v.set(elementsAt(slab, at.value, valueDim, bytes), row * valueDim);
+        readElements(slab, at.key, headDim, bytes, 1, rows.k, row * headDim);
+        readElements(slab, at.value, valueDim, bytes, stride, rows.v, row * valueDim);
         if (dtype === 'int8') {
           rows.kScales[row] = slab.f32[at.keyScale >> 2];
           rows.vScales[row] = slab.f32[at.valueScale >> 2];
@@ -807,17 +809,21 @@ function unstorable(dtype: KVDtype, rows: StoredRows): string | undefined {
   return undefined;
 }
 
-/** Copies `width` elements of `data` from `from` into a slab at byte `at` (elements of `bytes` bytes each, as the slab holds them). */
-function copyElements(data: StoredRows['k'], from: number, width: number, slab: SlabViews, at: number, bytes: number): void {
-  const target = bytes === 4 ? slab.f32 : bytes === 2 ? slab.u16 : slab.i8;
-  target.set(data.subarray(from, from + width), at / bytes);
+/** The slab's elements as `bytes`-byte elements. */
+const elementsOf = (slab: SlabViews, bytes: number): StoredRows['k'] => (bytes === 4 ? slab.f32 : bytes === 2 ? slab.u16 : slab.i8);
+
+/** Copies `width` elements of `data` from `from` into a slab at byte `at`, `stride` elements apart (as the slab holds them). */
+function copyElements(data: StoredRows['k'], from: number, width: number, slab: SlabViews, at: number, bytes: number, stride: number): void {
+  const target = elementsOf(slab, bytes);
+  if (stride === 1) target.set(data.subarray(from, from + width), at / bytes);
+  else for (let d = 0; d < width; d++) target[at / bytes + d * stride] = data[from + d];
 }
 
-/** `width` elements of a slab at byte `at` (a view). */
-function elementsAt(slab: SlabViews, at: number, width: number, bytes: number): StoredRows['k'] {
-  if (bytes === 4) return slab.f32.subarray(at >> 2, (at >> 2) + width);
-  if (bytes === 2) return slab.u16.subarray(at >> 1, (at >> 1) + width);
-  return slab.i8.subarray(at, at + width);
+/** Reads `width` elements of a slab at byte `at`, `stride` elements apart, into `out` from `to`. */
+function readElements(slab: SlabViews, at: number, width: number, bytes: number, stride: number, out: StoredRows['k'], to: number): void {
+  const source = elementsOf(slab, bytes);
+  if (stride === 1) out.set(source.subarray(at / bytes, at / bytes + width), to);
+  else for (let d = 0; d < width; d++) out[to + d] = source[at / bytes + d * stride];
 }
 
 /** Each element of an items array, read once by index (not through its iterator); a throwing read is refused. */

@@ -7,7 +7,7 @@
 import type { Kernels } from '../../backends/kernels.js';
 import { type ItemRunner, jobLayout } from '../../job.js';
 
-export const PAGED_JOB = jobLayout(5, ['records', 'headDim', 'valueDim', 'pageSize', 'scale', 'cap', 'left', 'dtype'] as const);
+export const PAGED_JOB = jobLayout(5, ['records', 'headDim', 'valueDim', 'pageSize', 'scale', 'cap', 'left', 'dtype', 'relaxedDot'] as const);
 
 /** The job's dtype field: which kernel runs its items (the pages' element type). */
 export const PAGED_DTYPE = { float32: 0, float16: 1, int8: 2 } as const;
@@ -53,6 +53,6 @@ export const runPagedItem: ItemRunner = (kernels: Kernels, job: Float64Array, it
     i32[at + RECORD.positions], i32[at + RECORD.group], i32[at + RECORD.pagesK] >>> 0, i32[at + RECORD.pagesV] >>> 0, job[J.pageSize],
     i32[at + RECORD.kOffset], i32[at + RECORD.vOffset], i32[at + RECORD.keyStart], i32[at + RECORD.keyEnd],
     headDim, job[J.valueDim], job[J.scale], job[J.cap], i32[at + RECORD.offset], job[J.left],
-    i32[at + RECORD.stats] >>> 0, scratch,
+    i32[at + RECORD.stats] >>> 0, scratch, job[J.relaxedDot],
   );
 };

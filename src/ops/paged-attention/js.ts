@@ -3,7 +3,7 @@
 // softmax and the weighted sum of values.
 import type { ArrayOf } from '../../backend.js';
 import type { Tensor } from '../../tensor.js';
-import { loadRow, rowsAt, slabViews } from './pages.js';
+import { loadRow, rowsAt, slabViews, valueStride } from './pages.js';
 import type { PagedAttentionPlan } from './plan.js';
 
 export function pagedAttentionJs(plan: PagedAttentionPlan, arrayOf: ArrayOf): Tensor[] {
@@ -26,7 +26,7 @@ export function pagedAttentionJs(plan: PagedAttentionPlan, arrayOf: ArrayOf): Te
         const slab = Math.floor(page / slabPages);
         const at = rowsAt(store, page - slab * slabPages, kvHead, j % pageSize);
         if (part === 'key') loadRow(dtype, slabs[slab], at.key, at.keyScale, row, 0, headDim);
-        else loadRow(dtype, slabs[slab], at.value, at.valueScale, row, 0, valueDim);
+        else loadRow(dtype, slabs[slab], at.value, at.valueScale, row, 0, valueDim, valueStride(dtype));
       };
       for (let g = 0; g < group; g++) {
         const h = kvHead * group + g;

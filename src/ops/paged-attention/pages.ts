@@ -17,7 +17,9 @@
 //   keys   [kvHeads, slabPages] blocks of keyBlock bytes, then
 //   values [kvHeads, slabPages] blocks of valueBlock bytes;
 //   a block: pageSize rows of width·elementBytes, padded to 16 bytes, then (int8) pageSize float32
-//   scales, padded to 16 bytes.
+//   scales, padded to 16 bytes. int8 values go in pairs of rows (rows 2t and 2t+1 of the page,
+//   interleaved element by element: v[2t][0], v[2t+1][0], v[2t][1], ...; an odd last row pairs with
+//   padding), so that one 16-bit dot (i32x4.dot_i16x8_s) weighs two positions of four columns at once.
 // Head-major: the pages a sequence took one after another hold each head's keys (and values) in one
 // run of memory, which a kernel streams far faster than pieces of a page each.
 import { floatToHalf, halfToFloat } from '../../float16.js';
@@ -41,15 +43,24 @@ export interface PageLayout {
 
 const roundUp16 = (bytes: number): number => Math.ceil(bytes / 16) * 16;
 
-/** Bytes of a block of `width`-wide rows: the rows padded to 16, then the int8 scales padded to 16. */
-function blockBytes(layout: PageLayout, width: number): number {
-  const rows = roundUp16(layout.pageSize * width * elementBytes(layout.dtype));
+/** Whether a block holds its rows in interleaved pairs (int8 values). */
+const paired = (dtype: KVDtype, part: 'key' | 'value'): boolean => dtype === 'int8' && part === 'value';
+
+/** Bytes of the rows of a block: pageSize rows (rounded up to pairs when paired) of width elements, padded to 16. */
+const rowBytes = (layout: Omit<PageLayout, 'slabPages'>, width: number, part: 'key' | 'value'): number => {
+  const rows = paired(layout.dtype, part) ? 2 * Math.ceil(layout.pageSize / 2) : layout.pageSize;
+  return roundUp16(rows * width * elementBytes(layout.dtype));
+};
+
+/** Bytes of a block of `width`-wide rows: the rows, then the int8 scales padded to 16. */
+function blockBytes(layout: Omit<PageLayout, 'slabPages'>, width: number, part: 'key' | 'value'): number {
+  const rows = rowBytes(layout, width, part);
   return layout.dtype === 'int8' ? rows + roundUp16(4 * layout.pageSize) : rows;
 }
 
 /** Bytes of one page: its key and value blocks for every kv head. */
 export const pageBytes = (layout: Omit<PageLayout, 'slabPages'>): number =>
-  layout.kvHeads * (blockBytes({ ...layout, slabPages: 1 }, layout.headDim) + blockBytes({ ...layout, slabPages: 1 }, layout.valueDim));
+  layout.kvHeads * (blockBytes(layout, layout.headDim, 'key') + blockBytes(layout, layout.valueDim, 'value'));
 
 /** Bytes of one slab (a multiple of 16). */
 export const slabBytes = (layout: PageLayout): number => layout.slabPages * pageBytes(layout);
@@ -58,7 +69,11 @@ export const slabBytes = (layout: PageLayout): number => layout.slabPages * page
 export const bytesPerToken = (layout: Omit<PageLayout, 'slabPages' | 'pageSize'>): number =>
   layout.kvHeads * ((layout.headDim + layout.valueDim) * elementBytes(layout.dtype) + (layout.dtype === 'int8' ? 8 : 0));
 
-/** Where one row lies in its slab (bytes): its elements and, for int8, its scale. */
+/**
+ * Where one row lies in its slab (bytes): its first element and, for int8, its scale. Elements of a
+ * key row follow one another; those of a value row are valueStride elements apart (2 for int8, whose
+ * value rows are interleaved in pairs).
+ */
 export interface RowAt {
   key: number;
   keyScale: number;
@@ -66,24 +81,28 @@ export interface RowAt {
   valueScale: number;
 }
 
+/** Elements between one element of a value row and the next (2 in int8 pages' interleaved pairs, else 1). */
+export const valueStride = (dtype: KVDtype): number => (paired(dtype, 'value') ? 2 : 1);
+
 /** Byte offsets, inside its slab, of row `row` of kv head h's keys and values in the page at index `index` of the slab. */
 export function rowsAt(layout: PageLayout, index: number, kvHead: number, row: number): RowAt {
   const { kvHeads, slabPages, pageSize, headDim, valueDim } = layout;
   const bytes = elementBytes(layout.dtype);
-  const keyBlock = blockBytes(layout, headDim);
-  const valueBlock = blockBytes(layout, valueDim);
+  const keyBlock = blockBytes(layout, headDim, 'key');
+  const valueBlock = blockBytes(layout, valueDim, 'value');
   const keys = (kvHead * slabPages + index) * keyBlock;
   const values = kvHeads * slabPages * keyBlock + (kvHead * slabPages + index) * valueBlock;
+  const value = paired(layout.dtype, 'value') ? (row >> 1) * 2 * valueDim + (row & 1) : row * valueDim * bytes;
   return {
     key: keys + row * headDim * bytes,
-    keyScale: keys + roundUp16(pageSize * headDim * bytes) + 4 * row,
-    value: values + row * valueDim * bytes,
-    valueScale: values + roundUp16(pageSize * valueDim * bytes) + 4 * row,
+    keyScale: keys + rowBytes(layout, headDim, 'key') + 4 * row,
+    value: values + value,
+    valueScale: values + rowBytes(layout, valueDim, 'value') + 4 * row,
   };
 }
 
 /** Byte size of the key block and value block of one (kv head, page). */
-export const blockSizes = (layout: PageLayout): { key: number; value: number } => ({ key: blockBytes(layout, layout.headDim), value: blockBytes(layout, layout.valueDim) });
+export const blockSizes = (layout: PageLayout): { key: number; value: number } => ({ key: blockBytes(layout, layout.headDim, 'key'), value: blockBytes(layout, layout.valueDim, 'value') });
 
 /** Typed views of a slab's bytes (the slab's memory as it is now). */
 export interface SlabViews {
@@ -120,10 +139,10 @@ const flushSubnormal = (x: number): number => (Math.abs(x) < 2 ** -126 ? 0 : x);
 
 /**
  * Stores `width` floats of `data` from `from` as one row at byte `at` of a slab (scale at byte
- * `scaleAt` for int8), in the page's element type. The values are finite and, for float16, within
- * ±65504 (the pool checked them).
+ * `scaleAt` for int8; elements `stride` apart, 2 for int8 value rows), in the page's element type.
+ * The values are finite and, for float16, within ±65504 (the pool checked them).
  */
-export function storeRow(dtype: KVDtype, views: SlabViews, at: number, scaleAt: number, data: Float32Array, from: number, width: number): void {
+export function storeRow(dtype: KVDtype, views: SlabViews, at: number, scaleAt: number, data: Float32Array, from: number, width: number, stride = 1): void {
   if (dtype === 'float32') {
     const base = at >> 2;
     for (let d = 0; d < width; d++) views.f32[base + d] = flushSubnormal(data[from + d]);
@@ -134,43 +153,38 @@ export function storeRow(dtype: KVDtype, views: SlabViews, at: number, scaleAt: 
     let absmax = 0;
     for (let d = 0; d < width; d++) absmax = Math.max(absmax, Math.abs(data[from + d]));
     if (absmax < INT8_MIN_ABSMAX) {
-      views.i8.fill(0, at, at + width);
+      for (let d = 0; d < width; d++) views.i8[at + d * stride] = 0;
       views.f32[scaleAt >> 2] = 0;
       return;
     }
     const inverse = Math.fround(127 / absmax);
-    for (let d = 0; d < width; d++) views.i8[at + d] = Math.max(-127, Math.min(127, roundHalfEven(Math.fround(data[from + d] * inverse))));
+    for (let d = 0; d < width; d++) views.i8[at + d * stride] = Math.max(-127, Math.min(127, roundHalfEven(Math.fround(data[from + d] * inverse))));
     views.f32[scaleAt >> 2] = Math.fround(absmax / 127);
   }
 }
 
-/** Reads one row back as float values (what the kernels compute with) into `out` from `to`. */
-export function loadRow(dtype: KVDtype, views: SlabViews, at: number, scaleAt: number, out: Float32Array | Float64Array, to: number, width: number): void {
+let halves: Float32Array | undefined;
+
+/** Every half's float value by bit pattern (256 KiB, made on first use): loadRow's float16 rows. */
+function halfTable(): Float32Array {
+  if (!halves) {
+    halves = new Float32Array(65536);
+    for (let h = 0; h < 65536; h++) halves[h] = halfToFloat(h);
+  }
+  return halves;
+}
+
+/** Reads one row back as float values (what the kernels compute with) into `out` from `to` (elements `stride` apart in the page). */
+export function loadRow(dtype: KVDtype, views: SlabViews, at: number, scaleAt: number, out: Float32Array | Float64Array, to: number, width: number, stride = 1): void {
   if (dtype === 'float32') {
     const base = at >> 2;
     for (let d = 0; d < width; d++) out[to + d] = views.f32[base + d];
   } else if (dtype === 'float16') {
     const base = at >> 1;
-    for (let d = 0; d < width; d++) out[to + d] = halfToFloat(views.u16[base + d]);
+    const table = halfTable();
+    for (let d = 0; d < width; d++) out[to + d] = table[views.u16[base + d]];
   } else {
     const scale = views.f32[scaleAt >> 2];
-    for (let d = 0; d < width; d++) out[to + d] = views.i8[at + d] * scale;
+    for (let d = 0; d < width; d++) out[to + d] = views.i8[at + d * stride] * scale;
   }
-}
-
-/**
- * The values a page of `dtype` holds for rows of `width` floats (data [rows, width]), as float64:
- * what storeRow then loadRow give, for the reference and tests. Throws nothing: check the data first.
- */
-export function quantizedRows(dtype: KVDtype, data: Float32Array, width: number): Float64Array {
-  const rows = data.length / width;
-  const bytes = new Float32Array(Math.ceil((width * 4 + 4) / 4) + 1);
-  const views = slabViews(bytes);
-  const out = new Float64Array(data.length);
-  const scaleAt = 4 * Math.ceil(width * elementBytes(dtype) / 4);
-  for (let r = 0; r < rows; r++) {
-    storeRow(dtype, views, 0, scaleAt, data, r * width, width);
-    loadRow(dtype, views, 0, scaleAt, out, r * width, width);
-  }
-  return out;
 }

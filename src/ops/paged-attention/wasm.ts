@@ -4,6 +4,7 @@
 import type { Encoded, WasmCall, WasmOp } from '../../backend.js';
 import type { Kernels } from '../../backends/kernels.js';
 import { HEADER } from '../../job.js';
+import { relaxedDotExact } from '../../platform.js';
 import type { Tensor } from '../../tensor.js';
 import {
   PAGED_DTYPE, PAGED_JOB, PAGED_ROW_CHUNK, PAGED_SPLIT_MAX_POSITIONS, PAGED_SPLIT_MIN_KEYS, RECORD, RECORD_INTS, splitChunk,
@@ -132,6 +133,7 @@ export const pagedAttentionWasm: WasmOp<PagedAttentionPlan, Tensor[]> = {
     job[J.cap] = plan.softcap;
     job[J.left] = plan.left;
     job[J.dtype] = PAGED_DTYPE[store.dtype];
+    job[J.relaxedDot] = relaxedDotExact ? 1 : 0;
     const scratchBytes = call.kernels.f32_attention_paged_scratch_bytes(headDim, valueDim);
     return { job, scratchBytes, outPtr: 0, size: 0, outputs, cuts };
   },
