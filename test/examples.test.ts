@@ -26,21 +26,26 @@ describe('examples', () => {
     expect(['Uint16Array', 'Float16Array']).toContain(yHalf.data.constructor.name);
   });
 
-  it('server streams the greedy tokens of the model run directly, batched or not, and refuses bad requests with 4xx', async () => {
+  it('server streams the greedy tokens of the model run directly, batched or not, with each KV page dtype, and refuses bad requests with 4xx', async () => {
     const { startServer } = await import('../examples/server/server.js');
     // @ts-expect-error plain-JS example without types
     const { createModel, greedyDecode } = await import('../examples/decoder/model.js');
     // the model run directly: two requests of one session (the last generated token goes in first on the next)
-    const engine = createEngineSync({ backend: 'wasm-simd', threads: 1 });
-    const model = createModel(engine);
-    const direct = model.session();
-    const first = greedyDecode(direct, [11, 22, 33, 44, 55], 4, 4096).tokens;
-    const second = greedyDecode(direct, [first.at(-1), 66, 77], 3, 4096).tokens;
-    model.dispose();
-    engine.dispose();
+    const runDirect = (kvDtype: string) => {
+      const engine = createEngineSync({ backend: 'wasm-simd', threads: 1 });
+      const model = createModel(engine, { kvDtype });
+      const direct = model.session();
+      const first: number[] = greedyDecode(direct, [11, 22, 33, 44, 55], 4, 4096).tokens;
+      const second: number[] = greedyDecode(direct, [first.at(-1), 66, 77], 3, 4096).tokens;
+      model.dispose();
+      engine.dispose();
+      return { first, second };
+    };
 
-    for (const batcher of [true, false]) {
-      const server = await startServer({ backend: 'wasm-simd', threads: 2, batcher, limits: { maxSessions: 3, maxSessionTokens: 64 } });
+    await expect(startServer({ dtype: 'bfloat16' })).rejects.toThrow(/config.kvDtype must be one of float32, float16, int8/);
+    for (const { batcher, dtype } of [{ batcher: true, dtype: undefined }, { batcher: false, dtype: undefined }, { batcher: true, dtype: 'int8' }]) {
+      const { first, second } = runDirect(dtype ?? 'float32');
+      const server = await startServer({ backend: 'wasm-simd', threads: 2, batcher, dtype, limits: { maxSessions: 3, maxSessionTokens: 64 } });
       const base = `http://127.0.0.1:${server.port}`;
       const post = async (path: string, body?: unknown) => {
         const res = await fetch(base + path, { method: 'POST', body: JSON.stringify(body ?? {}) });
@@ -72,6 +77,8 @@ describe('examples', () => {
         const stats = await (await fetch(`${base}/stats`)).json();
         expect(stats.sessions).toBe(2);
         expect(stats.batcher).toBe(batcher);
+        expect(stats.dtype).toBe(dtype ?? 'float32');
+        expect(stats.pool.pool.dtype).toBe(dtype ?? 'float32');
         expect(stats.tokens.generated).toBe(3 * 4 + 3 + 3);
         if (batcher) expect(stats.batches.meanCalls).toBeGreaterThan(1);
         expect(stats.pool.pagesHeld).toBe(2); // two sessions of 12 positions, a page of 16 each
@@ -82,14 +89,16 @@ describe('examples', () => {
     }
   }, 120_000);
 
-  it('the server load test reports tokens/s, per-token latency and event-loop delay, batched and not', () => {
-    const out = execFileSync(process.execPath, [new URL('../examples/server/load-test.js', import.meta.url).pathname, '--sessions', '1,4', '--seconds', '1', '--generate', '4'], { encoding: 'utf8', timeout: 120_000 });
-    const rows = out.split('\n').filter((l) => /^\| \d+ \| (batcher|no-batcher)/.test(l));
+  it('the server load test reports tokens/s, per-token latency and event-loop delay, batched and not, per KV page dtype', () => {
+    const out = execFileSync(process.execPath, [new URL('../examples/server/load-test.js', import.meta.url).pathname, '--sessions', '4', '--seconds', '1', '--generate', '4', '--dtypes', 'float32,int8'], { encoding: 'utf8', timeout: 120_000 });
+    const rows = out.split('\n').filter((l) => /^\| \d+ \| (batcher|no-batcher) \|/.test(l));
     expect(rows).toHaveLength(4);
-    for (const row of rows) {
-      const cells = row.split('|').map((c) => c.trim());
-      expect(Number(cells[3])).toBeGreaterThan(0); // tokens/s
-      expect(Number(cells[9])).toBe(0); // errors
+    const cellsOf = rows.map((row) => row.split('|').map((c) => c.trim()));
+    expect(cellsOf.map((cells) => cells[3])).toEqual(['float32', 'float32', 'int8', 'int8']);
+    expect(cellsOf.map((cells) => cells[2])).toEqual(['batcher', 'no-batcher', 'batcher', 'no-batcher']);
+    for (const cells of cellsOf) {
+      expect(Number(cells[4])).toBeGreaterThan(0); // tokens/s
+      expect(Number(cells[10])).toBe(0); // errors
     }
   }, 180_000);
 });

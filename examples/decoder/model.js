@@ -15,6 +15,9 @@
 //
 // Weights come from a seed (makeWeights), so the ONNX graph (onnx-graph.js) and the tests rebuild
 // the same model. Layouts are row-major; a projection W [in, out] is applied as x · W.
+// config.kvDtype is what the pools' pages store keys and values as: 'float32' (the default, the same
+// as the ONNX graph), 'float16' or 'int8' (see kvPool's dtype option); accuracy.js measures what the
+// two smaller ones change in the greedy tokens and the logits.
 import { AttentionError } from '../../dist/index.js';
 
 export const DEFAULT_CONFIG = Object.freeze({
@@ -31,7 +34,12 @@ export const DEFAULT_CONFIG = Object.freeze({
   /** Positions each layer's pool holds over all sessions. */
   maxTokens: 65536,
   pageSize: 16,
+  /** What each layer's pool stores keys and values as: 'float32', 'float16' or 'int8'. */
+  kvDtype: 'float32',
 });
+
+/** The page dtypes a pool takes (kvPool's options.dtype). */
+export const KV_DTYPES = Object.freeze(['float32', 'float16', 'int8']);
 
 /** A seeded stream of uniform numbers in [0, 1) (mulberry32: a 32-bit state, good enough for weights). */
 function uniforms(seed) {
@@ -65,6 +73,7 @@ export function modelConfig(config = {}) {
   }
   if (c.heads * c.headDim !== c.width) throw new AttentionError('INVALID_OPTION', `config.heads (${c.heads}) · headDim (${c.headDim}) must equal width ${c.width}`, 'config.heads');
   if (c.heads % c.kvHeads !== 0) throw new AttentionError('INVALID_OPTION', `config.heads ${c.heads} is not a multiple of kvHeads ${c.kvHeads}`, 'config.kvHeads');
+  if (!KV_DTYPES.includes(c.kvDtype)) throw new AttentionError('INVALID_OPTION', `config.kvDtype must be one of ${KV_DTYPES.join(', ')}, got ${JSON.stringify(c.kvDtype)}`, 'config.kvDtype');
   return Object.freeze(c);
 }
 
@@ -122,10 +131,11 @@ export function argmax(logits, vocab, row = logits.length / vocab - 1) {
 /**
  * Builds the model on `engine`: weights resident in the engine's memory, and one KV pool per layer
  * (a session holds one sequence in each). Returns { config, session(), forwardBatch(), stats(), dispose() }.
+ * `weights`, makeWeights(config)'s result, saves making them again for several models of one config
+ * (the same model with different page dtypes).
  */
-export function createModel(engine, config = {}) {
+export function createModel(engine, config = {}, { weights = makeWeights(config) } = {}) {
   const c = modelConfig(config);
-  const weights = makeWeights(c);
   const { width, heads, kvHeads, headDim, mlpWidth, vocab, eps, pageSize } = c;
   const kvWidth = kvHeads * headDim;
   const qkvWidth = width + 2 * kvWidth;
@@ -141,7 +151,7 @@ export function createModel(engine, config = {}) {
     wo: resident([width, width], w.wo),
     w13: resident([width, 2 * mlpWidth], sideBySide(width, w.w1, mlpWidth, w.w3, mlpWidth)),
     w2: resident([mlpWidth, width], w.w2),
-    pool: engine.kvPool({ kvHeads, headDim, pageSize, maxTokens: c.maxTokens }),
+    pool: engine.kvPool({ kvHeads, headDim, pageSize, maxTokens: c.maxTokens, dtype: c.kvDtype }),
   }));
   const embedding = resident([vocab, width], weights.embedding);
   const stepOptions = { rope: { base: c.ropeBase, dims: headDim, interleaved: false } };

@@ -1,32 +1,41 @@
-// Load test of the token server (loopback only, bounded in time): for each mode (batcher, no batcher)
-// it starts the server in a child process, then for each count of concurrent sessions runs that many
-// clients for --seconds. A client opens a session, sends a prompt of --prompt tokens asking for
-// --generate tokens, then three more requests of 8 tokens each asking for as many, closes the session
-// and starts again, until the time is up (requests under way are finished). Each token line is timed
+// Load test of the token server (loopback only, bounded in time): for each KV page dtype (--dtypes,
+// each the server's --dtype; default float32 only) and each mode (batcher, no batcher) it starts the
+// server in a child process, then for each count of concurrent sessions runs that many clients for
+// --seconds. A client opens a session, sends a prompt of --prompt tokens asking for --generate
+// tokens, then three more requests of 8 tokens each asking for as many, closes the session and starts
+// again, until the time is up (requests under way are finished). Each token line is timed
 // on arrival: the first of a request from when it was sent (it includes the prompt's forward),
 // the others from the token before. Reports generated tokens/s, per-token latency p50/p99, the first
 // token's p50, and the server's event-loop delay p99 (monitorEventLoopDelay, from GET /stats), as
 // a markdown table. Autocannon is not used here: it times whole responses, not tokens in a stream.
 //   node examples/server/load-test.js [--sessions 1,8,64] [--seconds 6] [--prompt 16] [--generate 32]
-//                                     [--modes batcher,no-batcher] [--backend auto] [--threads 2]
+//                                     [--modes batcher,no-batcher] [--dtypes float32,float16,int8]
+//                                     [--backend auto] [--threads 2]
 import { spawn } from 'node:child_process';
 import { parseArgs } from 'node:util';
+import { KV_DTYPES } from '../decoder/model.js';
 
 const { values } = parseArgs({
   options: {
     sessions: { type: 'string', default: '1,8,64' }, seconds: { type: 'string', default: '6' }, prompt: { type: 'string', default: '16' },
     generate: { type: 'string', default: '32' }, modes: { type: 'string', default: 'batcher,no-batcher' }, backend: { type: 'string', default: 'auto' },
-    threads: { type: 'string', default: '2' },
+    threads: { type: 'string', default: '2' }, dtypes: { type: 'string', default: 'float32' },
   },
 });
+const dtypes = values.dtypes.split(',');
+const unknown = dtypes.filter((d) => !KV_DTYPES.includes(d));
+if (unknown.length > 0) {
+  console.error(`--dtypes takes ${KV_DTYPES.join(', ')}; ${unknown.join(', ')} is not one`);
+  process.exit(2);
+}
 const seconds = Number(values.seconds);
 const promptLength = Number(values.prompt);
 const generate = Number(values.generate);
 const VOCAB = 4096;
 
 /** Starts server.js in a child process; resolves with its base URL and the process. */
-async function startChild(batcher) {
-  const args = [new URL('./server.js', import.meta.url).pathname, '--backend', values.backend, '--threads', values.threads, ...(batcher ? [] : ['--no-batcher'])];
+async function startChild(batcher, dtype) {
+  const args = [new URL('./server.js', import.meta.url).pathname, '--backend', values.backend, '--threads', values.threads, '--dtype', dtype, ...(batcher ? [] : ['--no-batcher'])];
   const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'inherit'] });
   const port = await new Promise((resolve, reject) => {
     child.stdout.on('data', (d) => {
@@ -88,8 +97,8 @@ const percentile = (sorted, p) => (sorted.length ? sorted[Math.min(sorted.length
 
 const rows = [];
 let backend = '';
-for (const mode of values.modes.split(',')) {
-  const { base, child } = await startChild(mode === 'batcher');
+for (const [dtype, mode] of dtypes.flatMap((d) => values.modes.split(',').map((m) => [d, m]))) {
+  const { base, child } = await startChild(mode === 'batcher', dtype);
   try {
     for (const count of values.sessions.split(',').map(Number)) {
       await fetch(`${base}/stats?reset=1`).then((r) => r.json());
@@ -101,7 +110,8 @@ for (const mode of values.modes.split(',')) {
       backend = `${stats.backend}, ${stats.threads} threads`;
       const all = [...timings.first, ...timings.next].sort((a, b) => a - b);
       const first = [...timings.first].sort((a, b) => a - b);
-      rows.push({ mode, count, tokensPerSecond: all.length / elapsed, p50: percentile(all, 50), p99: percentile(all, 99), first: percentile(first, 50), loop: stats.loopDelayMs.p99, batch: stats.batches?.meanCalls, errors });
+      if (stats.dtype !== dtype) throw new Error(`the server runs ${stats.dtype} KV pages, not ${dtype}`);
+      rows.push({ dtype, mode, count, tokensPerSecond: all.length / elapsed, p50: percentile(all, 50), p99: percentile(all, 99), first: percentile(first, 50), loop: stats.loopDelayMs.p99, batch: stats.batches?.meanCalls, errors });
     }
   } finally {
     child.kill();
@@ -109,8 +119,8 @@ for (const mode of values.modes.split(',')) {
 }
 
 console.log(`\n${backend}; prompt ${promptLength} tokens, then 3 x 8 more, ${generate} generated per request; ${seconds} s per row (loopback)\n`);
-console.log('| sessions | mode | tokens/s | token p50 ms | token p99 ms | first token p50 ms | mean batch | event-loop delay p99 ms | errors |');
-console.log('|---:|---|---:|---:|---:|---:|---:|---:|---:|');
+console.log('| sessions | mode | KV pages | tokens/s | token p50 ms | token p99 ms | first token p50 ms | mean batch | event-loop delay p99 ms | errors |');
+console.log('|---:|---|---|---:|---:|---:|---:|---:|---:|---:|');
 for (const r of rows) {
-  console.log(`| ${r.count} | ${r.mode} | ${r.tokensPerSecond.toFixed(0)} | ${r.p50.toFixed(1)} | ${r.p99.toFixed(1)} | ${r.first.toFixed(1)} | ${r.batch === undefined ? '-' : r.batch.toFixed(1)} | ${r.loop.toFixed(1)} | ${r.errors} |`);
+  console.log(`| ${r.count} | ${r.mode} | ${r.dtype} | ${r.tokensPerSecond.toFixed(0)} | ${r.p50.toFixed(1)} | ${r.p99.toFixed(1)} | ${r.first.toFixed(1)} | ${r.batch === undefined ? '-' : r.batch.toFixed(1)} | ${r.loop.toFixed(1)} | ${r.errors} |`);
 }

@@ -17,13 +17,15 @@
 // Refusals are 4xx and change nothing: a body over maxBodyBytes (413), bad JSON or ids (400), an
 // unknown session (404), a session with a request under way (409), a session that would pass
 // maxSessionTokens (413), too many sessions (429), pools full (503).
-// Run: node examples/server/server.js [--backend auto|wasm|js] [--threads 2] [--no-batcher] [--port 0]
+// --dtype is what the pools' pages store keys and values as (float32, float16 or int8: the model's
+// kvDtype); examples/decoder/accuracy.js measures how far float16 and int8 move the greedy tokens.
+// Run: node examples/server/server.js [--backend auto|wasm|js] [--threads 2] [--dtype float32|float16|int8] [--no-batcher] [--port 0]
 import { createServer } from 'node:http';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { parseArgs } from 'node:util';
 import { createEngine } from '../../dist/index.js';
 import { createBatcher } from '../decoder/batcher.js';
-import { argmax, createModel } from '../decoder/model.js';
+import { KV_DTYPES, argmax, createModel, modelConfig } from '../decoder/model.js';
 
 export const DEFAULT_LIMITS = Object.freeze({ maxSessions: 256, maxBodyBytes: 64 * 1024, maxRequestTokens: 1024, maxGenerate: 256, maxSessionTokens: 4096 });
 
@@ -61,10 +63,12 @@ function readJson(req, maxBytes) {
   });
 }
 
-export async function startServer({ backend = 'auto', threads, batcher = true, port = 0, model: modelOptions = {}, limits: limitOptions = {} } = {}) {
+/** dtype: the KV pages' (the model's config.kvDtype, which it overrides when given). */
+export async function startServer({ backend = 'auto', threads, batcher = true, port = 0, dtype, model: modelOptions = {}, limits: limitOptions = {} } = {}) {
   const limits = { ...DEFAULT_LIMITS, ...limitOptions };
+  const config = modelConfig(dtype === undefined ? modelOptions : { ...modelOptions, kvDtype: dtype });
   const engine = await createEngine({ backend, threads });
-  const model = createModel(engine, modelOptions);
+  const model = createModel(engine, config);
   const { vocab } = model.config;
   const queue = batcher ? createBatcher(model) : undefined;
   const forward = queue
@@ -145,7 +149,7 @@ export async function startServer({ backend = 'auto', threads, batcher = true, p
       if (req.method === 'GET' && url.pathname === '/stats') {
         const seconds = (performance.now() - counters.since) / 1000;
         const stats = {
-          backend: engine.backend, threads: engine.threads, batcher: Boolean(queue), sessions: sessions.size,
+          backend: engine.backend, threads: engine.threads, dtype: model.config.kvDtype, batcher: Boolean(queue), sessions: sessions.size,
           tokens: { generated: counters.generated, appended: counters.appended, perSecond: counters.generated / seconds, seconds },
           requests: counters.requests, refused: counters.refused,
           batches: queue?.stats(Boolean(url.searchParams.get('reset'))),
@@ -200,8 +204,17 @@ export async function startServer({ backend = 'auto', threads, batcher = true, p
 }
 
 if (import.meta.url === `file://${process.argv[1]}`) {
-  const { values } = parseArgs({ options: { backend: { type: 'string', default: 'auto' }, threads: { type: 'string' }, port: { type: 'string', default: '0' }, 'no-batcher': { type: 'boolean', default: false } } });
+  const { values } = parseArgs({
+    options: {
+      backend: { type: 'string', default: 'auto' }, threads: { type: 'string' }, port: { type: 'string', default: '0' },
+      dtype: { type: 'string', default: 'float32' }, 'no-batcher': { type: 'boolean', default: false },
+    },
+  });
+  if (!KV_DTYPES.includes(values.dtype)) {
+    console.error(`--dtype must be one of ${KV_DTYPES.join(', ')}, got ${values.dtype}`);
+    process.exit(2);
+  }
   const threads = values.threads === undefined ? undefined : Number(values.threads);
-  const { port, engine } = await startServer({ backend: values.backend, threads, batcher: !values['no-batcher'], port: Number(values.port) });
-  console.log(`listening ${port} (${engine.backend}, ${engine.threads} threads, ${values['no-batcher'] ? 'no batcher' : 'batcher'})`);
+  const { port, engine, model } = await startServer({ backend: values.backend, threads, dtype: values.dtype, batcher: !values['no-batcher'], port: Number(values.port) });
+  console.log(`listening ${port} (${engine.backend}, ${engine.threads} threads, ${model.config.kvDtype} KV pages, ${values['no-batcher'] ? 'no batcher' : 'batcher'})`);
 }
