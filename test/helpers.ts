@@ -76,6 +76,20 @@ export const tolerance = {
    * about sqrt(keys/12)/32767 of max|v|; six times that. Callers multiply by max|v|.
    */
   quantizedWeights: (dtype: 'float32' | 'float16' | 'int8', seqKV: number): number => (dtype === 'int8' ? (6 * Math.sqrt((seqKV + 1) / 12)) / 32767 : 0),
+  /**
+   * Attention over float16 or int8 keys and values against the same attention over the float32 rows
+   * they were made from (a quantized KV cache against a float32 one fed the same rows), per output
+   * element in units of max|v|. Storing moves an element by half a step at most: 2^-11·max|x| for
+   * float16 (for max|x| >= 2^-14), max|x|/254 for int8. A score so moves by |scale|·headDim·max|q|·that
+   * for the keys, plus quantizedScore's query rounding, and (as there) an output by 2.5·2 times the
+   * score error times max|v|; the values' half step moves an output, a convex combination of values,
+   * by that half step at most.
+   */
+  quantizedHistory: (dtype: 'float16' | 'int8', headDim: number, scale: number, maxQ: number, maxK: number): number => {
+    const half = dtype === 'int8' ? 1 / 254 : 2 ** -11;
+    const score = Math.abs(scale) * (headDim * maxQ * maxK * half + tolerance.quantizedScore(dtype, headDim, maxQ, maxK, false));
+    return 5 * score + half;
+  },
   /** ONNX's own: |a - e| <= atol + rtol*|e|. */
   onnx: { rtol: 1e-3, atol: 1e-7 },
 };

@@ -772,6 +772,64 @@ export class KVPool {
     if (why) bad(why);
     return { stored, length };
   }
+
+  /**
+   * @internal the call of a float16 or int8 KV cache, which keeps its batch in a pool of its own
+   * (src/features/kv-cache.ts): appends rows[s] to sequences[s] (keys [Hkv, n, Dk], rotated at their
+   * positions when `rope`, and values [Hkv, n, Dv]; n may be 0; the caller checked them storable),
+   * then attends each query block q [Hq, m, Dk] (already rotated) over the whole history of
+   * sequences[query.sequence] as a step does (query i of m sees keys up to length - m + i). All or
+   * nothing: a refusal or a failed attention leaves every sequence as it was. Returns the blocks'
+   * outputs [Hq, m, Dv] in order (a promise of them when `async`: on the worker threads).
+   */
+  cacheCall(
+    sequences: readonly KVSequence[], rows: ReadonlyArray<{ k: Float32Array; v: Float32Array; n: number }>,
+    queries: ReadonlyArray<{ sequence: number; q: Operand<Float32Array>; qHeads: number; n: number }>,
+    options: { scale: number; softcap: number; left: number; rope: RopeSpec | undefined }, async: boolean,
+  ): Tensor[] | Promise<Tensor[]> {
+    this.check();
+    const entries: Entries[] = sequences.map((sequence, s) => ({ sequence, state: this.usable(sequence, 'sequence'), ...rows[s] }));
+    const slabsBefore = this.slabs.length;
+    this.reserve(entries, 'k');
+    const undo = this.apply(entries, options.rope);
+    if (queries.length === 0) return async ? Promise.resolve([]) : [];
+    const items: PagedItem[] = queries.map(({ sequence, q, qHeads, n }) => {
+      const { state } = entries[sequence];
+      return { q, qHeads, n, length: state.length, pages: Int32Array.from(state.pages) };
+    });
+    const store: PageStore = { slabs: [...this.slabs], ...this.layout };
+    const plan: PagedAttentionPlan = { flops: pagedFlops(store, items), store, items, scale: options.scale, softcap: options.softcap, left: options.left };
+    // as runStep: pages freed meanwhile (a cache's reset) wait for the call; a failure puts everything back
+    this.running++;
+    const settle = (): void => {
+      if (--this.running > 0 || this.disposed) return;
+      this.free.push(...this.pendingFree);
+      this.pendingFree = [];
+      const keep = this.trimPending;
+      this.trimPending = undefined;
+      if (keep !== undefined) this.trim(keep);
+    };
+    const fail = (error: unknown): never => {
+      if (!this.disposed) this.undo(undo);
+      settle();
+      if (!this.disposed) this.trim(slabsBefore);
+      throw error;
+    };
+    if (async) {
+      return this.backend.runAsync(pagedAttentionOp, plan).then((outputs) => {
+        settle();
+        return outputs;
+      }, fail);
+    }
+    let outputs: Tensor[];
+    try {
+      outputs = this.backend.run(pagedAttentionOp, plan);
+    } catch (error) {
+      return fail(error);
+    }
+    settle();
+    return outputs;
+  }
 }
 
 /** options.dtype: one of KV_DTYPES, float32 when left out. */

@@ -187,7 +187,7 @@ export function readRopeOption(value: unknown, name: string): RopeRead {
 }
 
 /** One side of options.window checked: -1 when absent or wider than `span` (unbounded). */
-function windowSide(value: unknown, name: 'left' | 'right', span: number): number {
+export function windowSide(value: unknown, name: 'left' | 'right', span: number): number {
   if (value === undefined) return -1;
   if (typeof value !== 'number' || !Number.isInteger(value) || value < 0) {
     throw new AttentionError('INVALID_OPTION', `options.window.${name} must be a non-negative integer, got ${describe(value)}`, `options.window.${name}`);
