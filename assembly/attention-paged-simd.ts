@@ -40,7 +40,7 @@ import {
 } from './f32-attention-flash-simd';
 
 /** Blocks of at most this many rows (a decode step's heads of one group) read K and V in place, each
- * load serving four rows (dotScores4, addWeightedPaged4), so memory sees each page once. */
+ * load serving four rows (attention-paged-rows-simd.ts), so memory sees each page once. */
 const PAGED_ROW_PATH_MAX: i32 = 8;
 
 /** Scratch bytes the paged kernels need: f32_attention's, plus a gathered key and value block and the int8 kernel's int16 q rows and their scales. */

@@ -28,25 +28,19 @@ export interface Kernels {
     partial: number, rowStride: number, chunkStride: number, stats: number, statsRowStride: number, statsChunkStride: number,
     chunks: number, rows: number, valueDim: number, out: number, outStride: number, merged: number,
   ): void;
-  f32_attention_paged(
-    q: number, ldqHead: number, ldqPos: number, out: number, ldoHead: number, ldoPos: number,
-    positions: number, group: number, pagesK: number, pagesV: number, pageSize: number, kOffset: number, vOffset: number,
-    keyStart: number, keyEnd: number, headDim: number, valueDim: number,
-    scale: number, cap: number, offset: number, left: number, rowStats: number, scratch: number, relaxedDot: number,
-  ): void;
-  f16_attention_paged(
-    q: number, ldqHead: number, ldqPos: number, out: number, ldoHead: number, ldoPos: number,
-    positions: number, group: number, pagesK: number, pagesV: number, pageSize: number, kOffset: number, vOffset: number,
-    keyStart: number, keyEnd: number, headDim: number, valueDim: number,
-    scale: number, cap: number, offset: number, left: number, rowStats: number, scratch: number, relaxedDot: number,
-  ): void;
-  qs8_attention_paged(
-    q: number, ldqHead: number, ldqPos: number, out: number, ldoHead: number, ldoPos: number,
-    positions: number, group: number, pagesK: number, pagesV: number, pageSize: number, kOffset: number, vOffset: number,
-    keyStart: number, keyEnd: number, headDim: number, valueDim: number,
-    scale: number, cap: number, offset: number, left: number, rowStats: number, scratch: number, relaxedDot: number,
-  ): void;
+  /** The paged kernels, one per page element type: see PagedKernel. */
+  f32_attention_paged: PagedKernel;
+  f16_attention_paged: PagedKernel;
+  qs8_attention_paged: PagedKernel;
   f32_attention_paged_scratch_bytes(headDim: number, valueDim: number): number;
   f32_exp(x: number): number;
   copy_bytes(dst: number, src: number, bytes: number): void;
 }
+
+/** assembly/attention-paged-simd.ts's kernels: the same arguments for float32, float16 and int8 pages. */
+export type PagedKernel = (
+  q: number, ldqHead: number, ldqPos: number, out: number, ldoHead: number, ldoPos: number,
+  positions: number, group: number, pagesK: number, pagesV: number, pageSize: number, kOffset: number, vOffset: number,
+  keyStart: number, keyEnd: number, headDim: number, valueDim: number,
+  scale: number, cap: number, offset: number, left: number, rowStats: number, scratch: number, relaxedDot: number,
+) => void;
