@@ -319,28 +319,60 @@ export function addWeightedQ8Pairs4(p: usize, lds: i32, j0: i32, n: i32, pages: 
   const weights = work + ((<usize>MAX_BLOCK_PAIRS) << 2);
   const wStride = (<usize>MAX_BLOCK_PAIRS) << 2;
   let pairs = 0;
-  for (let j = j0; j < end;) {
-    const row0 = j % pageSize;
-    const segEnd = min(end, j - row0 + pageSize);
-    const first = j - (row0 & 1);
-    for (let a = first; a < segEnd; a += 2) {
-      store<u32>(addrs + (<usize>pairs << 2), <u32>pageRowPair(pages, pageSize, vOffset, valueDim, a));
-      const inA = a >= j, inB = a + 1 < segEnd;
-      const wa = inA ? i32x4.trunc_sat_f32x4_s(f32x4.nearest(f32x4.mul(f32x4(
-        load<f32>(p + ((<usize>(a - j0)) << 2)), load<f32>(p + pStride + ((<usize>(a - j0)) << 2)),
-        load<f32>(p + 2 * pStride + ((<usize>(a - j0)) << 2)), load<f32>(p + 3 * pStride + ((<usize>(a - j0)) << 2))), inverse))) : i32x4.splat(0);
-      const wb = inB ? i32x4.trunc_sat_f32x4_s(f32x4.nearest(f32x4.mul(f32x4(
-        load<f32>(p + ((<usize>(a + 1 - j0)) << 2)), load<f32>(p + pStride + ((<usize>(a + 1 - j0)) << 2)),
-        load<f32>(p + 2 * pStride + ((<usize>(a + 1 - j0)) << 2)), load<f32>(p + 3 * pStride + ((<usize>(a + 1 - j0)) << 2))), inverse))) : i32x4.splat(0);
-      // per row r: the i32 (wa_r & 0xffff) | (wb_r << 16), two int16 weights in dot_i16x8_s's order
-      const packed = v128.or(v128.and(wa, i32x4.splat(0xffff)), i32x4.shl(wb, 16));
-      store<i32>(weights + (<usize>pairs << 2), i32x4.extract_lane(packed, 0));
-      store<i32>(weights + wStride + (<usize>pairs << 2), i32x4.extract_lane(packed, 1));
-      store<i32>(weights + 2 * wStride + (<usize>pairs << 2), i32x4.extract_lane(packed, 2));
-      store<i32>(weights + 3 * wStride + (<usize>pairs << 2), i32x4.extract_lane(packed, 3));
-      pairs++;
+  if ((pageSize & 1) == 0) {
+    // pages of an even size start at even keys, so pair k holds keys first + 2k and first + 2k + 1
+    const first = j0 & ~1;
+    pairs = (end - first + 1) >> 1;
+    // each row's weights as int16, key j at element j - first: eight at a time, the block's edges zero
+    const skip = j0 - first;
+    for (let r = 0; r < 4; r++) {
+      const row = p + <usize>r * pStride;
+      const w = weights + <usize>r * wStride;
+      const inv = f32x4.splat(load<f32>(work + (<usize>r << 2)));
+      store<i16>(w, 0);
+      store<i16>(w + ((<usize>(pairs * 2 - 1)) << 1), 0);
+      let t = 0;
+      for (; t + 8 <= n; t += 8) {
+        const lo = i32x4.trunc_sat_f32x4_s(f32x4.nearest(f32x4.mul(v128.load(row + (<usize>t << 2)), inv)));
+        const hi = i32x4.trunc_sat_f32x4_s(f32x4.nearest(f32x4.mul(v128.load(row + (<usize>t << 2), 16), inv)));
+        v128.store(w + ((<usize>(t + skip)) << 1), i16x8.narrow_i32x4_s(lo, hi));
+      }
+      for (; t < n; t++) store<i16>(w + ((<usize>(t + skip)) << 1), <i16>(<i32>nearest(load<f32>(row + (<usize>t << 2)) * f32x4.extract_lane(inv, 0))));
     }
-    j = segEnd;
+    // then (over the scales at work, read above) the pairs' addresses
+    for (let j = first; j < end;) {
+      const segEnd = min(end, j - j % pageSize + pageSize);
+      let at = pageRowPair(pages, pageSize, vOffset, valueDim, j);
+      for (let k = (j - first) >> 1; k < (segEnd - first + 1) >> 1; k++) {
+        store<u32>(addrs + (<usize>k << 2), <u32>at);
+        at += <usize>valueDim << 1;
+      }
+      j = segEnd;
+    }
+  } else {
+    for (let j = j0; j < end;) {
+      const row0 = j % pageSize;
+      const segEnd = min(end, j - row0 + pageSize);
+      const first = j - (row0 & 1);
+      for (let a = first; a < segEnd; a += 2) {
+        store<u32>(addrs + (<usize>pairs << 2), <u32>pageRowPair(pages, pageSize, vOffset, valueDim, a));
+        const inA = a >= j, inB = a + 1 < segEnd;
+        const wa = inA ? i32x4.trunc_sat_f32x4_s(f32x4.nearest(f32x4.mul(f32x4(
+          load<f32>(p + ((<usize>(a - j0)) << 2)), load<f32>(p + pStride + ((<usize>(a - j0)) << 2)),
+          load<f32>(p + 2 * pStride + ((<usize>(a - j0)) << 2)), load<f32>(p + 3 * pStride + ((<usize>(a - j0)) << 2))), inverse))) : i32x4.splat(0);
+        const wb = inB ? i32x4.trunc_sat_f32x4_s(f32x4.nearest(f32x4.mul(f32x4(
+          load<f32>(p + ((<usize>(a + 1 - j0)) << 2)), load<f32>(p + pStride + ((<usize>(a + 1 - j0)) << 2)),
+          load<f32>(p + 2 * pStride + ((<usize>(a + 1 - j0)) << 2)), load<f32>(p + 3 * pStride + ((<usize>(a + 1 - j0)) << 2))), inverse))) : i32x4.splat(0);
+        // per row r: the i32 (wa_r & 0xffff) | (wb_r << 16), two int16 weights in dot_i16x8_s's order
+        const packed = v128.or(v128.and(wa, i32x4.splat(0xffff)), i32x4.shl(wb, 16));
+        store<i32>(weights + (<usize>pairs << 2), i32x4.extract_lane(packed, 0));
+        store<i32>(weights + wStride + (<usize>pairs << 2), i32x4.extract_lane(packed, 1));
+        store<i32>(weights + 2 * wStride + (<usize>pairs << 2), i32x4.extract_lane(packed, 2));
+        store<i32>(weights + 3 * wStride + (<usize>pairs << 2), i32x4.extract_lane(packed, 3));
+        pairs++;
+      }
+      j = segEnd;
+    }
   }
   const w1 = weights + wStride, w2 = w1 + wStride, w3 = w2 + wStride;
   const o1 = o + oStride, o2 = o1 + oStride, o3 = o2 + oStride;

@@ -190,13 +190,17 @@ export function qs8_attention_paged(
       // O += P·V
       if (rowPath) {
         if (sizeof<T>() == 1) {
-          // int8 values: their scales go into the probabilities, p_r[j] · vs_j
-          for (let j = j0; j < j0 + bc; j++) {
-            const vs = load<f32>(pageScale(pagesV, pageSize, vOffset, vScalesAt, j));
+          // int8 values: their scales go into the probabilities, p_r[j] · vs_j, page segment by page segment
+          for (let j = j0; j < j0 + bc;) {
+            const seg = min(j0 + bc - j, pageSize - j % pageSize);
+            const scales = pageScale(pagesV, pageSize, vOffset, vScalesAt, j);
             for (let r = 0; r < br; r++) {
-              const at = sTile + ((<usize>r * ATT_BC + (j - j0)) << 2);
-              store<f32>(at, load<f32>(at) * vs);
+              const row = sTile + ((<usize>r * ATT_BC + (j - j0)) << 2);
+              let t = 0;
+              for (; t + 4 <= seg; t += 4) v128.store(row + (<usize>t << 2), f32x4.mul(v128.load(row + (<usize>t << 2)), v128.load(scales + (<usize>t << 2))));
+              for (; t < seg; t++) store<f32>(row + (<usize>t << 2), load<f32>(row + (<usize>t << 2)) * load<f32>(scales + (<usize>t << 2)));
             }
+            j += seg;
           }
         }
         for (let r = 0; r < brRows; r += 4) {
