@@ -1,16 +1,17 @@
 // The row path of the paged attention kernel (attention-paged-simd.ts): decode blocks of at most a few
 // query rows read K and V where they lie in their pages, four query rows per load, converting each
 // element to float in registers: no copy of the history, dequantized or not, is ever made. One
-// template for the page element types T: f32, u16 (float16 bit patterns) and i8 (int8 with a float32
-// scale per row):
-//   dotScoresFloat4<T>: s_r[j] = q_r · k_j                        T = f32 or u16
+// template for the page element types T: f32, u16 (float16 bit patterns), i16 (float16 bit patterns
+// read raw, as the halves times 2^-112, for callers that put 2^112 into the other factor) and i8 (int8
+// with a float32 scale per row):
+//   dotScoresFloat4<T>: s_r[j] = q_r · k_j                        T = f32, u16 or i16
 //   dotScoresQ8x4:      s_r[j] = (qs_r·q_r) · (ks_j·k8_j)          int8 keys, q quantized to 14 bits
-//   addWeightedPaged4<T>: o_r += sum_j p_r[j] v_j                 T = f32 or u16
+//   addWeightedPaged4<T>: o_r += sum_j p_r[j] v_j                 T = f32, u16 or i16
 //   addWeightedQ8Pairs4:  o_r += sum_j w_r[j] v_j                 int8 values in pairs, w = p·vs to 15 bits
 // for four rows r and keys j of one page run. Pages hold no subnormal float32 and no infinity or NaN
 // (the pool stores none), so no load pays for a flush.
 import { madd } from './f32-vmath-simd';
-import { halfAt, halvesHigh, halvesLow } from './f16-convert-simd';
+import { halfAt, halfRawAt, halvesHigh, halvesHighRaw, halvesLow, halvesLowRaw } from './f16-convert-simd';
 import { storeColumn, sums4 } from './f32-attention-rows-simd';
 import { pageRow, pageRowPair } from './page-table';
 
@@ -18,7 +19,7 @@ import { pageRow, pageRowPair } from './page-table';
 // @ts-ignore: decorator
 @inline export function elementAt<T>(row: usize, i: i32): f32 {
   if (sizeof<T>() == 4) return load<f32>(row + ((<usize>i) << 2));
-  if (sizeof<T>() == 2) return halfAt(row + ((<usize>i) << 1));
+  if (sizeof<T>() == 2) return isSigned<T>() ? halfRawAt(row + ((<usize>i) << 1)) : halfAt(row + ((<usize>i) << 1));
   return <f32>load<i8>(row + <usize>i);
 }
 
@@ -26,14 +27,14 @@ import { pageRow, pageRowPair } from './page-table';
 // @ts-ignore: decorator
 @inline function load8Low<T>(at: usize): v128 {
   if (sizeof<T>() == 4) return v128.load(at);
-  if (sizeof<T>() == 2) return halvesLow(v128.load(at));
+  if (sizeof<T>() == 2) return isSigned<T>() ? halvesLowRaw(v128.load(at)) : halvesLow(v128.load(at));
   return f32x4.convert_i32x4_s(i32x4.extend_low_i16x8_s(v128.load8x8_s(at)));
 }
 
 // @ts-ignore: decorator
 @inline function load8High<T>(at: usize): v128 {
   if (sizeof<T>() == 4) return v128.load(at, 16);
-  if (sizeof<T>() == 2) return halvesHigh(v128.load(at));
+  if (sizeof<T>() == 2) return isSigned<T>() ? halvesHighRaw(v128.load(at)) : halvesHigh(v128.load(at));
   return f32x4.convert_i32x4_s(i32x4.extend_high_i16x8_s(v128.load8x8_s(at)));
 }
 

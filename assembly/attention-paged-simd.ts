@@ -35,6 +35,7 @@ import {
   PAIRS_WORK_BYTES, addWeightedPaged4, addWeightedQ8Pairs4, dotScoresFloat4, dotScoresQ8x4, pairRowsToFloats, quantizeQueryRows, rowsToFloats,
 } from './attention-paged-rows-simd';
 import { pageRow, pageRowPair, pageScale, scalesOffset } from './page-table';
+import { HALF_RAW_SCALE } from './f16-convert-simd';
 import {
   ATT_BR, ATT_BC, copyScaled, f32_attention_scratch_bytes, finishRow, foldRow, roundUp8, scoreTile, valueTile,
 } from './f32-attention-flash-simd';
@@ -129,6 +130,8 @@ export function qs8_attention_paged(
     }
     if (brRows > br) memory.fill(qTileRows + ((<usize>br * headDim) << 2), 0, (<usize>(brRows - br) * headDim) << 2);
     if (sizeof<T>() == 1 && rowPath) quantizeQueryRows(qTileRows, brRows, headDim, q16, qHi, qLo, qScales);
+    // float16 keys read raw (the halves times 2^-112) against q times 2^112, where that stays finite
+    const rawHalves = sizeof<T>() == 2 && rowPath && scaleWithin(qTileRows, brRows, headDim, headDim, HALF_RAW_SCALE);
     const scoreScale: f32 = qOverflow ? scale : 1;
     for (let r = 0; r < br; r++) {
       store<f32>(mRow + (<usize>r << 2), -Infinity);
@@ -152,6 +155,8 @@ export function qs8_attention_paged(
             if (sizeof<T>() == 1) {
               const kScales = pageScale(pagesK, pageSize, kOffset, kScalesAt, j);
               dotScoresQ8x4(q16 + ((<usize>r * headDim) << 1), qHi + <usize>r * headDim, qLo + <usize>r * headDim, qScales + (<usize>r << 2), kSeg, kScales, seg, headDim, sRows, ATT_BC, relaxedDot);
+            } else if (rawHalves) {
+              dotScoresFloat4<i16>(qTileRows + ((<usize>r * headDim) << 2), kSeg, seg, headDim, sRows, ATT_BC);
             } else {
               dotScoresFloat4<T>(qTileRows + ((<usize>r * headDim) << 2), kSeg, seg, headDim, sRows, ATT_BC);
             }
@@ -203,9 +208,12 @@ export function qs8_attention_paged(
             j += seg;
           }
         }
+        // float16 values read raw (the halves times 2^-112) against p times 2^112 (p <= 1, so always)
+        const rawValues = sizeof<T>() == 2 && scaleWithin(sTile, brRows, bc, ATT_BC, HALF_RAW_SCALE);
         for (let r = 0; r < brRows; r += 4) {
           const pRows = sTile + ((<usize>r * ATT_BC) << 2), oRows = oTile + ((<usize>r * dvPad) << 2);
           if (sizeof<T>() == 1) addWeightedQ8Pairs4(pRows, ATT_BC, j0, bc, pagesV, pageSize, vOffset, valueDim, oRows, dvPad, pairsWork);
+          else if (rawValues) addWeightedPaged4<i16>(pRows, ATT_BC, j0, bc, pagesV, pageSize, vOffset, valueDim, oRows, dvPad);
           else addWeightedPaged4<T>(pRows, ATT_BC, j0, bc, pagesV, pageSize, vOffset, valueDim, oRows, dvPad);
         }
         continue;
@@ -218,4 +226,30 @@ export function qs8_attention_paged(
         out + ((<usize>g * ldoHead + <usize>i * ldoPos) << 2), valueDim, rowStats == 0 ? 0 : rowStats + ((<usize>(r0 + r)) << 3), pUnshift);
     }
   }
+}
+
+/**
+ * x[r][c] *= factor for r < rows, c < cols (rows ld floats apart), when every |x|·factor stays below
+ * 2^127 (then returns true); otherwise changes nothing and returns false. factor is a power of two, so
+ * the products are exact.
+ */
+function scaleWithin(x: usize, rows: i32, cols: i32, ld: i32, factor: f32): bool {
+  let largest: f32 = 0;
+  for (let r = 0; r < rows; r++) {
+    const row = x + ((<usize>r * ld) << 2);
+    let m = f32x4.splat(0.0);
+    let c = 0;
+    for (; c + 4 <= cols; c += 4) m = f32x4.pmax(m, f32x4.abs(v128.load(row + (<usize>c << 2))));
+    largest = max(largest, max(max(f32x4.extract_lane(m, 0), f32x4.extract_lane(m, 1)), max(f32x4.extract_lane(m, 2), f32x4.extract_lane(m, 3))));
+    for (; c < cols; c++) largest = max(largest, abs(load<f32>(row + (<usize>c << 2))));
+  }
+  if (!(largest * factor < 1.7e38)) return false;
+  const f = f32x4.splat(factor);
+  for (let r = 0; r < rows; r++) {
+    const row = x + ((<usize>r * ld) << 2);
+    let c = 0;
+    for (; c + 4 <= cols; c += 4) v128.store(row + (<usize>c << 2), f32x4.mul(v128.load(row + (<usize>c << 2)), f));
+    for (; c < cols; c++) store<f32>(row + (<usize>c << 2), load<f32>(row + (<usize>c << 2)) * factor);
+  }
+  return true;
 }

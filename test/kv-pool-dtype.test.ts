@@ -126,6 +126,24 @@ describe.each(BACKENDS)('%s: page dtypes at their edges', (backend) => {
     pool.dispose();
   });
 
+  it('float16: queries too large to carry 2^112 (the kernel then converts halves fully) give the reference too', () => {
+    const pool = engine.kvPool({ kvHeads: 1, headDim: WIDTH, pageSize: 4, maxTokens: 64, dtype: 'float16' });
+    const sequence = pool.sequence();
+    const rows = Float32Array.from({ length: 9 * WIDTH }, (_, i) => Math.sin(i) * 2);
+    sequence.append({ data: rows, dims: [1, 9, WIDTH] }, { data: rows, dims: [1, 9, WIDTH] });
+    const next = Float32Array.from(pad([0.5, -0.25]));
+    for (const magnitude of [1, 2e5]) {
+      const q = { data: Float32Array.from({ length: 4 * WIDTH }, (_, i) => Math.cos(i) * magnitude), dims: [4, 1, WIDTH] };
+      const s = sequence.fork();
+      const [y] = pool.step([{ sequence: s, q, k: { data: next, dims: [1, 1, WIDTH] }, v: { data: next, dims: [1, 1, WIDTH] } }], { softcap: 30 });
+      const held = quantizeKV(Float32Array.from([...rows, ...next]), WIDTH, 'float16');
+      const expected = referenceAttention({ data: q.data, dims: [1, 4, 1, WIDTH] }, { data: held, dims: [1, 1, 10, WIDTH] }, { data: held, dims: [1, 1, 10, WIDTH] }, { causal: true, offset: 9, softcap: 30 });
+      expect(maxError(y.data, expected.data)).toBeLessThanOrEqual(tolerance.attention(WIDTH, 10, 30) * maxAbs(held));
+      s.dispose();
+    }
+    pool.dispose();
+  });
+
   it.each(['float16', 'int8'] as const)('%s: attention over edge rows equals the reference over what the pages hold', (dtype) => {
     const pool = engine.kvPool({ kvHeads: 1, headDim: WIDTH, pageSize: 2, maxTokens: 64, dtype });
     const rows = [pad([0, -0]), pad([1e3, 1, -1]), new Array(WIDTH).fill(0), pad([2 ** -24, -(2 ** -20)]), pad([60000, -60000, 0.5])];
