@@ -13,7 +13,10 @@
 // (2.4 GB with the caches); one pool at a time.
 // Then, when bench/peers is installed (npm --prefix bench/peers ci), the same step on onnxruntime-node's
 // GroupQueryAttention (native CPU, seqlens_k for the ragged batch, do_rotary; its fastest variant from
-// Node, see bench/peers/gqa-step.js; about 5 GB of RSS) at each thread count, in the same process.
+// Node, see bench/peers/gqa-step.js; about 5 GB of RSS in float32) at each thread count, in the same
+// process: for each page dtype, with ORT's cache of that type where its CPU kernel has one (float32,
+// float16, int8 per-channel), else its float32 cache; its output checked on two sequences against the
+// float64 reference over its cache as stored.
 import { availableParallelism } from 'node:os';
 import { parseArgs } from 'node:util';
 import { Bench } from 'tinybench';
@@ -221,28 +224,38 @@ for (const threads of threadCounts) {
  engine.dispose();
 }
 
-// onnxruntime-node's GroupQueryAttention on the same step (each sequence's total length: its history plus the new token)
+// onnxruntime-node's GroupQueryAttention on the same step (each sequence's total length: its history plus the new token),
+// with the cache type matching each page dtype where ORT's CPU kernel has one, else float32
 const peer = [];
 let peerNote;
+/** ORT's cache type for our `dtype` pages. */
+let peerCache = () => undefined;
 if (!values['skip-peer']) {
-  let createOrtGqaStep;
+  let gqa;
   try {
-    ({ createOrtGqaStep } = await import('./peers/gqa-step.js'));
+    gqa = await import('./peers/gqa-step.js');
     await import(new URL('./peers/node_modules/onnxruntime-node/package.json', import.meta.url), { with: { type: 'json' } });
+    peerCache = (dtype) => (gqa.CACHE_TYPES.includes(dtype) ? dtype : 'float32');
   } catch {
+    gqa = undefined;
     peerNote = 'onnxruntime-node not installed (npm --prefix bench/peers ci): no peer column';
   }
-  for (const threads of createOrtGqaStep ? threadCounts : []) {
-    log(`onnxruntime-node GroupQueryAttention, ${threads} thread(s)...`);
-    const ort = await createOrtGqaStep({ lengths: lengths.map((l) => l + 1), qHeads, kvHeads, headDim, threads, rope: { base: 10000 } });
-    const random = filler(3);
-    const [q, k, v] = [qHeads, kvHeads, kvHeads].map((heads) => random(count * heads * headDim));
-    const bench = new Bench({ time: Number(values.time), iterations: 5, warmupIterations: 1, warmupTime: 0 });
-    bench.add('ort', async () => void (await ort.run(q, k, v)));
-    await bench.run();
-    peer.push({ threads, ms: bench.tasks[0].result.latency.p50, variant: ort.variant });
-    await ort.close();
-    collect();
+  for (const threads of gqa ? threadCounts : []) {
+    for (const cacheType of new Set(dtypes.map(peerCache))) {
+      log(`onnxruntime-node GroupQueryAttention, ${threads} thread(s), ${cacheType} cache...`);
+      const ort = await gqa.createOrtGqaStep({ lengths: lengths.map((l) => l + 1), qHeads, kvHeads, headDim, threads, rope: { base: 10000 }, cacheType });
+      const random = filler(3);
+      const [q, k, v] = [qHeads, kvHeads, kvHeads].map((heads) => random(count * heads * headDim));
+      // the first step's output on the same two sequences as ours, against the reference over ORT's cache as stored
+      const checked = [0, count - 1];
+      const maxError = gqa.maxAbsError(await ort.run(q, k, v), ort.reference(q, checked), { length: qHeads * headDim, indices: checked });
+      const bench = new Bench({ time: Number(values.time), iterations: 5, warmupIterations: 1, warmupTime: 0 });
+      bench.add('ort', async () => void (await ort.run(q, k, v)));
+      await bench.run();
+      peer.push({ threads, cacheType, ms: bench.tasks[0].result.latency.p50, variant: ort.variant, maxError });
+      await ort.close();
+      collect();
+    }
   }
 }
 
@@ -266,10 +279,20 @@ if (values.json) {
   console.log('|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|');
   for (const r of rows.filter((x) => x.dtype === 'float32')) {
     const separate = r.separateMs ? `${r.separateMs.toFixed(1)} | ${(r.separateMs / r.ms).toFixed(2)}x` : '- | -';
-    const ort = peer.find((p) => p.threads === r.threads);
+    const ort = peer.find((p) => p.threads === r.threads && p.cacheType === 'float32');
     const vsOrt = ort ? `${ort.ms.toFixed(1)} | ${(ort.ms / r.ms).toFixed(2)}x` : '- | -';
     console.log(`| ${r.threads} | ${r.ms.toFixed(1)} | ${r.kvGBs.toFixed(2)} | ${((r.kvGBs / copyGBs) * 100).toFixed(0)}% | ${one ? (one.ms / r.ms).toFixed(2) + 'x' : '-'} | ${separate} | ${vsOrt} | ${r.maxError.toExponential(1)} |`);
   }
-  if (peer.length) console.log(`\nonnxruntime-node: ${peer[0].variant} (bench/peers/gqa-step.js); vs onnxruntime-node above 1 means ours is faster`);
+  if (peer.length) {
+    console.log(`\nonnxruntime-node: ${[...new Set(peer.map((p) => `${p.cacheType} cache ${p.variant}`))].join(', ')} (bench/peers/gqa-step.js); vs onnxruntime-node above 1 means ours is faster`);
+    console.log('\nEach page dtype against onnxruntime-node GroupQueryAttention with the same cache type where its CPU kernel has one (float32, float16, int8 per-channel), else its float32:\n');
+    console.log('| threads | pages | pool step: median ms | onnxruntime-node cache | onnxruntime-node GQA: ms | vs onnxruntime-node | onnxruntime-node max error |');
+    console.log('|---:|---|---:|---|---:|---:|---:|');
+    for (const r of rows) {
+      const ort = peer.find((p) => p.threads === r.threads && p.cacheType === peerCache(r.dtype));
+      if (ort) console.log(`| ${r.threads} | ${r.dtype} | ${r.ms.toFixed(1)} | ${ort.cacheType}${ort.cacheType === r.dtype ? '' : ' (no ' + r.dtype + ' cache)'} | ${ort.ms.toFixed(1)} | ${(ort.ms / r.ms).toFixed(2)}x | ${ort.maxError.toExponential(1)} |`);
+    }
+    console.log('\n- onnxruntime-node max error: its first step\'s output on sequences 0 and last against the float64 reference over its cache as stored (decoded; the new token included), as ours is checked.');
+  }
   if (peerNote) console.log(`\n${peerNote}`);
 }

@@ -10,10 +10,13 @@ const VARINT = 0;
 const LEN = 2;
 const I32 = 5;
 
-/** ONNX TensorProto.DataType values (FLOAT, INT32, INT64) and AttributeProto.AttributeType values used here. */
+/** ONNX TensorProto.DataType values (FLOAT, UINT8, INT8, INT32, INT64, FLOAT16) and AttributeProto.AttributeType values used here. */
 export const FLOAT = 1;
+export const UINT8 = 2;
+export const INT8 = 3;
 export const INT32 = 6;
 export const INT64 = 7;
+export const FLOAT16 = 10;
 const ATTR_FLOAT = 1;
 const ATTR_INT = 2;
 const ATTR_STRING = 3;
