@@ -17,6 +17,7 @@
 import { type Backend, type Operand, operandArray } from '../backend.js';
 import { AttentionError, human } from '../errors.js';
 import type { ResidentTensor } from '../memory/resident.js';
+import { MAX_HEAD_DIM } from '../ops/attention/plan.js';
 import { pagedAttentionOp } from '../ops/paged-attention/index.js';
 import {
   HALF_MAX, KV_DTYPES, type KVDtype, type PageLayout, type SlabViews, blockSizes, bytesPerToken, elementBytes, pageBytes, rowsAt, slabBytes, slabViews, storeRow, valueStride,
@@ -439,6 +440,10 @@ export class KVPool {
   /** @internal reads and checks every item and the options; copies the data when `copy` (async steps) */
   readStep(items: unknown, options: unknown, copy: boolean): StepRead {
     if (!Array.isArray(items)) throw new AttentionError('INVALID_ARGUMENT', `items must be an array of { sequence, q, k, v }, got ${describe(items)}`, 'items');
+    if (Math.max(this.headDim, this.valueDim) > MAX_HEAD_DIM) {
+      // the kernel's scratch (blocks of 128 keys of the head dim) is sized for attention's limit
+      throw new AttentionError('UNSUPPORTED', `head dim ${this.headDim} / value dim ${this.valueDim}: attention supports at most ${MAX_HEAD_DIM} (append, fork, export and import work)`, 'items');
+    }
     const opts = readOptions(options, 'options', ['scale', 'softcap', 'window', 'rope']);
     const scale = checkFloat32(opts.scale, 'options.scale', 1 / Math.sqrt(this.headDim));
     const softcap = checkFinite(opts.softcap, 'options.softcap', 0);
@@ -788,13 +793,16 @@ export class KVPool {
     options: { scale: number; softcap: number; left: number; rope: RopeSpec | undefined }, async: boolean,
   ): Tensor[] | Promise<Tensor[]> {
     this.check();
-    const entries: Entries[] = sequences.map((sequence, s) => ({ sequence, state: this.usable(sequence, 'sequence'), ...rows[s] }));
+    // only the sequences that take rows are written (and so put back if the attention fails): an async
+    // attention alone must not, when it fails, undo the appends made while it waited
+    const states = sequences.map((sequence) => this.usable(sequence, 'sequence'));
+    const entries: Entries[] = sequences.map((sequence, s) => ({ sequence, state: states[s], ...rows[s] })).filter((entry) => entry.n > 0);
     const slabsBefore = this.slabs.length;
     this.reserve(entries, 'k');
     const undo = this.apply(entries, options.rope);
     if (queries.length === 0) return async ? Promise.resolve([]) : [];
     const items: PagedItem[] = queries.map(({ sequence, q, qHeads, n }) => {
-      const { state } = entries[sequence];
+      const state = states[sequence];
       return { q, qHeads, n, length: state.length, pages: Int32Array.from(state.pages) };
     });
     const store: PageStore = { slabs: [...this.slabs], ...this.layout };
@@ -861,11 +869,18 @@ function unstorable(dtype: KVDtype, rows: StoredRows): string | undefined {
       if (dtype === 'int8' && x === -128) return `${what} is -128 (int8 pages hold -127..127)`;
     }
   }
+  // a pool writes scale +0 (a zero row) or f32(absmax / 127) for a finite absmax: normal, at most
+  // MAX_INT8_SCALE (a larger one would make q·s infinite)
   for (const scales of [rows.kScales, rows.vScales]) {
-    for (const s of scales) if (!(s === 0 || (s >= 2 ** -126 && Number.isFinite(s)))) return `a scale is ${s} (int8 scales are 0 or finite, positive and normal)`;
+    for (const s of scales) {
+      if (!(Object.is(s, 0) || (s >= 2 ** -126 && s <= MAX_INT8_SCALE))) return `a scale is ${Object.is(s, -0) ? '-0' : s} (int8 scales are +0 or normal, positive and at most ${MAX_INT8_SCALE}, float32's largest / 127)`;
+    }
   }
   return undefined;
 }
+
+/** The largest int8 scale a pool writes: float32's largest finite value over 127. */
+const MAX_INT8_SCALE = Math.fround(3.4028234663852886e38 / 127);
 
 /** The slab's elements as `bytes`-byte elements. */
 const elementsOf = (slab: SlabViews, bytes: number): StoredRows['k'] => (bytes === 4 ? slab.f32 : bytes === 2 ? slab.u16 : slab.i8);
