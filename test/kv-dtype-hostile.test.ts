@@ -247,6 +247,41 @@ describe.each(BACKENDS)('quantized pages on %s', (backend) => {
     pool.dispose();
   });
 
+  it.each(['float32', 'float16', 'int8'] as const)('%s: keys RoPE rotates past what a page holds are refused before anything is stored (was: stored as infinities)', async (dtype) => {
+    // [x, x] rotated by an angle a: [x(cos a - sin a), x(sin a + cos a)], up to √2·x at position 1
+    const big = dtype === 'float16' ? 60000 : 3e38;
+    const pool = engine.kvPool({ kvHeads: 1, headDim: 2, pageSize: 4, maxTokens: 16, dtype });
+    const a = pool.sequence();
+    const ok = { data: Float32Array.of(1, 2), dims: [1, 1, 2] };
+    pool.step([{ sequence: a, q: ok, k: ok, v: ok }], { rope: {} });
+    const snapshot = () => ({ pool: pool.stats(), used: engine.stats().usedBytes, a: Array.from(a.export()) });
+    const before = snapshot();
+    const k = { data: Float32Array.of(big, big), dims: [1, 1, 2] };
+    refused(() => pool.step([{ sequence: a, q: ok, k, v: ok }], { rope: {} }), 'INVALID_TENSOR', 'items[0].k.data', /rotated by RoPE/);
+    const error = await pool.stepAsync([{ sequence: a, q: ok, k, v: ok }], { rope: {} }).then(() => undefined, (e: unknown) => e);
+    expect((error as AttentionError).code).toBe('INVALID_TENSOR');
+    expect(snapshot()).toEqual(before);
+    // the batcher: the call at fault fails alone
+    const b = pool.sequence();
+    const batcher = pool.batcher();
+    const results = await Promise.allSettled([batcher.step(a, ok, k, ok, { rope: {} }), batcher.step(b, ok, ok, ok, { rope: {} })]);
+    expect(results.map((r) => r.status)).toEqual(['rejected', 'fulfilled']);
+    expect([a.length, b.length]).toEqual([1, 1]);
+    // without the rotation the same keys are fine
+    pool.step([{ sequence: a, q: ok, k, v: ok }]);
+    expect(a.length).toBe(2);
+    expect(pool.import(a.export()).length).toBe(2);
+    pool.dispose();
+    if (dtype === 'float32') return;
+    const cache = engine.kvCache({ batch: 2, kvHeads: 1, headDim: 2, maxSeq: 8, dtype });
+    cache.append({ data: Float32Array.of(1, 2, 3, 4), dims: [2, 1, 1, 2] }, { data: Float32Array.of(1, 2, 3, 4), dims: [2, 1, 1, 2] }, { rope: {} });
+    const used = engine.stats().usedBytes;
+    const kk = { data: Float32Array.of(1, 1, big, big), dims: [2, 1, 1, 2] };
+    refused(() => cache.append(kk, kk, { rope: {} }), 'INVALID_TENSOR', 'k.data', /rotated by RoPE/);
+    expect([cache.lengths, engine.stats().usedBytes]).toEqual([[1, 1], used]);
+    cache.dispose();
+  });
+
   it('a pool whose head dim the kernel cannot hold refuses its steps before any kernel runs (was: a RangeError out of the kernel)', () => {
     for (const dtype of ['float32', 'int8'] as const) {
       // 16385: attention's limit; 2^21: past what the kernel's scratch can address (it trapped)

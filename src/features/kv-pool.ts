@@ -113,6 +113,8 @@ interface Entries {
   v: Float32Array;
   /** Rows already in the page format (an import): copied as they are. */
   stored?: StoredRows;
+  /** The new keys rotated by the step's RoPE at their positions, checked storable (rotateKeys). */
+  rotated?: Float32Array;
   n: number;
   /** RoPE's cos and sin for the positions this entry's keys and queries take (built once per step). */
   tables?: { start: number; cos: Float32Array; sin: Float32Array };
@@ -500,6 +502,21 @@ export class KVPool {
     return { sequence, state, k: kData, v: vData, n: k.dims[1] };
   }
 
+  /**
+   * Rotates each entry's new keys by RoPE at the positions they will take, and refuses them
+   * (INVALID_TENSOR, before anything changes) when a page cannot hold the result: a rotation mixes two
+   * elements, so finite keys within range can come out past float16's ±65504 or float32's range, which
+   * checkStorable could not see before the positions were known. applyOne stores entry.rotated.
+   */
+  private rotateKeys(entries: readonly Entries[], rope: RopeSpec, name: (index: number) => string): void {
+    entries.forEach((entry, index) => {
+      if (entry.n === 0 || entry.stored) return;
+      const k = rotated(entry.k, this.kvHeads, entry.n, this.headDim, tablesOf(entry, entry.state.length, rope), rope);
+      checkStorable(k, name(index), this.dtype, ' rotated by RoPE at its position');
+      entry.rotated = k;
+    });
+  }
+
   /** Pages the entries need beyond those they hold (a copy of a shared, partly filled last page counts). */
   private reserve(entries: readonly Entries[], argument: string): void {
     let needed = 0;
@@ -597,7 +614,7 @@ export class KVPool {
         state.pages[last] = copy;
       }
       while (state.pages.length * this.pageSize < state.length + n) state.pages.push(this.take(undo));
-      const k = rope ? rotated(entry.k, this.kvHeads, n, this.headDim, tablesOf(entry, state.length, rope), rope) : entry.k;
+      const k = entry.rotated ?? (rope ? rotated(entry.k, this.kvHeads, n, this.headDim, tablesOf(entry, state.length, rope), rope) : entry.k);
       this.writeRows(state.pages, state.length, n, entry.stored ?? { k, v: entry.v });
       state.length += n;
     }
@@ -693,6 +710,7 @@ export class KVPool {
   private runStep(read: StepRead, async = false): Tensor[] | Promise<Tensor[]> {
     // a queued step's sequences may have been disposed while it waited
     for (const { state } of read.entries) if (state.disposed) throw new AttentionError('DISPOSED', 'a sequence of this step was disposed before the step ran', 'sequence');
+    if (read.rope) this.rotateKeys(read.entries, read.rope, (s) => `items[${s}].k`);
     const slabsBefore = this.slabs.length;
     this.reserve(read.entries, 'items');
     const undo = this.apply(read.entries, read.rope);
@@ -797,6 +815,7 @@ export class KVPool {
     // attention alone must not, when it fails, undo the appends made while it waited
     const states = sequences.map((sequence) => this.usable(sequence, 'sequence'));
     const entries: Entries[] = sequences.map((sequence, s) => ({ sequence, state: states[s], ...rows[s] })).filter((entry) => entry.n > 0);
+    if (options.rope) this.rotateKeys(entries, options.rope, () => 'k');
     const slabsBefore = this.slabs.length;
     this.reserve(entries, 'k');
     const undo = this.apply(entries, options.rope);
@@ -931,13 +950,13 @@ function asArgument<T>(read: () => T): T {
  * it NaN, and the kernels' blocks would carry it into rows of the same block that do not see it), and
  * for float16 pages one beyond ±65504 (it would become infinite).
  */
-function checkStorable(data: Float32Array, name: string, dtype: KVDtype): void {
+function checkStorable(data: Float32Array, name: string, dtype: KVDtype, how = ''): void {
   for (let i = 0; i < data.length; i++) {
     if (!Number.isFinite(data[i])) {
-      throw new AttentionError('INVALID_TENSOR', `${name}.data[${i}] is ${data[i]}; keys and values stored in the pool must be finite`, `${name}.data`);
+      throw new AttentionError('INVALID_TENSOR', `${name}.data[${i}]${how} is ${data[i]}; keys and values stored in the pool must be finite`, `${name}.data`);
     }
     if (dtype === 'float16' && Math.abs(data[i]) > HALF_MAX) {
-      throw new AttentionError('INVALID_TENSOR', `${name}.data[${i}] is ${data[i]}, beyond float16's ±${HALF_MAX}: this pool's pages are float16 (use float32 or int8 pages for such values)`, `${name}.data`);
+      throw new AttentionError('INVALID_TENSOR', `${name}.data[${i}]${how} is ${data[i]}, beyond float16's ±${HALF_MAX}: this pool's pages are float16 (use float32 or int8 pages for such values)`, `${name}.data`);
     }
   }
 }
