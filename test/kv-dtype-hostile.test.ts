@@ -6,6 +6,7 @@
 // a failing async attention racing an append, head dims the kernel's scratch cannot hold, and bit
 // identity over thread counts. Written by an adversarial run; titles that say "was" failed before
 // their fix.
+import { spawnSync } from 'node:child_process';
 import { describe, expect, it } from 'vitest';
 import { AttentionError, createEngineSync, type Engine, type KVPool } from '../src/index.js';
 import type { PoolStepOptions } from '../src/features/kv-pool.js';
@@ -296,6 +297,44 @@ describe.each(BACKENDS)('quantized pages on %s', (backend) => {
         pool.dispose();
       }
     }
+  });
+});
+
+describe('resident keys and values without SharedArrayBuffer (a page that is not cross-origin isolated)', () => {
+  it('are stored as given when the step takes a new slab and memory grows (was: NaN read from the detached view)', () => {
+    const script = `
+      delete globalThis.SharedArrayBuffer;
+      const { createEngineSync } = await import(${JSON.stringify(new URL('../dist/index.js', import.meta.url).href)});
+      const results = {};
+      for (const dtype of ['float32', 'float16', 'int8']) {
+        const e = createEngineSync({ backend: 'wasm-simd' });
+        const D = 64;
+        const pools = [0, 1].map(() => e.kvPool({ kvHeads: 1, headDim: D, pageSize: 16, maxTokens: 100000, dtype }));
+        const [a, b] = pools.map((pool) => pool.sequence());
+        const k = e.tensor([1, 4, D]);
+        const v = e.tensor([1, 4, D]);
+        const kData = Float32Array.from({ length: 4 * D }, (_, i) => (i % 7) - 3);
+        const vData = Float32Array.from({ length: 4 * D }, (_, i) => (i % 5) - 2);
+        k.data.set(kData);
+        v.data.set(vData);
+        const q = { data: new Float32Array(4 * D).fill(0.1), dims: [1, 4, D] };
+        const reserved = e.stats().reservedBytes;
+        const [y] = pools[0].step([{ sequence: a, q, k, v }]); // takes the pool's first slab: memory grows
+        const grown = e.stats().reservedBytes > reserved;
+        const [z] = pools[1].step([{ sequence: b, q, k: { data: kData, dims: [1, 4, D] }, v: { data: vData, dims: [1, 4, D] } }]);
+        const c = pools[0].sequence();
+        const k2 = e.tensor([1, 3000, D]);
+        k2.data.fill(0.5); // 0.5: float32 0x3f000000, half 0x3800, int8 127
+        c.append(k2, k2); // more pages: memory grows again
+        results[dtype] = { grown, same: JSON.stringify(Array.from(y.data)) === JSON.stringify(Array.from(z.data)),
+          exports: JSON.stringify(Array.from(a.export())) === JSON.stringify(Array.from(b.export())),
+          appended: Array.from(c.export().subarray(32, 36)), threads: e.threads };
+      }
+      console.log(JSON.stringify(results));`;
+    const child = spawnSync(process.execPath, ['--input-type=module', '-e', script], { encoding: 'utf8', timeout: 60_000 });
+    expect(child.stderr).toBe('');
+    const result = JSON.parse(child.stdout) as Record<string, unknown>;
+    for (const dtype of ['float32', 'float16', 'int8']) expect(result[dtype], dtype).toEqual({ grown: true, same: true, exports: true, appended: { float32: [0, 0, 0, 0x3f], float16: [0, 0x38, 0, 0x38], int8: [127, 127, 127, 127] }[dtype], threads: 1 });
   });
 });
 

@@ -495,7 +495,9 @@ export class KVPool {
       if (t.dims[1] < 1) throw new AttentionError('SHAPE_MISMATCH', `${name} has no new position (dims [${t.dims}]); n must be >= 1`, `${name}.dims[1]`);
     }
     if (v.dims[1] !== k.dims[1]) throw new AttentionError('SHAPE_MISMATCH', `${vName} has ${v.dims[1]} positions but ${kName} has ${k.dims[1]}`, `${vName}.dims[1]`);
-    const data = (t: typeof k): Float32Array => (copy ? operandArray(t.operand).slice() : operandArray(t.operand));
+    // copied when the call is async, or when the data is a resident tensor: a view of the engine's
+    // memory, which taking a new slab may grow (detaching it, without SharedArrayBuffer) before the rows are stored
+    const data = (t: typeof k): Float32Array => (copy || t.operand.resident ? operandArray(t.operand).slice() : operandArray(t.operand));
     const [kData, vData] = [data(k), data(v)];
     checkStorable(kData, kName, this.dtype);
     checkStorable(vData, vName, this.dtype);
