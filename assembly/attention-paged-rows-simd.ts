@@ -15,6 +15,15 @@ import { halfAt, halfRawAt, halvesHigh, halvesHighRaw, halvesLow, halvesLowRaw }
 import { storeColumn, sums4 } from './f32-attention-rows-simd';
 import { pageRow, pageRowPair } from './page-table';
 
+/** 2^64, 2^-64 and 2^-60: the exact factors by which the int8 kernel takes tiny query rows and tiny
+ * value scales into the range of its integer quantization, and back. */
+// @ts-ignore: decorator
+@inline export const TWO_64: f32 = reinterpret<f32>(0x5f800000);
+// @ts-ignore: decorator
+@inline export const TWO_MINUS_64: f32 = reinterpret<f32>(0x1f800000);
+// @ts-ignore: decorator
+@inline export const TWO_MINUS_60: f32 = reinterpret<f32>(0x21800000);
+
 /** Element i of a row at `row` as a float (int8: before its scale). */
 // @ts-ignore: decorator
 @inline export function elementAt<T>(row: usize, i: i32): f32 {
@@ -86,34 +95,47 @@ export function queryQuantMax(headDim: i32): f32 {
  * Quantizes `rows` float query rows (headDim apart) for the int8 kernel, one scale per row:
  * qs = absmax / queryQuantMax, q = round(x / qs), stored as int16 rows at q16 (headDim apart). The
  * relaxed build also stores q + 8192 split in 7-bit halves, q + 8192 = 128·hi + lo, as bytes at
- * qHi and qLo (rows headDim apart): the unsigned operands of its 8-bit dots. A row whose scale would
- * not be a normal float (absmax 0, or so small that 1 / qs overflows) becomes zeros with scale 0.
+ * qHi and qLo (rows headDim apart): the unsigned operands of its 8-bit dots. A row of zeros gets
+ * scale 0; a row with a NaN or an infinity gets scale NaN, so that its scores (and no other row's)
+ * are NaN, as over float pages. A row below 2^-64 (where queryQuantMax / absmax could overflow) is
+ * quantized times 2^64, exactly, and its `posts` entry, 2^-64 (else 1), takes that back from its
+ * scores (dotScoresQ8x4).
  */
-export function quantizeQueryRows(q: usize, rows: i32, headDim: i32, q16: usize, qHi: usize, qLo: usize, scales: usize): void {
+export function quantizeQueryRows(q: usize, rows: i32, headDim: i32, q16: usize, qHi: usize, qLo: usize, scales: usize, posts: usize): void {
   const top = queryQuantMax(headDim);
   for (let r = 0; r < rows; r++) {
     const row = q + ((<usize>r * headDim) << 2);
     const out = q16 + ((<usize>r * headDim) << 1);
+    // max, not pmax: a NaN anywhere in the row makes absmax NaN
     let m = f32x4.splat(0.0);
     let d = 0;
-    for (; d + 4 <= headDim; d += 4) m = f32x4.pmax(m, f32x4.abs(v128.load(row + (<usize>d << 2))));
+    for (; d + 4 <= headDim; d += 4) m = f32x4.max(m, f32x4.abs(v128.load(row + (<usize>d << 2))));
     let absmax = max(max(f32x4.extract_lane(m, 0), f32x4.extract_lane(m, 1)), max(f32x4.extract_lane(m, 2), f32x4.extract_lane(m, 3)));
     for (; d < headDim; d++) absmax = max(absmax, abs(load<f32>(row + (<usize>d << 2))));
-    let inverse = top / absmax;
-    if (!(absmax > 0) || !isFinite(inverse)) {
-      inverse = 0;
-      store<f32>(scales + (<usize>r << 2), 0);
-    } else {
-      store<f32>(scales + (<usize>r << 2), absmax / top);
+    let pre: f32 = 1, post: f32 = 1, inverse: f32 = 0, qs: f32 = 0;
+    if (!isFinite(absmax)) {
+      qs = NaN;
+    } else if (absmax > 0) {
+      if (absmax < TWO_MINUS_64) {
+        pre = TWO_64;
+        post = TWO_MINUS_64;
+      }
+      inverse = top / (absmax * pre);
+      qs = (absmax * pre) / top;
     }
-    const vi = f32x4.splat(inverse);
+    store<f32>(scales + (<usize>r << 2), qs);
+    store<f32>(posts + (<usize>r << 2), post);
+    const vi = f32x4.splat(inverse), vp = f32x4.splat(pre);
     d = 0;
     for (; d + 8 <= headDim; d += 8) {
-      const lo = i32x4.trunc_sat_f32x4_s(f32x4.nearest(f32x4.mul(v128.load(row + (<usize>d << 2)), vi)));
-      const hi = i32x4.trunc_sat_f32x4_s(f32x4.nearest(f32x4.mul(v128.load(row + (<usize>d << 2), 16), vi)));
+      const lo = i32x4.trunc_sat_f32x4_s(f32x4.nearest(f32x4.mul(f32x4.mul(v128.load(row + (<usize>d << 2)), vp), vi)));
+      const hi = i32x4.trunc_sat_f32x4_s(f32x4.nearest(f32x4.mul(f32x4.mul(v128.load(row + (<usize>d << 2), 16), vp), vi)));
       v128.store(out + (<usize>d << 1), i16x8.narrow_i32x4_s(lo, hi));
     }
-    for (; d < headDim; d++) store<i16>(out + (<usize>d << 1), <i16>(<i32>nearest(load<f32>(row + (<usize>d << 2)) * inverse)));
+    for (; d < headDim; d++) {
+      const x = nearest(load<f32>(row + (<usize>d << 2)) * pre * inverse);
+      store<i16>(out + (<usize>d << 1), <i16>(isFinite(x) ? <i32>x : 0));
+    }
     if (ASC_FEATURE_RELAXED_SIMD) {
       const at = <usize>r * headDim;
       for (d = 0; d < headDim; d++) {
@@ -141,11 +163,15 @@ export function quantizeQueryRows(q: usize, rows: i32, headDim: i32, q16: usize,
  * - relaxed build, when the caller says the runtime computes them exactly (`relaxedDot`): sixteen per i32x4.relaxed_dot_i8x16_i7x16_add_s (one VNNI
  *   instruction on CPUs that have it), whose second operand must be 0..127: q·k = 128·(hi·k) + lo·k -
  *   8192·sum(k), with sum(k) from one more dot against ones.
- * Both give the same bits (the sums are exact).
+ * Both give the same bits (the sums are exact). Each row's dots take its `qPosts` factor (2^-64 for
+ * a row quantizeQueryRows scaled up, else 1) before qs_r·ks_j, which is capped at float32's largest
+ * finite value: a dot of 0 (a huge q orthogonal to a huge key) then scores 0, not 0·Infinity = NaN,
+ * while a NaN scale (a NaN or infinite q) stays NaN.
  */
-export function dotScoresQ8x4(q16: usize, qHi: usize, qLo: usize, qScales: usize, k: usize, kScales: usize, n: i32, headDim: i32, s: usize, lds: i32, relaxedDot: bool): void {
+export function dotScoresQ8x4(q16: usize, qHi: usize, qLo: usize, qScales: usize, qPosts: usize, k: usize, kScales: usize, n: i32, headDim: i32, s: usize, lds: i32, relaxedDot: bool): void {
   const sStride = (<usize>lds) << 2;
-  const qs = v128.load(qScales);
+  const qs = v128.load(qScales), post = v128.load(qPosts);
+  const largest = f32x4.splat(f32.MAX_VALUE);
   if (ASC_FEATURE_RELAXED_SIMD && relaxedDot) {
     const qStride = <usize>headDim;
     const vecEnd = headDim & ~15;
@@ -169,7 +195,7 @@ export function dotScoresQ8x4(q16: usize, qHi: usize, qLo: usize, qScales: usize
       const sums = isums4(sum, sum, sum, sum);
       let dots = i32x4.sub(i32x4.add(i32x4.shl(isums4(a0, a1, a2, a3), 7), isums4(b0, b1, b2, b3)), i32x4.shl(sums, 13));
       dots = i32x4.add(dots, tailDots4(q16, headDim, kj, vecEnd));
-      storeColumn(s, sStride, j, f32x4.mul(f32x4.convert_i32x4_s(dots), f32x4.mul(qs, v128.load32_splat(kScales + (<usize>j << 2)))));
+      storeColumn(s, sStride, j, f32x4.mul(f32x4.mul(f32x4.convert_i32x4_s(dots), post), f32x4.min(f32x4.mul(qs, v128.load32_splat(kScales + (<usize>j << 2))), largest)));
     }
     return;
   }
@@ -188,7 +214,7 @@ export function dotScoresQ8x4(q16: usize, qHi: usize, qLo: usize, qScales: usize
       a3 = i32x4.add(a3, i32x4.dot_i16x8_s(v128.load(q3 + off), x));
     }
     const dots = i32x4.add(isums4(a0, a1, a2, a3), tailDots4(q16, headDim, kj, vecEnd));
-    storeColumn(s, sStride, j, f32x4.mul(f32x4.convert_i32x4_s(dots), f32x4.mul(qs, v128.load32_splat(kScales + (<usize>j << 2)))));
+    storeColumn(s, sStride, j, f32x4.mul(f32x4.mul(f32x4.convert_i32x4_s(dots), post), f32x4.min(f32x4.mul(qs, v128.load32_splat(kScales + (<usize>j << 2))), largest)));
   }
 }
 
@@ -293,8 +319,10 @@ export const PAIRS_WORK_BYTES: i32 = MAX_BLOCK_PAIRS * 4 * 5;
  * one i32x4.dot_i16x8_s weighs two positions of four columns, exactly in int32 (at most 128 keys of
  * 32767·127: below 2^31); each row's sums then go into o (rows ldo floats apart) times max / 32767.
  * `work` holds the block's pairs: their addresses and each row's two weights per pair (PAIRS_WORK_BYTES).
+ * The sums take `post` too (exactly: a power of two): 2^-64 when the caller gave p times the value
+ * scales times 2^64 (a block of tiny scales, whose weights' 32767 / max would overflow), else 1.
  */
-export function addWeightedQ8Pairs4(p: usize, lds: i32, j0: i32, n: i32, pages: usize, pageSize: i32, vOffset: i32, valueDim: i32, o: usize, ldo: i32, work: usize): void {
+export function addWeightedQ8Pairs4(p: usize, lds: i32, j0: i32, n: i32, pages: usize, pageSize: i32, vOffset: i32, valueDim: i32, o: usize, ldo: i32, work: usize, post: f32): void {
   const pStride = (<usize>lds) << 2;
   const oStride = (<usize>ldo) << 2;
   const end = j0 + n;
@@ -379,6 +407,7 @@ export function addWeightedQ8Pairs4(p: usize, lds: i32, j0: i32, n: i32, pages: 
   const o1 = o + oStride, o2 = o1 + oStride, o3 = o2 + oStride;
   const f0 = f32x4.splat(f32x4.extract_lane(factor, 0)), f1 = f32x4.splat(f32x4.extract_lane(factor, 1));
   const f2 = f32x4.splat(f32x4.extract_lane(factor, 2)), f3 = f32x4.splat(f32x4.extract_lane(factor, 3));
+  const vpost = f32x4.splat(post);
   let c = 0;
   for (; c + 8 <= valueDim; c += 8) {
     let a0 = i32x4.splat(0), a1 = i32x4.splat(0), a2 = i32x4.splat(0), a3 = i32x4.splat(0);
@@ -394,10 +423,10 @@ export function addWeightedQ8Pairs4(p: usize, lds: i32, j0: i32, n: i32, pages: 
       a3 = i32x4.add(a3, i32x4.dot_i16x8_s(lo, v3)); b3 = i32x4.add(b3, i32x4.dot_i16x8_s(hi, v3));
     }
     const off = <usize>c << 2;
-    v128.store(o + off, madd(f32x4.convert_i32x4_s(a0), f0, v128.load(o + off))); v128.store(o + off, madd(f32x4.convert_i32x4_s(b0), f0, v128.load(o + off, 16)), 16);
-    v128.store(o1 + off, madd(f32x4.convert_i32x4_s(a1), f1, v128.load(o1 + off))); v128.store(o1 + off, madd(f32x4.convert_i32x4_s(b1), f1, v128.load(o1 + off, 16)), 16);
-    v128.store(o2 + off, madd(f32x4.convert_i32x4_s(a2), f2, v128.load(o2 + off))); v128.store(o2 + off, madd(f32x4.convert_i32x4_s(b2), f2, v128.load(o2 + off, 16)), 16);
-    v128.store(o3 + off, madd(f32x4.convert_i32x4_s(a3), f3, v128.load(o3 + off))); v128.store(o3 + off, madd(f32x4.convert_i32x4_s(b3), f3, v128.load(o3 + off, 16)), 16);
+    v128.store(o + off, madd(sumsOf(a0, vpost), f0, v128.load(o + off))); v128.store(o + off, madd(sumsOf(b0, vpost), f0, v128.load(o + off, 16)), 16);
+    v128.store(o1 + off, madd(sumsOf(a1, vpost), f1, v128.load(o1 + off))); v128.store(o1 + off, madd(sumsOf(b1, vpost), f1, v128.load(o1 + off, 16)), 16);
+    v128.store(o2 + off, madd(sumsOf(a2, vpost), f2, v128.load(o2 + off))); v128.store(o2 + off, madd(sumsOf(b2, vpost), f2, v128.load(o2 + off, 16)), 16);
+    v128.store(o3 + off, madd(sumsOf(a3, vpost), f3, v128.load(o3 + off))); v128.store(o3 + off, madd(sumsOf(b3, vpost), f3, v128.load(o3 + off, 16)), 16);
   }
   // the last columns, one at a time for the four rows
   for (; c < valueDim; c++) {
@@ -408,13 +437,19 @@ export function addWeightedQ8Pairs4(p: usize, lds: i32, j0: i32, n: i32, pages: 
       const wa = i32x4.shr_s(i32x4.shl(w, 16), 16), wb = i32x4.shr_s(w, 16);
       sums = i32x4.add(sums, i32x4.add(i32x4.mul(wa, i32x4.splat(<i32>load<i8>(at))), i32x4.mul(wb, i32x4.splat(<i32>load<i8>(at + 1)))));
     }
-    const add = f32x4.mul(f32x4.convert_i32x4_s(sums), factor);
+    const add = f32x4.mul(sumsOf(sums, vpost), factor);
     const off = <usize>c << 2;
     store<f32>(o + off, load<f32>(o + off) + f32x4.extract_lane(add, 0));
     store<f32>(o1 + off, load<f32>(o1 + off) + f32x4.extract_lane(add, 1));
     store<f32>(o2 + off, load<f32>(o2 + off) + f32x4.extract_lane(add, 2));
     store<f32>(o3 + off, load<f32>(o3 + off) + f32x4.extract_lane(add, 3));
   }
+}
+
+/** Exact int32 sums as floats times `post` (a power of two, so exact too). */
+// @ts-ignore: decorator
+@inline function sumsOf(sums: v128, post: v128): v128 {
+  return f32x4.mul(f32x4.convert_i32x4_s(sums), post);
 }
 
 /** dst rows = float(int8 value rows) · their scales for `rows` rows of `width` of one page run held in interleaved pairs (the first row `odd` = 1 when it is the second of its pair). */

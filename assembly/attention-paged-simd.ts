@@ -32,7 +32,7 @@
 
 import { scoreRow, MASK_NONE } from './f32-softmax-scale-mask-simd';
 import {
-  PAIRS_WORK_BYTES, addWeightedPaged4, addWeightedQ8Pairs4, dotScoresFloat4, dotScoresQ8x4, pairRowsToFloats, quantizeQueryRows, rowsToFloats,
+  PAIRS_WORK_BYTES, TWO_64, TWO_MINUS_60, TWO_MINUS_64, addWeightedPaged4, addWeightedQ8Pairs4, dotScoresFloat4, dotScoresQ8x4, pairRowsToFloats, quantizeQueryRows, rowsToFloats,
 } from './attention-paged-rows-simd';
 import { pageRow, pageRowPair, pageScale, scalesOffset } from './page-table';
 import { HALF_RAW_SCALE } from './f16-convert-simd';
@@ -44,9 +44,9 @@ import {
  * load serving four rows (attention-paged-rows-simd.ts), so memory sees each page once. */
 const PAGED_ROW_PATH_MAX: i32 = 8;
 
-/** Scratch bytes the paged kernels need: f32_attention's, plus a gathered key and value block and the int8 kernel's int16 q rows and their scales. */
+/** Scratch bytes the paged kernels need: f32_attention's, plus a gathered key and value block and the int8 kernel's int16 q rows, their scales and factors, and its pairs' work. */
 export function f32_attention_paged_scratch_bytes(headDim: i32, valueDim: i32): i32 {
-  return f32_attention_scratch_bytes(headDim, valueDim) + 4 * ATT_BC * (headDim + valueDim) + 4 * ATT_BR * headDim + 4 * ATT_BR + 16 + PAIRS_WORK_BYTES;
+  return f32_attention_scratch_bytes(headDim, valueDim) + 4 * ATT_BC * (headDim + valueDim) + 4 * ATT_BR * headDim + 8 * ATT_BR + 16 + PAIRS_WORK_BYTES;
 }
 
 /** Causal attention over float32 pages; see the file header for the exact contract. */
@@ -101,7 +101,8 @@ export function qs8_attention_paged(
   const qHi = q16 + ((<usize>ATT_BR * headDim) << 1);
   const qLo = qHi + <usize>ATT_BR * headDim;
   const qScales = (qLo + <usize>ATT_BR * headDim + 15) & ~(<usize>15);
-  const pairsWork = qScales + ((<usize>ATT_BR) << 2);
+  const qPosts = qScales + ((<usize>ATT_BR) << 2);
+  const pairsWork = qPosts + ((<usize>ATT_BR) << 2);
   const keyBytes = headDim * <i32>sizeof<T>(), valueBytes = valueDim * <i32>sizeof<T>();
   // int8 blocks: the scales after the rows (value rows in pairs)
   const kScalesAt = scalesOffset(pageSize, keyBytes), vScalesAt = scalesOffset((pageSize + 1) & ~1, valueBytes);
@@ -129,7 +130,7 @@ export function qs8_attention_paged(
       }
     }
     if (brRows > br) memory.fill(qTileRows + ((<usize>br * headDim) << 2), 0, (<usize>(brRows - br) * headDim) << 2);
-    if (sizeof<T>() == 1 && rowPath) quantizeQueryRows(qTileRows, brRows, headDim, q16, qHi, qLo, qScales);
+    if (sizeof<T>() == 1 && rowPath) quantizeQueryRows(qTileRows, brRows, headDim, q16, qHi, qLo, qScales, qPosts);
     // float16 keys read raw (the halves times 2^-112) against q times 2^112, where that stays finite
     const rawHalves = sizeof<T>() == 2 && rowPath && scaleWithin(qTileRows, brRows, headDim, headDim, HALF_RAW_SCALE);
     const scoreScale: f32 = qOverflow ? scale : 1;
@@ -154,7 +155,7 @@ export function qs8_attention_paged(
             const sRows = sTile + ((<usize>r * ATT_BC + (j - j0)) << 2);
             if (sizeof<T>() == 1) {
               const kScales = pageScale(pagesK, pageSize, kOffset, kScalesAt, j);
-              dotScoresQ8x4(q16 + ((<usize>r * headDim) << 1), qHi + <usize>r * headDim, qLo + <usize>r * headDim, qScales + (<usize>r << 2), kSeg, kScales, seg, headDim, sRows, ATT_BC, relaxedDot);
+              dotScoresQ8x4(q16 + ((<usize>r * headDim) << 1), qHi + <usize>r * headDim, qLo + <usize>r * headDim, qScales + (<usize>r << 2), qPosts + (<usize>r << 2), kSeg, kScales, seg, headDim, sRows, ATT_BC, relaxedDot);
             } else if (rawHalves) {
               dotScoresFloat4<i16>(qTileRows + ((<usize>r * headDim) << 2), kSeg, seg, headDim, sRows, ATT_BC);
             } else {
@@ -194,16 +195,30 @@ export function qs8_attention_paged(
       }
       // O += P·V
       if (rowPath) {
+        let vPost: f32 = 1;
         if (sizeof<T>() == 1) {
-          // int8 values: their scales go into the probabilities, p_r[j] · vs_j, page segment by page segment
+          // int8 values: their scales go into the probabilities, p_r[j] · vs_j, page segment by page
+          // segment; a block whose scales are all below 2^-60 takes them times 2^64 (exact: p·vs·2^64 < 4
+          // since p <= 1/4), so its weights' 15-bit quantization (32767 / max) cannot overflow, and P·V
+          // takes 2^-64 back
+          let vsMax: f32 = 0;
+          for (let j = j0; j < j0 + bc;) {
+            const seg = min(j0 + bc - j, pageSize - j % pageSize);
+            const scales = pageScale(pagesV, pageSize, vOffset, vScalesAt, j);
+            for (let t = 0; t < seg; t++) vsMax = max(vsMax, load<f32>(scales + (<usize>t << 2)));
+            j += seg;
+          }
+          const vPre: f32 = vsMax < TWO_MINUS_60 ? TWO_64 : 1;
+          vPost = vsMax < TWO_MINUS_60 ? TWO_MINUS_64 : 1;
+          const pre = f32x4.splat(vPre);
           for (let j = j0; j < j0 + bc;) {
             const seg = min(j0 + bc - j, pageSize - j % pageSize);
             const scales = pageScale(pagesV, pageSize, vOffset, vScalesAt, j);
             for (let r = 0; r < br; r++) {
               const row = sTile + ((<usize>r * ATT_BC + (j - j0)) << 2);
               let t = 0;
-              for (; t + 4 <= seg; t += 4) v128.store(row + (<usize>t << 2), f32x4.mul(v128.load(row + (<usize>t << 2)), v128.load(scales + (<usize>t << 2))));
-              for (; t < seg; t++) store<f32>(row + (<usize>t << 2), load<f32>(row + (<usize>t << 2)) * load<f32>(scales + (<usize>t << 2)));
+              for (; t + 4 <= seg; t += 4) v128.store(row + (<usize>t << 2), f32x4.mul(v128.load(row + (<usize>t << 2)), f32x4.mul(v128.load(scales + (<usize>t << 2)), pre)));
+              for (; t < seg; t++) store<f32>(row + (<usize>t << 2), load<f32>(row + (<usize>t << 2)) * (load<f32>(scales + (<usize>t << 2)) * vPre));
             }
             j += seg;
           }
@@ -212,7 +227,7 @@ export function qs8_attention_paged(
         const rawValues = sizeof<T>() == 2 && scaleWithin(sTile, brRows, bc, ATT_BC, HALF_RAW_SCALE);
         for (let r = 0; r < brRows; r += 4) {
           const pRows = sTile + ((<usize>r * ATT_BC) << 2), oRows = oTile + ((<usize>r * dvPad) << 2);
-          if (sizeof<T>() == 1) addWeightedQ8Pairs4(pRows, ATT_BC, j0, bc, pagesV, pageSize, vOffset, valueDim, oRows, dvPad, pairsWork);
+          if (sizeof<T>() == 1) addWeightedQ8Pairs4(pRows, ATT_BC, j0, bc, pagesV, pageSize, vOffset, valueDim, oRows, dvPad, pairsWork, vPost);
           else if (rawValues) addWeightedPaged4<i16>(pRows, ATT_BC, j0, bc, pagesV, pageSize, vOffset, valueDim, oRows, dvPad);
           else addWeightedPaged4<T>(pRows, ATT_BC, j0, bc, pagesV, pageSize, vOffset, valueDim, oRows, dvPad);
         }

@@ -58,15 +58,17 @@ export const tolerance = {
   rotary: (maxInput: number): number => 4 * EPS32 * maxInput,
   /**
    * Scores over float16 and int8 pages, against the reference over the same quantized keys (before
-   * the scale): the int8 kernel rounds each q row to 14 bits (half a step of absmax/8191 at most, for
-   * any head dim, per element), and with RoPE a key the pool rotated in float32 may round to the level
-   * next to the one the reference's float64 rotation gives (one step: 2^-10·max|k| for float16,
-   * max|k|/127 for int8), counted twice per key. A score error e moves an output by up to about
+   * the scale): the int8 kernel rounds each q row to 14 bits (half a step of absmax/8191 at most per
+   * element; past head dim 1032 the step is absmax/floor((2^31-1) / (254·headDim)), the kernel's
+   * queryQuantMax, so that its int32 sums stay exact), and with RoPE a key the pool rotated in
+   * float32 may round to the level next to the one the reference's float64 rotation gives (one step:
+   * 2^-10·max|k| for float16, max|k|/127 for int8), counted twice per key. A score error e moves an output by up to about
    * 2e·max|v|; callers add 2.5x this (times max|v|) to the attention tolerance.
    */
   quantizedScore: (dtype: 'float32' | 'float16' | 'int8', headDim: number, maxQ: number, maxK: number, rope: boolean): number => {
     if (dtype === 'float32') return 0;
-    const query = dtype === 'int8' ? (headDim * maxQ * maxK) / (2 * 8191) : 0;
+    const levels = Math.min(8191, Math.floor((2 ** 31 - 1) / (254 * Math.max(headDim, 1))));
+    const query = dtype === 'int8' ? (headDim * maxQ * maxK) / (2 * levels) : 0;
     const step = dtype === 'int8' ? maxK / 127 : maxK * 2 ** -10;
     return query + (rope ? 2 * maxQ * step : 0);
   },

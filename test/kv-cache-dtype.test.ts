@@ -98,6 +98,8 @@ interface Case {
   options?: CacheAttentionOptions;
   /** RoPE on the appends (and, then, on the attention). */
   rope?: RopeOption;
+  /** Default 64; below 16 the cache's pages hold maxSeq positions (odd page sizes). */
+  maxSeq?: number;
 }
 
 const decode = (count: number): Case['steps'] => Array.from({ length: count }, () => ({ n: 1, queries: 1 }));
@@ -121,6 +123,15 @@ const cases: Array<[string, Case]> = [
     steps: [{ n: 10, counts: [10, 6], queries: 6 }, { n: 2, counts: [1, 2], queries: 1 }, ...decode(2)],
   }],
   ['causal: false, GQA 6/2, D 5', { qHeads: 6, kvHeads: 2, headDim: 5, valueDim: 7, batch: 2, layout: '4d', options: { causal: false }, steps: [{ n: 9, queries: 9 }, { n: 3, queries: 3 }, ...decode(1)] }],
+  // pages of maxSeq positions: int8 value pairs straddling odd pages
+  ['pages of 13 (maxSeq 13), 3D, ragged, causal: false, RoPE dims 4 of 9', {
+    qHeads: 6, kvHeads: 2, headDim: 9, valueDim: 5, batch: 3, layout: '3d', maxSeq: 13, rope: { dims: 4 }, options: { causal: false },
+    steps: [{ n: 7, counts: [7, 3, 0], queries: 0 }, { n: 4, counts: [4, 4, 4], queries: 3 }, { n: 2, counts: [2, 1, 2], queries: 1 }],
+  }],
+  ['pages of 5 (maxSeq 5), group 3, window 1, softcap 3', {
+    qHeads: 3, kvHeads: 1, headDim: 7, valueDim: 3, batch: 2, layout: '4d', maxSeq: 5, options: { window: { left: 1 }, softcap: 3 },
+    steps: [{ n: 3, queries: 3 }, ...decode(2)],
+  }],
 ];
 
 const runs = BACKENDS.flatMap((backend) => QUANTIZED.map((dtype) => [backend, dtype] as const));
@@ -131,7 +142,7 @@ describe.each(runs)('a %s KV cache of %s', (backend, dtype) => {
   it.each(cases)('appends then attention equal the reference over the quantized history: %s', async (_, c) => {
     const random = rng(c.headDim * 7 + c.qHeads);
     const shape = { qHeads: c.qHeads, kvHeads: c.kvHeads, headDim: c.headDim, valueDim: c.valueDim, dtype };
-    const cache = engine.kvCache({ batch: c.batch, kvHeads: c.kvHeads, headDim: c.headDim, valueDim: c.valueDim, maxSeq: 64, dtype });
+    const cache = engine.kvCache({ batch: c.batch, kvHeads: c.kvHeads, headDim: c.headDim, valueDim: c.valueDim, maxSeq: c.maxSeq ?? 64, dtype });
     expect(cache.dtype).toBe(dtype);
     const mirror = new CacheMirror(shape, c.batch);
     const options: CacheAttentionOptions = { ...c.options, rope: c.rope };

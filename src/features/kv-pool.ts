@@ -17,6 +17,7 @@
 import { type Backend, type Operand, operandArray } from '../backend.js';
 import { AttentionError, human } from '../errors.js';
 import type { ResidentTensor } from '../memory/resident.js';
+import { MAX_HEAD_DIM } from '../ops/attention/plan.js';
 import { pagedAttentionOp } from '../ops/paged-attention/index.js';
 import {
   HALF_MAX, KV_DTYPES, type KVDtype, type PageLayout, type SlabViews, blockSizes, bytesPerToken, elementBytes, pageBytes, rowsAt, slabBytes, slabViews, storeRow, valueStride,
@@ -112,6 +113,8 @@ interface Entries {
   v: Float32Array;
   /** Rows already in the page format (an import): copied as they are. */
   stored?: StoredRows;
+  /** The new keys rotated by the step's RoPE at their positions, checked storable (rotateKeys). */
+  rotated?: Float32Array;
   n: number;
   /** RoPE's cos and sin for the positions this entry's keys and queries take (built once per step). */
   tables?: { start: number; cos: Float32Array; sin: Float32Array };
@@ -439,6 +442,10 @@ export class KVPool {
   /** @internal reads and checks every item and the options; copies the data when `copy` (async steps) */
   readStep(items: unknown, options: unknown, copy: boolean): StepRead {
     if (!Array.isArray(items)) throw new AttentionError('INVALID_ARGUMENT', `items must be an array of { sequence, q, k, v }, got ${describe(items)}`, 'items');
+    if (Math.max(this.headDim, this.valueDim) > MAX_HEAD_DIM) {
+      // the kernel's scratch (blocks of 128 keys of the head dim) is sized for attention's limit
+      throw new AttentionError('UNSUPPORTED', `head dim ${this.headDim} / value dim ${this.valueDim}: attention supports at most ${MAX_HEAD_DIM} (append, fork, export and import work)`, 'items');
+    }
     const opts = readOptions(options, 'options', ['scale', 'softcap', 'window', 'rope']);
     const scale = checkFloat32(opts.scale, 'options.scale', 1 / Math.sqrt(this.headDim));
     const softcap = checkFinite(opts.softcap, 'options.softcap', 0);
@@ -488,11 +495,28 @@ export class KVPool {
       if (t.dims[1] < 1) throw new AttentionError('SHAPE_MISMATCH', `${name} has no new position (dims [${t.dims}]); n must be >= 1`, `${name}.dims[1]`);
     }
     if (v.dims[1] !== k.dims[1]) throw new AttentionError('SHAPE_MISMATCH', `${vName} has ${v.dims[1]} positions but ${kName} has ${k.dims[1]}`, `${vName}.dims[1]`);
-    const data = (t: typeof k): Float32Array => (copy ? operandArray(t.operand).slice() : operandArray(t.operand));
+    // copied when the call is async, or when the data is a resident tensor: a view of the engine's
+    // memory, which taking a new slab may grow (detaching it, without SharedArrayBuffer) before the rows are stored
+    const data = (t: typeof k): Float32Array => (copy || t.operand.resident ? operandArray(t.operand).slice() : operandArray(t.operand));
     const [kData, vData] = [data(k), data(v)];
     checkStorable(kData, kName, this.dtype);
     checkStorable(vData, vName, this.dtype);
     return { sequence, state, k: kData, v: vData, n: k.dims[1] };
+  }
+
+  /**
+   * Rotates each entry's new keys by RoPE at the positions they will take, and refuses them
+   * (INVALID_TENSOR, before anything changes) when a page cannot hold the result: a rotation mixes two
+   * elements, so finite keys within range can come out past float16's ±65504 or float32's range, which
+   * checkStorable could not see before the positions were known. applyOne stores entry.rotated.
+   */
+  private rotateKeys(entries: readonly Entries[], rope: RopeSpec, name: (index: number) => string): void {
+    entries.forEach((entry, index) => {
+      if (entry.n === 0 || entry.stored) return;
+      const k = rotated(entry.k, this.kvHeads, entry.n, this.headDim, tablesOf(entry, entry.state.length, rope), rope);
+      checkStorable(k, name(index), this.dtype, ' rotated by RoPE at its position');
+      entry.rotated = k;
+    });
   }
 
   /** Pages the entries need beyond those they hold (a copy of a shared, partly filled last page counts). */
@@ -592,7 +616,7 @@ export class KVPool {
         state.pages[last] = copy;
       }
       while (state.pages.length * this.pageSize < state.length + n) state.pages.push(this.take(undo));
-      const k = rope ? rotated(entry.k, this.kvHeads, n, this.headDim, tablesOf(entry, state.length, rope), rope) : entry.k;
+      const k = entry.rotated ?? (rope ? rotated(entry.k, this.kvHeads, n, this.headDim, tablesOf(entry, state.length, rope), rope) : entry.k);
       this.writeRows(state.pages, state.length, n, entry.stored ?? { k, v: entry.v });
       state.length += n;
     }
@@ -688,6 +712,7 @@ export class KVPool {
   private runStep(read: StepRead, async = false): Tensor[] | Promise<Tensor[]> {
     // a queued step's sequences may have been disposed while it waited
     for (const { state } of read.entries) if (state.disposed) throw new AttentionError('DISPOSED', 'a sequence of this step was disposed before the step ran', 'sequence');
+    if (read.rope) this.rotateKeys(read.entries, read.rope, (s) => `items[${s}].k`);
     const slabsBefore = this.slabs.length;
     this.reserve(read.entries, 'items');
     const undo = this.apply(read.entries, read.rope);
@@ -788,13 +813,17 @@ export class KVPool {
     options: { scale: number; softcap: number; left: number; rope: RopeSpec | undefined }, async: boolean,
   ): Tensor[] | Promise<Tensor[]> {
     this.check();
-    const entries: Entries[] = sequences.map((sequence, s) => ({ sequence, state: this.usable(sequence, 'sequence'), ...rows[s] }));
+    // only the sequences that take rows are written (and so put back if the attention fails): an async
+    // attention alone must not, when it fails, undo the appends made while it waited
+    const states = sequences.map((sequence) => this.usable(sequence, 'sequence'));
+    const entries: Entries[] = sequences.map((sequence, s) => ({ sequence, state: states[s], ...rows[s] })).filter((entry) => entry.n > 0);
+    if (options.rope) this.rotateKeys(entries, options.rope, () => 'k');
     const slabsBefore = this.slabs.length;
     this.reserve(entries, 'k');
     const undo = this.apply(entries, options.rope);
     if (queries.length === 0) return async ? Promise.resolve([]) : [];
     const items: PagedItem[] = queries.map(({ sequence, q, qHeads, n }) => {
-      const { state } = entries[sequence];
+      const state = states[sequence];
       return { q, qHeads, n, length: state.length, pages: Int32Array.from(state.pages) };
     });
     const store: PageStore = { slabs: [...this.slabs], ...this.layout };
@@ -861,11 +890,18 @@ function unstorable(dtype: KVDtype, rows: StoredRows): string | undefined {
       if (dtype === 'int8' && x === -128) return `${what} is -128 (int8 pages hold -127..127)`;
     }
   }
+  // a pool writes scale +0 (a zero row) or f32(absmax / 127) for a finite absmax: normal, at most
+  // MAX_INT8_SCALE (a larger one would make q·s infinite)
   for (const scales of [rows.kScales, rows.vScales]) {
-    for (const s of scales) if (!(s === 0 || (s >= 2 ** -126 && Number.isFinite(s)))) return `a scale is ${s} (int8 scales are 0 or finite, positive and normal)`;
+    for (const s of scales) {
+      if (!(Object.is(s, 0) || (s >= 2 ** -126 && s <= MAX_INT8_SCALE))) return `a scale is ${Object.is(s, -0) ? '-0' : s} (int8 scales are +0 or normal, positive and at most ${MAX_INT8_SCALE}, float32's largest / 127)`;
+    }
   }
   return undefined;
 }
+
+/** The largest int8 scale a pool writes: float32's largest finite value over 127. */
+const MAX_INT8_SCALE = Math.fround(3.4028234663852886e38 / 127);
 
 /** The slab's elements as `bytes`-byte elements. */
 const elementsOf = (slab: SlabViews, bytes: number): StoredRows['k'] => (bytes === 4 ? slab.f32 : bytes === 2 ? slab.u16 : slab.i8);
@@ -916,13 +952,13 @@ function asArgument<T>(read: () => T): T {
  * it NaN, and the kernels' blocks would carry it into rows of the same block that do not see it), and
  * for float16 pages one beyond ±65504 (it would become infinite).
  */
-function checkStorable(data: Float32Array, name: string, dtype: KVDtype): void {
+function checkStorable(data: Float32Array, name: string, dtype: KVDtype, how = ''): void {
   for (let i = 0; i < data.length; i++) {
     if (!Number.isFinite(data[i])) {
-      throw new AttentionError('INVALID_TENSOR', `${name}.data[${i}] is ${data[i]}; keys and values stored in the pool must be finite`, `${name}.data`);
+      throw new AttentionError('INVALID_TENSOR', `${name}.data[${i}]${how} is ${data[i]}; keys and values stored in the pool must be finite`, `${name}.data`);
     }
     if (dtype === 'float16' && Math.abs(data[i]) > HALF_MAX) {
-      throw new AttentionError('INVALID_TENSOR', `${name}.data[${i}] is ${data[i]}, beyond float16's ±${HALF_MAX}: this pool's pages are float16 (use float32 or int8 pages for such values)`, `${name}.data`);
+      throw new AttentionError('INVALID_TENSOR', `${name}.data[${i}]${how} is ${data[i]}, beyond float16's ±${HALF_MAX}: this pool's pages are float16 (use float32 or int8 pages for such values)`, `${name}.data`);
     }
   }
 }

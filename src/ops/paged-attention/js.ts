@@ -35,6 +35,8 @@ export function pagedAttentionJs(plan: PagedAttentionPlan, arrayOf: ArrayOf): Te
           const first = left < 0 ? 0 : Math.max(0, last - left);
           const qRow = (h * n + i) * headDim;
           let max = -Infinity;
+          // a NaN score (a NaN in q, an infinity times 0) makes the row NaN, as in the kernels and the reference
+          let nan = false;
           for (let j = first; j <= last; j++) {
             read(j, 'key', key);
             let dot = 0;
@@ -43,9 +45,10 @@ export function pagedAttentionJs(plan: PagedAttentionPlan, arrayOf: ArrayOf): Te
             if (softcap > 0) t = softcap * Math.tanh(t / softcap);
             scores[j] = t;
             if (t > max) max = t;
+            else if (Number.isNaN(t)) nan = true;
           }
-          acc.fill(0);
-          let sum = 0;
+          acc.fill(nan ? NaN : 0);
+          let sum = nan ? NaN : 0;
           for (let j = first; j <= last && max > -Infinity; j++) {
             const p = Math.exp(scores[j] - max);
             sum += p;
