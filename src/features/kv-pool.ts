@@ -721,45 +721,46 @@ export class KVPool {
       const q = read.rope ? rotatedOperand(entry.q, qHeads, n, this.headDim, tablesOf(entry, state.length - n, read.rope), read.rope) : entry.q;
       return { q, qHeads, n, length: state.length, pages: Int32Array.from(state.pages) };
     });
-    const store: PageStore = {
-      slabs: [...this.slabs], ...this.layout };
-    const plan: PagedAttentionPlan = { flops: pagedFlops(store, items), store, items, scale: read.scale, softcap: read.softcap, left: read.left };
+    return this.attend(items, read, undo, slabsBefore, async);
+  }
+
+  /**
+   * Runs one paged-attention call over `items` (their keys already written, as `undo` says) and
+   * settles the pool after it: pages freed meanwhile wait for the call; if it is refused or fails,
+   * every sequence goes back as it was and no slab is kept for it.
+   */
+  private attend(items: PagedItem[], options: { scale: number; softcap: number; left: number }, undo: Undo[], slabsBefore: number, async: boolean): Tensor[] | Promise<Tensor[]> {
+    const store: PageStore = { slabs: [...this.slabs], ...this.layout };
+    const plan: PagedAttentionPlan = { flops: pagedFlops(store, items), store, items, scale: options.scale, softcap: options.softcap, left: options.left };
     this.running++;
     const settle = (): void => {
-      if (--this.running === 0 && !this.disposed) {
-        this.free.push(...this.pendingFree);
-        this.pendingFree = [];
-        const keep = this.trimPending;
-        this.trimPending = undefined;
-        if (keep !== undefined) this.trim(keep);
-      }
+      if (--this.running > 0 || this.disposed) return;
+      this.free.push(...this.pendingFree);
+      this.pendingFree = [];
+      const keep = this.trimPending;
+      this.trimPending = undefined;
+      if (keep !== undefined) this.trim(keep);
     };
-    if (!async) {
-      let outputs: Tensor[];
-      try {
-        outputs = this.backend.run(pagedAttentionOp, plan);
-      } catch (error) {
-        // refused (out of memory for the call, say) or failed: no sequence changed, no slab kept for it
-        this.undo(undo);
-        settle();
-        this.trim(slabsBefore);
-        throw error;
-      }
+    const fail = (error: unknown): never => {
+      if (!this.disposed) this.undo(undo);
       settle();
-      return outputs;
-    }
-    return this.backend.runAsync(pagedAttentionOp, plan).then(
-      (outputs) => {
+      if (!this.disposed) this.trim(slabsBefore);
+      throw error;
+    };
+    if (async) {
+      return this.backend.runAsync(pagedAttentionOp, plan).then((outputs) => {
         settle();
         return outputs;
-      },
-      (error: unknown) => {
-        if (!this.disposed) this.undo(undo);
-        settle();
-        if (!this.disposed) this.trim(slabsBefore);
-        throw error;
-      },
-    );
+      }, fail);
+    }
+    let outputs: Tensor[];
+    try {
+      outputs = this.backend.run(pagedAttentionOp, plan);
+    } catch (error) {
+      return fail(error);
+    }
+    settle();
+    return outputs;
   }
 
   /** Reads sequence.export()'s bytes, checked against this pool's dtype, heads and dims. */
@@ -826,38 +827,7 @@ export class KVPool {
       const state = states[sequence];
       return { q, qHeads, n, length: state.length, pages: Int32Array.from(state.pages) };
     });
-    const store: PageStore = { slabs: [...this.slabs], ...this.layout };
-    const plan: PagedAttentionPlan = { flops: pagedFlops(store, items), store, items, scale: options.scale, softcap: options.softcap, left: options.left };
-    // as runStep: pages freed meanwhile (a cache's reset) wait for the call; a failure puts everything back
-    this.running++;
-    const settle = (): void => {
-      if (--this.running > 0 || this.disposed) return;
-      this.free.push(...this.pendingFree);
-      this.pendingFree = [];
-      const keep = this.trimPending;
-      this.trimPending = undefined;
-      if (keep !== undefined) this.trim(keep);
-    };
-    const fail = (error: unknown): never => {
-      if (!this.disposed) this.undo(undo);
-      settle();
-      if (!this.disposed) this.trim(slabsBefore);
-      throw error;
-    };
-    if (async) {
-      return this.backend.runAsync(pagedAttentionOp, plan).then((outputs) => {
-        settle();
-        return outputs;
-      }, fail);
-    }
-    let outputs: Tensor[];
-    try {
-      outputs = this.backend.run(pagedAttentionOp, plan);
-    } catch (error) {
-      return fail(error);
-    }
-    settle();
-    return outputs;
+    return this.attend(items, options, undo, slabsBefore, async);
   }
 }
 
