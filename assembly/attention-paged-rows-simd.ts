@@ -94,14 +94,15 @@ export function queryQuantMax(headDim: i32): f32 {
 /**
  * Quantizes `rows` float query rows (headDim apart) for the int8 kernel, one scale per row:
  * qs = absmax / queryQuantMax, q = round(x / qs), stored as int16 rows at q16 (headDim apart). The
- * relaxed build also stores q + 8192 split in 7-bit halves, q + 8192 = 128·hi + lo, as bytes at
- * qHi and qLo (rows headDim apart): the unsigned operands of its 8-bit dots. A row of zeros gets
+ * relaxed build, when `split` (it will use its 8-bit dots), also stores q + 8192 = 128·hi + lo split
+ * in 7-bit halves, as bytes at qHi and qLo (rows headDim apart; whole sixteens): the unsigned operands
+ * of its 8-bit dots. A row of zeros gets
  * scale 0; a row with a NaN or an infinity gets scale NaN, so that its scores (and no other row's)
  * are NaN, as over float pages. A row below 2^-64 (where queryQuantMax / absmax could overflow) is
  * quantized times 2^64, exactly, and its `posts` entry, 2^-64 (else 1), takes that back from its
  * scores (dotScoresQ8x4).
  */
-export function quantizeQueryRows(q: usize, rows: i32, headDim: i32, q16: usize, qHi: usize, qLo: usize, scales: usize, posts: usize): void {
+export function quantizeQueryRows(q: usize, rows: i32, headDim: i32, q16: usize, qHi: usize, qLo: usize, scales: usize, posts: usize, split: bool): void {
   const top = queryQuantMax(headDim);
   for (let r = 0; r < rows; r++) {
     const row = q + ((<usize>r * headDim) << 2);
@@ -136,12 +137,14 @@ export function quantizeQueryRows(q: usize, rows: i32, headDim: i32, q16: usize,
       const x = nearest(load<f32>(row + (<usize>d << 2)) * pre * inverse);
       store<i16>(out + (<usize>d << 1), <i16>(isFinite(x) ? <i32>x : 0));
     }
-    if (ASC_FEATURE_RELAXED_SIMD) {
+    if (ASC_FEATURE_RELAXED_SIMD && split) {
+      // q + 8192 (1..16383) as 128·hi + lo, sixteen at a time (the 8-bit dots take whole sixteens)
       const at = <usize>r * headDim;
-      for (d = 0; d < headDim; d++) {
-        const biased = <i32>load<i16>(out + (<usize>d << 1)) + 8192;
-        store<u8>(qHi + at + <usize>d, <u8>(biased >> 7));
-        store<u8>(qLo + at + <usize>d, <u8>(biased & 127));
+      const bias = i16x8.splat(8192), low7 = i16x8.splat(127);
+      for (d = 0; d + 16 <= headDim; d += 16) {
+        const a = i16x8.add(v128.load(out + (<usize>d << 1)), bias), b = i16x8.add(v128.load(out + (<usize>d << 1), 16), bias);
+        v128.store(qHi + at + <usize>d, i8x16.narrow_i16x8_u(i16x8.shr_u(a, 7), i16x8.shr_u(b, 7)));
+        v128.store(qLo + at + <usize>d, i8x16.narrow_i16x8_u(v128.and(a, low7), v128.and(b, low7)));
       }
     }
   }

@@ -130,7 +130,7 @@ export function qs8_attention_paged(
       }
     }
     if (brRows > br) memory.fill(qTileRows + ((<usize>br * headDim) << 2), 0, (<usize>(brRows - br) * headDim) << 2);
-    if (sizeof<T>() == 1 && rowPath) quantizeQueryRows(qTileRows, brRows, headDim, q16, qHi, qLo, qScales, qPosts);
+    if (sizeof<T>() == 1 && rowPath) quantizeQueryRows(qTileRows, brRows, headDim, q16, qHi, qLo, qScales, qPosts, relaxedDot);
     // float16 keys read raw (the halves times 2^-112) against q times 2^112, where that stays finite
     const rawHalves = sizeof<T>() == 2 && rowPath && scaleWithin(qTileRows, brRows, headDim, headDim, HALF_RAW_SCALE);
     const scoreScale: f32 = qOverflow ? scale : 1;
