@@ -20,7 +20,7 @@
 import { availableParallelism } from 'node:os';
 import { parseArgs } from 'node:util';
 import { Bench } from 'tinybench';
-import { createEngineSync } from '../dist/index.js';
+import { createEngineSync, halvesToFloats } from '../dist/index.js';
 import { referenceAttention, referenceRotary } from '../dist/reference.js';
 import { buildSupported } from '../dist/backends/wasm-module.js';
 import { collect, relaunchWithRelaxedSimd } from './relaxed-flag.js';
@@ -110,22 +110,15 @@ function history(sequence) {
   const k = new Float32Array(n);
   const v = new Float32Array(n);
   if (dtype === 1) {
-    const halves = new Uint16Array(bytes.buffer.slice(bytes.byteOffset + 32));
-    for (let i = 0; i < n; i++) [k[i], v[i]] = [halfToFloat(halves[i]), halfToFloat(halves[n + i])];
+    const floats = halvesToFloats(new Uint16Array(bytes.buffer.slice(bytes.byteOffset + 32)));
+    k.set(floats.subarray(0, n));
+    v.set(floats.subarray(n));
   } else {
     const q = new Int8Array(bytes.buffer, bytes.byteOffset + 32, 2 * n);
     const scales = new Float32Array(bytes.buffer.slice(bytes.byteOffset + 32 + 2 * n));
     for (let i = 0; i < n; i++) [k[i], v[i]] = [q[i] * scales[Math.floor(i / headDim)], q[n + i] * scales[kvHeads * length + Math.floor(i / headDim)]];
   }
   return { k, v, length };
-}
-
-/** A half's bit pattern as a number. */
-function halfToFloat(h) {
-  const magnitude = (h & 0x3ff) / 1024;
-  const exponent = (h >> 10) & 0x1f;
-  const value = exponent === 0 ? magnitude * 2 ** -14 : (1 + magnitude) * 2 ** (exponent - 15);
-  return h & 0x8000 ? -value : value;
 }
 
 /** Max |error| of two sequences' step outputs against the reference over their exported history. */

@@ -632,16 +632,22 @@ export class KVPool {
     }
   }
 
-  /** Views of the slab holding `page` (its memory as it is now) and the page's index in it. */
-  private pageOf(page: number): { slab: SlabViews; index: number } {
+  /** The views (of `views`, this.views()) of the slab holding `page`, and the page's index in it. */
+  private pageOf(page: number, views: SlabViews[]): { slab: SlabViews; index: number } {
     const slab = Math.floor(page / this.slabPages);
-    return { slab: slabViews(this.slabs[slab].view() as Float32Array), index: page - slab * this.slabPages };
+    return { slab: views[slab], index: page - slab * this.slabPages };
+  }
+
+  /** Views of every slab as memory is now: made once per call that copies rows, not per row. */
+  private views(): SlabViews[] {
+    return this.slabs.map((slab) => slabViews(slab.view() as Float32Array));
   }
 
   /** Copies page `from` into page `to`: every head's key and value blocks (rows and scales). */
   private copyPage(from: number, to: number): void {
-    const source = this.pageOf(from);
-    const target = this.pageOf(to);
+    const views = this.views();
+    const source = this.pageOf(from, views);
+    const target = this.pageOf(to, views);
     const blocks = blockSizes(this.layout);
     for (let kvHead = 0; kvHead < this.kvHeads; kvHead++) {
       const a = rowsAt(this.layout, source.index, kvHead, 0);
@@ -661,11 +667,12 @@ export class KVPool {
     const stored = 'kScales' in rows;
     const bytes = elementBytes(dtype);
     const stride = valueStride(dtype);
+    const views = this.views();
     for (let kvHead = 0; kvHead < this.kvHeads; kvHead++) {
       for (let t = 0; t < count; t++) {
         const position = start + t;
         const row = kvHead * count + t;
-        const { slab, index } = this.pageOf(pages[Math.floor(position / this.pageSize)]);
+        const { slab, index } = this.pageOf(pages[Math.floor(position / this.pageSize)], views);
         const at = rowsAt(this.layout, index, kvHead, position % this.pageSize);
         if (stored) {
           copyElements(rows.k, row * headDim, headDim, slab, at.key, bytes, 1);
@@ -690,10 +697,11 @@ export class KVPool {
     const rows: StoredRows = { k: make(kvHeads * length * headDim), v: make(kvHeads * length * valueDim), kScales: new Float32Array(scales), vScales: new Float32Array(scales) };
     const bytes = elementBytes(dtype);
     const stride = valueStride(dtype);
+    const views = this.views();
     for (let kvHead = 0; kvHead < kvHeads; kvHead++) {
       for (let t = 0; t < length; t++) {
         const row = kvHead * length + t;
-        const { slab, index } = this.pageOf(pages[Math.floor(t / this.pageSize)]);
+        const { slab, index } = this.pageOf(pages[Math.floor(t / this.pageSize)], views);
         const at = rowsAt(this.layout, index, kvHead, t % this.pageSize);
         readElements(slab, at.key, headDim, bytes, 1, rows.k, row * headDim);
         readElements(slab, at.value, valueDim, bytes, stride, rows.v, row * valueDim);
