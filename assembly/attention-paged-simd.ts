@@ -36,8 +36,9 @@ import {
 } from './attention-paged-rows-simd';
 import { pageRow, pageRowPair, pageScale, scalesOffset } from './page-table';
 import { HALF_RAW_SCALE } from './f16-convert-simd';
+import { GEMM_TILE_BYTES } from './f32-gemm-tile';
 import {
-  ATT_BR, ATT_BC, copyScaled, f32_attention_scratch_bytes, finishRow, foldRow, roundUp8, scoreTile, valueTile,
+  ATT_BR, ATT_BC, copyScaled, f32_attention_scratch_bytes, finishRow, foldRow, prepareTileBlock, roundUp8, scoreTile, valueTile,
 } from './f32-attention-flash-simd';
 
 /** Blocks of at most this many rows (a decode step's heads of one group) read K and V in place, each
@@ -95,7 +96,9 @@ export function qs8_attention_paged(
   const mRow = oTile + ((<usize>ATT_BR * dvPad) << 2);
   const lRow = mRow + ((<usize>ATT_BR) << 2);
   const qTileRows = lRow + ((<usize>ATT_BR) << 2);
-  const kGather = qTileRows + ((<usize>ATT_BR * headDim) << 2);
+  const qPack = qTileRows + ((<usize>ATT_BR * headDim) << 2);
+  const tile = qPack + ((<usize>ATT_BR * headDim) << 2);
+  const kGather = tile + GEMM_TILE_BYTES;
   const vGather = kGather + ((<usize>ATT_BC * headDim) << 2);
   const q16 = vGather + ((<usize>ATT_BC * valueDim) << 2);
   const qHi = q16 + ((<usize>ATT_BR * headDim) << 1);
@@ -133,6 +136,7 @@ export function qs8_attention_paged(
     if (sizeof<T>() == 1 && rowPath) quantizeQueryRows(qTileRows, brRows, headDim, q16, qHi, qLo, qScales, qPosts, relaxedDot);
     // float16 keys read raw (the halves times 2^-112) against q times 2^112, where that stays finite
     const rawHalves = sizeof<T>() == 2 && rowPath && scaleWithin(qTileRows, brRows, headDim, headDim, HALF_RAW_SCALE);
+    if (!rowPath) prepareTileBlock(qTileRows, br, headDim, qPack, sTile);
     const scoreScale: f32 = qOverflow ? scale : 1;
     for (let r = 0; r < br; r++) {
       store<f32>(mRow + (<usize>r << 2), -Infinity);
@@ -182,7 +186,7 @@ export function qs8_attention_paged(
           }
           j += seg;
         }
-        scoreTile(false, qTileRows, br, kGather, headDim, bc, headDim, kT, sTile);
+        scoreTile(false, qTileRows, qPack, br, kGather, headDim, bc, headDim, kT, sTile, tile);
       }
       // online softmax, row by row: row (i, g) sees keys up to i + offset (and from i + offset - left)
       for (let r = 0; r < br; r++) {
@@ -233,7 +237,7 @@ export function qs8_attention_paged(
         }
         continue;
       }
-      valueTile(br, bc, vGather, valueDim, valueDim, vPanels, sTile, oTile);
+      valueTile(br, bc, vGather, valueDim, valueDim, vPanels, sTile, oTile, tile);
     }
     for (let r = 0; r < br; r++) {
       const i = (r0 + r) / group, g = (r0 + r) % group;

@@ -33,14 +33,14 @@
 // Subnormal q, k and v values are read as 0 on both paths (x86 is many times slower on them); the
 // inputs are not modified. Mask values are added as they are.
 
-import { gemm_tile, GEMM_MR } from './f32-gemm-tile';
-import { f32_pack_panels } from './f32-pack-panels-simd';
+import { gemm_packed, gemm_rows, GEMM_MR, GEMM_ROW_STRIDE, GEMM_TILE_BYTES } from './f32-gemm-tile';
+import { f32_pack_panels, f32_pack_rows } from './f32-pack-panels-simd';
 import { scoreRow, expRow, probRow, scaleRow, MASK_BOOL } from './f32-softmax-scale-mask-simd';
 import { daz1, daz4, exp1, hmax } from './f32-vmath-simd';
 import { dotScores, addWeighted } from './f32-attention-rows-simd';
 
 export const ATT_BR: i32 = 8 * GEMM_MR;
-export const ATT_BC: i32 = 128;
+export const ATT_BC: i32 = GEMM_ROW_STRIDE; // P·V reads the score tile's rows as gemm_rows' A
 
 // @ts-ignore: decorator
 @inline export function roundUp8(n: i32): i32 {
@@ -50,7 +50,7 @@ export const ATT_BC: i32 = 128;
 /** Scratch bytes f32_attention needs for these head sizes. */
 export function f32_attention_scratch_bytes(headDim: i32, valueDim: i32): i32 {
   const dvPad = roundUp8(valueDim);
-  return 4 * (headDim * ATT_BC + ATT_BC * dvPad + ATT_BR * ATT_BC + ATT_BR * dvPad + 2 * ATT_BR + ATT_BR * headDim);
+  return 4 * (headDim * ATT_BC + ATT_BC * dvPad + ATT_BR * ATT_BC + ATT_BR * dvPad + 2 * ATT_BR + 2 * ATT_BR * headDim) + GEMM_TILE_BYTES;
 }
 
 /** dst[d] = daz(scale * daz(src[d])) for d < n; returns whether some product overflowed to ±inf
@@ -79,10 +79,23 @@ export function copyScaled(src: usize, dst: usize, n: i32, scale: f32): bool {
   return outM == Infinity && inM < Infinity;
 }
 
+/** For the tile path, once per block of br query rows: the rows packed for gemm_packed, GEMM_MR at a time
+ * (group g at qPack + g*GEMM_MR*headDim), and the score tile's rows from br up to the next multiple of
+ * GEMM_MR zeroed (gemm_rows reads them in P·V; nothing else writes them). */
+export function prepareTileBlock(qTileRows: usize, br: i32, headDim: i32, qPack: usize, sTile: usize): void {
+  for (let i0 = 0; i0 < br; i0 += GEMM_MR) {
+    const at = (<usize>i0 * headDim) << 2;
+    f32_pack_rows(qTileRows + at, headDim, min(GEMM_MR, br - i0), headDim, qPack + at);
+  }
+  const padded = (br + GEMM_MR - 1) / GEMM_MR * GEMM_MR;
+  memory.fill(sTile + ((<usize>br * ATT_BC) << 2), 0, (<usize>(padded - br) * ATT_BC) << 2);
+}
+
 /** S[i][j] = qTile_i · k_j for i < br, j < bc (row i of S at sTile + i*ATT_BC; columns up to bc rounded
  * up to 8 are written on the tile path). Tile path: K block packed as Kᵀ panels into kT, then the GEMM
- * micro-kernel; row path: dotScores reads the K rows in place. */
-export function scoreTile(rowPath: bool, qTileRows: usize, br: i32, kBlock: usize, ldk: i32, bc: i32, headDim: i32, kT: usize, sTile: usize): void {
+ * micro-kernel over the query rows prepareTileBlock packed into qPack; row path: dotScores reads the K
+ * rows in place against qTileRows. */
+export function scoreTile(rowPath: bool, qTileRows: usize, qPack: usize, br: i32, kBlock: usize, ldk: i32, bc: i32, headDim: i32, kT: usize, sTile: usize, tile: usize): void {
   if (rowPath) {
     for (let i = 0; i < br; i++) dotScores(qTileRows + ((<usize>i * headDim) << 2), kBlock, ldk, bc, headDim, sTile + ((<usize>i * ATT_BC) << 2));
     return;
@@ -90,25 +103,25 @@ export function scoreTile(rowPath: bool, qTileRows: usize, br: i32, kBlock: usiz
   const bcPad = roundUp8(bc);
   f32_pack_panels(kBlock, ldk, true, headDim, bc, kT);
   for (let i0 = 0; i0 < br; i0 += GEMM_MR) {
-    const qTile = qTileRows + ((<usize>i0 * headDim) << 2);
+    const qTile = qPack + ((<usize>i0 * headDim) << 2);
     for (let p = 0; p < bcPad; p += 8) {
-      gemm_tile(min(GEMM_MR, br - i0), 8, headDim, qTile, headDim, kT + ((<usize>p * headDim) << 2),
-        sTile + ((<usize>i0 * ATT_BC + p) << 2), ATT_BC, false);
+      gemm_packed(min(GEMM_MR, br - i0), 8, headDim, qTile, kT + ((<usize>p * headDim) << 2),
+        sTile + ((<usize>i0 * ATT_BC + p) << 2), ATT_BC, false, tile);
     }
   }
 }
 
 /** O += P·V on the tile path: the bc value rows (at vBlock, ldv apart) packed into 8-wide panels in
- * vPanels, then the GEMM micro-kernel over the br rows of P (sTile, ATT_BC apart) into O (oTile, valueDim
- * rounded up to 8 apart). */
-export function valueTile(br: i32, bc: i32, vBlock: usize, ldv: i32, valueDim: i32, vPanels: usize, sTile: usize, oTile: usize): void {
+ * vPanels, then the GEMM micro-kernel over the br rows of P (sTile, ATT_BC apart; the rows after br up to
+ * a multiple of GEMM_MR zero, see prepareTileBlock) into O (oTile, valueDim rounded up to 8 apart). */
+export function valueTile(br: i32, bc: i32, vBlock: usize, ldv: i32, valueDim: i32, vPanels: usize, sTile: usize, oTile: usize, tile: usize): void {
   const dvPad = roundUp8(valueDim);
   f32_pack_panels(vBlock, ldv, false, bc, valueDim, vPanels);
   for (let i0 = 0; i0 < br; i0 += GEMM_MR) {
     const pTile = sTile + ((<usize>i0 * ATT_BC) << 2);
     for (let p = 0; p < dvPad; p += 8) {
-      gemm_tile(min(GEMM_MR, br - i0), 8, bc, pTile, ATT_BC, vPanels + ((<usize>p * bc) << 2),
-        oTile + ((<usize>i0 * dvPad + p) << 2), dvPad, true);
+      gemm_rows(min(GEMM_MR, br - i0), 8, bc, pTile, vPanels + ((<usize>p * bc) << 2),
+        oTile + ((<usize>i0 * dvPad + p) << 2), dvPad, true, tile);
     }
   }
 }
@@ -166,6 +179,8 @@ export function f32_attention(
   const mRow = oTile + ((<usize>ATT_BR * dvPad) << 2);
   const lRow = mRow + ((<usize>ATT_BR) << 2);
   const qTileRows = lRow + ((<usize>ATT_BR) << 2);
+  const qPack = qTileRows + ((<usize>ATT_BR * headDim) << 2);
+  const tile = qPack + ((<usize>ATT_BR * headDim) << 2);
   const maskShift: usize = maskKind == MASK_BOOL ? 0 : 2;
   // p is kept as exp(t - m) * 2^-pShift with 2^pShift >= 2*seqKV, so the sums l and o stay below
   // max|v| (no overflow for any finite v); the power of two cancels in o / l and is undone in rowStats
@@ -187,6 +202,7 @@ export function f32_attention(
     if (qOverflow) {
       for (let i = 0; i < br; i++) copyScaled(q + ((<usize>(q0 + i) * ldq) << 2), qTileRows + ((<usize>i * headDim) << 2), headDim, 1);
     }
+    if (!rowPath) prepareTileBlock(qTileRows, br, headDim, qPack, sTile);
     const scoreScale: f32 = qOverflow ? scale : 1;
     for (let i = 0; i < br; i++) {
       store<f32>(mRow + (<usize>i << 2), -Infinity);
@@ -200,7 +216,7 @@ export function f32_attention(
       const bc = min(ATT_BC, jhi - j0);
       const bcPad = roundUp8(bc);
       // S = Q·Kᵀ for this tile
-      scoreTile(rowPath, qTileRows, br, k + ((<usize>j0 * ldk) << 2), ldk, bc, headDim, kT, sTile);
+      scoreTile(rowPath, qTileRows, qPack, br, k + ((<usize>j0 * ldk) << 2), ldk, bc, headDim, kT, sTile, tile);
       // online softmax, row by row
       for (let i = 0; i < br; i++) {
         const r = q0 + i;
@@ -218,7 +234,7 @@ export function f32_attention(
         for (let i = 0; i < br; i++) addWeighted(sTile + ((<usize>i * ATT_BC) << 2), bc, vBlock, ldv, valueDim, oTile + ((<usize>i * dvPad) << 2));
         continue;
       }
-      valueTile(br, bc, vBlock, ldv, valueDim, vPanels, sTile, oTile);
+      valueTile(br, bc, vBlock, ldv, valueDim, vPanels, sTile, oTile, tile);
     }
     // out = o / l
     for (let i = 0; i < br; i++) {

@@ -5,7 +5,9 @@
 //   node bench/attention.bench.js --shapes bert-128,decode --threads 1,2 --backends wasm-simd,js --json
 // For each shape, backend and thread count: median ms per call (inputs copied in and the result copied out),
 // GFLOP/s = 4·B·H·Sq·Skv·D / time (half for causal), the ratio to the js backend, and the max
-// error against the float64 reference.
+// error against the float64 reference. Each wasm build's FLOP ceiling is measured first, in the same
+// run (assembly/ceiling-probe.ts: the build's multiply-add in a register-only loop, the best of two
+// forms), and every one-thread figure is also given as a fraction of it; then matmul 1024³ the same way.
 import { availableParallelism } from 'node:os';
 import { parseArgs } from 'node:util';
 import { Bench } from 'tinybench';
@@ -44,6 +46,14 @@ const random = (() => {
 })();
 const tensor = (dims) => ({ data: Float32Array.from({ length: dims.reduce((a, b) => a * b, 1) }, random), dims });
 
+// The FLOP ceiling of each wasm build, one thread (engine.runtime is internal: the bench reaches in).
+const ceilings = {};
+for (const backend of backends.filter((b) => b !== 'js')) {
+  const engine = createEngineSync({ backend, threads: 1 });
+  ceilings[backend] = engine.runtime.flopCeiling();
+  engine.dispose();
+}
+
 const rows = [];
 for (const name of values.shapes.split(',')) {
   const s = SHAPES[name];
@@ -78,6 +88,25 @@ for (const row of rows) {
   row.vsJs = js ? js.ms / row.ms : undefined;
 }
 
+// matmul 1024 x 1024 x 1024 on each backend and thread count
+if (!values['skip-extras']) {
+  const a = tensor([1024, 1024]), b = tensor([1024, 1024]);
+  for (const backend of backends.filter((x) => x !== 'js')) {
+    for (const threads of threadCounts) {
+      if (!values.json) process.stderr.write(`matmul 1024: ${backend}/${threads}...\n`);
+      const engine = createEngineSync({ backend, threads });
+      const bench = new Bench({ time: Number(values.time), iterations: 3, warmupIterations: 1, warmupTime: 0 });
+      bench.add('matmul', () => engine.matmul(a, b));
+      await bench.run();
+      const ms = bench.tasks[0].result.latency.p50;
+      rows.push({ shape: 'matmul-1024', backend, threads, ms, gflops: (2 * 1024 ** 3) / ms / 1e6, maxError: NaN });
+      engine.dispose();
+      collect();
+    }
+  }
+}
+for (const row of rows) row.ofCeiling = row.threads === 1 && ceilings[row.backend] ? row.gflops / ceilings[row.backend] : undefined;
+
 // Decoding with K and V resident in WASM memory (engine.tensor), against memory.copy of the same
 // bytes inside WASM; and the per-call overhead of a tiny call.
 const extras = [];
@@ -109,14 +138,15 @@ if (!values['skip-extras']) {
 }
 
 if (values.json) {
-  console.log(JSON.stringify({ node: process.version, rows, extras }, null, 2));
+  console.log(JSON.stringify({ node: process.version, ceilings, rows, extras }, null, 2));
 } else {
-  console.log(`\nnode ${process.version}, median of >= 3 calls; vs 1 thread: the same backend on one thread\n`);
-  console.log('| shape | backend | threads | median ms | GFLOP/s | vs js | vs 1 thread | max error |');
-  console.log('|---|---|---:|---:|---:|---:|---:|---:|');
+  console.log(`\nnode ${process.version}, median of >= 3 calls; vs 1 thread: the same backend on one thread`);
+  console.log(`FLOP ceilings, one thread (register-only multiply-add loop): ${Object.entries(ceilings).map(([b, g]) => `${b} ${g.toFixed(1)} GFLOP/s`).join(', ')}\n`);
+  console.log('| shape | backend | threads | median ms | GFLOP/s | of ceiling | vs js | vs 1 thread | max error |');
+  console.log('|---|---|---:|---:|---:|---:|---:|---:|---:|');
   for (const r of rows) {
     const one = rows.find((o) => o.shape === r.shape && o.backend === r.backend && o.threads === 1);
-    console.log(`| ${r.shape} | ${r.backend} | ${r.threads} | ${r.ms.toFixed(2)} | ${r.gflops.toFixed(2)} | ${r.vsJs ? r.vsJs.toFixed(1) + 'x' : '-'} | ${one ? (one.ms / r.ms).toFixed(2) + 'x' : '-'} | ${r.maxError.toExponential(1)} |`);
+    console.log(`| ${r.shape} | ${r.backend} | ${r.threads} | ${r.ms.toFixed(2)} | ${r.gflops.toFixed(2)} | ${r.ofCeiling ? (r.ofCeiling * 100).toFixed(0) + '%' : '-'} | ${r.vsJs ? r.vsJs.toFixed(1) + 'x' : '-'} | ${one ? (one.ms / r.ms).toFixed(2) + 'x' : '-'} | ${Number.isNaN(r.maxError) ? '-' : r.maxError.toExponential(1)} |`);
   }
 }
 if (!values.json && extras.length) {

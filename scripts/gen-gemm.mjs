@@ -1,6 +1,6 @@
 // Generates the register-blocked GEMM micro-kernels in assembly/ from one template.
 // Usage: node scripts/gen-gemm.mjs [--out DIR] [--unroll N] [MR ...]
-//   MR       rows of the tile, 1 to 16 (the tile is always 8 columns wide); default: the committed tiles, 4
+//   MR       rows of the tile, 1 to 16 (the tile is always 8 columns wide); default: the committed tiles, 5 and 6
 //   --out    folder to write into; default assembly/ (test/generated.test.ts writes into a temp folder and compares)
 //   --unroll k steps per loop iteration; default 1, which is what the committed kernels use
 // Each MR writes f32-gemm-<MR>x8-simd.ts and prints its path. The files are committed; rerun after editing the template.
@@ -10,66 +10,76 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 
 // The tiles whose files are committed in assembly/: what a run without MR arguments writes.
-const COMMITTED_TILES = [4];
+const COMMITTED_TILES = [5, 6];
 
-// k steps per loop iteration. Measured (relaxed build, this machine): 1 beats 2 and 4 by 15-25%; V8 keeps
-// the unrolled loads live across steps and spills. MR 4 beats 5 and 6 for the same reason.
+// Rows of A in the row form: ROW_STRIDE floats apart, a compile-time constant so that each row's load
+// is an immediate offset from one pointer (the attention kernels' score tile is ATT_BC = 128 wide).
+const ROW_STRIDE = 128;
+
+// k steps per loop iteration. Measured on the Xeon of the earlier sessions: 1 beat 2 and 4 by 15-25%
+// (V8 kept the unrolled loads live across steps and spilled).
 const DEFAULT_UNROLL = 1;
 
+// Two forms of A, both read through one pointer with immediate offsets (one row pointer per row, as the
+// first kernels had, leaves V8 short of general registers at 5 and 6 rows: half the speed, measured):
+//   packed: A interleaved, a[k*MR + i] (f32_pack_rows writes it), the pointer steps MR floats per k;
+//   rows:   A row-major with rows ROW_STRIDE floats apart, the pointer steps one float per k.
 function kernel(mr, unroll) {
   const rows = [...Array(mr).keys()];
   const lines = [];
   const emit = (s = '') => lines.push(s);
-  // One k step: loads use immediate offsets from the row pointers, which are bumped once per iteration.
-  const step = (indent, u) => {
-    emit(`${indent}{`);
-    emit(`${indent}  const bl = v128.load(bp, ${u * 32});`);
-    emit(`${indent}  const bh = v128.load(bp, ${u * 32 + 16});`);
-    for (const i of rows) {
-      emit(`${indent}  const va${i} = v128.load32_splat(a${i}, ${u * 4});`);
-      emit(`${indent}  acc${i}l = madd(va${i}, bl, acc${i}l);`);
-      emit(`${indent}  acc${i}h = madd(va${i}, bh, acc${i}h);`);
+  const fn = (form, rowBytes, stepBytes) => {
+    const step = (indent, u) => {
+      emit(`${indent}{`);
+      emit(`${indent}  const bl = v128.load(bp, ${u * 32});`);
+      emit(`${indent}  const bh = v128.load(bp, ${u * 32 + 16});`);
+      for (const i of rows) {
+        emit(`${indent}  const va${i} = v128.load32_splat(ap, ${i * rowBytes + u * stepBytes});`);
+        emit(`${indent}  acc${i}l = madd(va${i}, bl, acc${i}l);`);
+        emit(`${indent}  acc${i}h = madd(va${i}, bh, acc${i}h);`);
+      }
+      emit(`${indent}}`);
+    };
+    const advance = (indent, steps) => emit(`${indent}ap += ${steps * stepBytes}; bp += ${steps * 32};`);
+    emit(`/** ${mr}x8 register tile, A in the ${form} form; see the file header. */`);
+    emit(`export function f32_gemm_${mr}x8_${form}(mr: i32, nc: i32, kc: i32, a: usize, b: usize, c: usize, ldc: i32, accumulate: bool, t: usize): void {`);
+    for (const i of rows) emit(`  let acc${i}l = f32x4.splat(0.0), acc${i}h = f32x4.splat(0.0);`);
+    emit(`  let ap = a, bp = b;`);
+    emit(`  const end = b + ((<usize>kc) << 5);`);
+    emit(unroll > 1 ? `  while (bp + ${unroll * 32} <= end) {` : `  while (bp < end) {`);
+    for (let u = 0; u < unroll; u++) step('    ', u);
+    advance('    ', unroll);
+    emit(`  }`);
+    // With unroll 1 the loop above runs every step: a remainder loop would be dead code.
+    if (unroll > 1) {
+      emit(`  while (bp < end) {`);
+      step('    ', 0);
+      advance('    ', 1);
+      emit(`  }`);
     }
-    emit(`${indent}}`);
-  };
-  const advance = (indent, steps) => {
-    emit(`${indent}${rows.map((i) => `a${i} += ${steps * 4};`).join(' ')}`);
-    emit(`${indent}bp += ${steps * 32};`);
+    // Every accumulator goes to t first, whatever mr, nc and accumulate are: with the partial stores
+    // reading the accumulators directly, V8 spilled some of them inside the loop (half the speed, measured).
+    for (const i of rows) emit(`  v128.store(t, acc${i}l, ${i * 32}); v128.store(t, acc${i}h, ${i * 32 + 16});`);
+    emit(`  const cStride = (<usize>ldc) << 2;`);
+    emit(`  for (let i = 0; i < mr; i++) storeRow8(c + <usize>i * cStride, v128.load(t + ((<usize>i) << 5)), v128.load(t + ((<usize>i) << 5), 16), nc, accumulate);`);
+    emit(`}`);
   };
   emit(`// GENERATED by scripts/gen-gemm.mjs: edit the template there, not this file.`);
   emit(`//`);
   emit(`// C[mr x nc] = A[mr x kc] · B[kc x nc]            (accumulate = false)`);
   emit(`// C[mr x nc] = C[mr x nc] + A[mr x kc] · B[kc x nc] (accumulate = true)`);
-  emit(`// with mr <= ${mr}, nc <= 8. Row-major, strides in elements: A row i at a + i*lda; B a packed panel`);
-  emit(`// (f32_pack_panels), row k at b + 8k; C row i at c + i*ldc. A ${mr}x8 register tile: per k, one`);
-  emit(`// splat of each A element and two loads of B${unroll > 1 ? `; k unrolled by ${unroll}, then one step at a time` : ''}.`);
-  emit(`// Rows past mr re-read the last valid row of A (never out of bounds) and are not stored.`);
+  emit(`// with mr <= ${mr}, nc <= 8. B is a packed panel (f32_pack_panels), row k at b + 8k; C row i at c + i*ldc`);
+  emit(`// (strides in elements). A ${mr}x8 register tile: per k, one splat of each A element and two loads of`);
+  emit(`// B${unroll > 1 ? `; k unrolled by ${unroll}, then one step at a time` : ''}. A comes in one of two forms, each read through one pointer:`);
+  emit(`//   _packed: A(i, k) at a + k*${mr} + i (f32_pack_rows), ${mr} rows always (rows past mr zero or finite);`);
+  emit(`//   _rows:   A(i, k) at a + i*${ROW_STRIDE} + k, ${mr} rows always (rows past mr finite, in bounds).`);
+  emit(`// Rows past mr are computed and not stored. t: ${mr * 8} floats of scratch, 16-byte aligned.`);
   emit(`import { madd } from './f32-vmath-simd';`);
   emit(`import { storeRow8 } from './f32-gemm-store-simd';`);
   emit();
-  emit(`/** ${mr}x8 register-tile GEMM micro-kernel over a packed B panel; see the file header. */`);
-  emit(`export function f32_gemm_${mr}x8(mr: i32, nc: i32, kc: i32, a: usize, lda: i32, b: usize, c: usize, ldc: i32, accumulate: bool): void {`);
-  emit(`  const aStride = (<usize>lda) << 2;`);
-  emit(`  let a0 = a;`);
-  for (const i of rows.slice(1)) emit(`  let a${i} = mr > ${i} ? a${i - 1} + aStride : a${i - 1};`);
-  for (const i of rows) emit(`  let acc${i}l = f32x4.splat(0.0), acc${i}h = f32x4.splat(0.0);`);
-  emit(`  let bp = b;`);
-  emit(`  let k = kc;`);
-  emit(`  for (; k >= ${unroll}; k -= ${unroll}) {`);
-  for (let u = 0; u < unroll; u++) step('    ', u);
-  advance('    ', unroll);
-  emit(`  }`);
-  // With unroll 1 the loop above leaves k = 0: a remainder loop would be dead code.
-  if (unroll > 1) {
-    emit(`  for (; k > 0; k--) {`);
-    step('    ', 0);
-    advance('    ', 1);
-    emit(`  }`);
-  }
-  emit(`  const cStride = (<usize>ldc) << 2;`);
-  emit(`  storeRow8(c, acc0l, acc0h, nc, accumulate);`);
-  for (const i of rows.slice(1)) emit(`  if (mr > ${i}) storeRow8(c + ${i} * cStride, acc${i}l, acc${i}h, nc, accumulate);`);
-  emit(`}`);
+  fn('packed', 4, mr * 4);
+  emit();
+  fn('rows', ROW_STRIDE * 4, 4);
   return lines.join('\n') + '\n';
 }
 

@@ -41,7 +41,9 @@ const base = { batch: 1, qHeads: 2, kvHeads: 2 };
 for (const headDim of [1, 3, 17, 64, 80, 96, 100, 128, 256]) {
   cases.push({ name: `headDim ${headDim}`, ...base, seqQ: 33, seqKV: 65, headDim, valueDim: headDim });
 }
-for (const seqQ of [1, 3, 4, 5, 31, 32, 33, 67]) {
+// the row path below GEMM_MR rows (5 in the simd build, 6 in the relaxed one), whole and partial
+// register tiles, and blocks of ATT_BR = 8·GEMM_MR rows (40, 48) on both sides of their edges
+for (const seqQ of [1, 4, 5, 6, 7, 13, 39, 40, 41, 47, 48, 49, 97]) {
   for (const seqKV of [1, 7, 8, 63, 64, 65, 131]) {
     cases.push({ name: `Sq ${seqQ} Skv ${seqKV}`, ...base, seqQ, seqKV, headDim: 16, valueDim: 16 });
     cases.push({ name: `Sq ${seqQ} Skv ${seqKV} causal`, ...base, seqQ, seqKV, headDim: 8, valueDim: 12, causal: true });

@@ -41,7 +41,7 @@ const oddCases: Array<[string, OddCase]> = [
   ['split-KV, pages of 7, window 300, softcap 5', { qHeads: 4, kvHeads: 1, headDim: 8, valueDim: 8, pageSize: 7, options: { window: { left: 300 }, softcap: 5 }, plan: [[1500, 1, 2, 4], [3, 1030, 1, 1]] }],
   ['split-KV, pages of 1000, RoPE dims 8 of 16 interleaved', { qHeads: 2, kvHeads: 1, headDim: 16, valueDim: 8, pageSize: 1000, options: { rope: { dims: 8, interleaved: true } }, plan: [[1200, 1, 1, 3], [1, 1, 1030, 2]] }],
   ['split-KV, window 0 (only itself)', { qHeads: 2, kvHeads: 1, headDim: 8, valueDim: 8, pageSize: 16, options: { window: { left: 0 } }, plan: [[1100, 1, 2], [1, 1024, 4]] }],
-  ['split-KV with group 36 (> ATT_BR rows) and 36 × 4 positions', { qHeads: 36, kvHeads: 1, headDim: 4, valueDim: 4, pageSize: 16, plan: [[1030, 1, 4]] }],
+  ['split-KV with group 52 (> ATT_BR rows, 48 or 40) and 52 × 4 positions', { qHeads: 52, kvHeads: 1, headDim: 4, valueDim: 4, pageSize: 16, plan: [[1030, 1, 4]] }],
   ['scale 0 (uniform weights)', { qHeads: 2, kvHeads: 1, headDim: 8, valueDim: 8, pageSize: 4, options: { scale: 0 }, plan: [[5, 1, 1100, 1], [2, 3, 1, 1]] }],
   ['negative scale', { qHeads: 2, kvHeads: 1, headDim: 8, valueDim: 8, pageSize: 4, options: { scale: -0.7 }, plan: [[5, 1, 3, 1], [2, 3, 1, 1]] }],
 ];

@@ -1,5 +1,5 @@
 // engine.matmul on every backend against the float64 reference, around the GEMM tiles
-// (MR = 4 rows, 8-wide panels, KC = NC = 256 blocks), with transposeB and broadcast batch dims.
+// (MR = 5 rows in the simd build, 6 in the relaxed one; 8-wide panels, KC = NC = 256 blocks), with transposeB and broadcast batch dims.
 import { describe, expect, it } from 'vitest';
 import { referenceMatmul } from '../src/reference.js';
 import { BACKENDS, engineFor, maxError, randomTensor, rng, tolerance } from './helpers.js';
@@ -25,5 +25,10 @@ describe.each(BACKENDS)('matmul on %s', (backend) => {
   it.each(shapes)('M %i N %i K %i, transposeB', (m, n, k) => check(backend, [m, k], [n, k], true, m * 999 + n * 7 + k));
   it('broadcasts batch dims: [2, 1, 5, 6] x [3, 6, 7]', () => check(backend, [2, 1, 5, 6], [3, 6, 7], false, 1));
   it('broadcasts batch dims: [4, 9, 10] x [10, 3] (transposed [3, 10])', () => check(backend, [4, 9, 10], [3, 10], true, 2));
+  // register tiles of 5 (simd) and 6 (relaxed) rows, whole and partial; 8-wide panels; K past one block of 256
+  it.each([1, 4, 5, 6, 7, 11, 12, 13])('tile edges: M %i, N 1, 8, 9 and 263, K 257', (m) => {
+    for (const n of [1, 8, 9, 263]) check(backend, [m, 257], [257, n], false, 100 + m * 7 + n);
+    check(backend, [m, 257], [263, 257], true, 300 + m);
+  });
   it('multiplies a 300 x 300 x 300 product', () => check(backend, [300, 300], [300, 300], false, 3));
 });

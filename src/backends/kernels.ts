@@ -35,6 +35,8 @@ export interface Kernels {
   f32_attention_paged_scratch_bytes(headDim: number, valueDim: number): number;
   f32_exp(x: number): number;
   copy_bytes(dst: number, src: number, bytes: number): void;
+  f32_ceiling_probe(iterations: number, form: number, seed: number): number;
+  f32_ceiling_flops_per_iteration(): number;
 }
 
 /** assembly/attention-paged-simd.ts's kernels: the same arguments for float32, float16 and int8 pages. */

@@ -235,6 +235,22 @@ export class WasmBackend implements Backend, ResidentOwner {
     this.kernels.copy_bytes(dst, src, bytes);
   }
 
+  /** GFLOP/s of the build's multiply-add in a register-only loop (assembly/ceiling-probe.ts), the best of
+   * both forms and of `samples` timed runs of `iterations` each, after a warm-up that lets V8 tier up. */
+  flopCeiling(iterations = 4e6, samples = 5): number {
+    const flops = this.kernels.f32_ceiling_flops_per_iteration();
+    let best = 0;
+    for (const form of [0, 1]) {
+      for (let i = 0; i < 200; i++) this.kernels.f32_ceiling_probe(1000, form, 1e-3);
+      for (let i = 0; i < samples; i++) {
+        const t0 = performance.now();
+        this.kernels.f32_ceiling_probe(iterations, form, 1e-3);
+        best = Math.max(best, (iterations * flops) / (performance.now() - t0) / 1e6);
+      }
+    }
+    return best;
+  }
+
   /** exp through the kernels' polynomial (for accuracy tests). */
   exp(x: number): number {
     return this.kernels.f32_exp(x);
