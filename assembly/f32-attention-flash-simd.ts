@@ -85,7 +85,7 @@ export function copyScaled(src: usize, dst: usize, n: i32, scale: f32): bool {
 export function prepareTileBlock(qTileRows: usize, br: i32, headDim: i32, qPack: usize, sTile: usize): void {
   for (let i0 = 0; i0 < br; i0 += GEMM_MR) {
     const at = (<usize>i0 * headDim) << 2;
-    f32_pack_rows(qTileRows + at, headDim, min(GEMM_MR, br - i0), headDim, qPack + at);
+    f32_pack_rows(qTileRows + at, headDim, min(GEMM_MR, br - i0), headDim, qPack + at, GEMM_MR);
   }
   const padded = (br + GEMM_MR - 1) / GEMM_MR * GEMM_MR;
   memory.fill(sTile + ((<usize>br * ATT_BC) << 2), 0, (<usize>(padded - br) * ATT_BC) << 2);

@@ -1,18 +1,33 @@
 // C[M x N] = A[M x K] · B[K x N]   (B given as Bᵀ [N x K] when transB)
 // Row-major, strides in elements. Blocked for the caches: for each KC x NC block of B, pack it into
-// 8-wide panels (scratch), then sweep the rows of A in tiles of GEMM_MR rows, each tile packed
-// (interleaved, f32_pack_rows) against every panel. The A tile (GEMM_MR x KC floats) stays in L1 while
-// the panels (KC x NC floats) stream from L2.
+// 8-wide panels (scratch), then sweep the rows of A in tiles of up to GEMM_MR rows, each tile packed
+// (interleaved, f32_pack_rows) against every panel with the micro-kernel of exactly that many rows.
+// The A tile (GEMM_MR x KC floats) stays in L1 while the panels (KC x NC floats) stream from L2.
+//
+// f32_gemm_packed is the same product with B packed once beforehand (f32_pack_panels over the whole K:
+// panel p, columns 8p..8p+7, is K x 8 contiguous floats at b + 32·p·K bytes), so a call packs nothing
+// but the A tiles: the resident weights of a model, read once per call (a decode step's x·W streams W).
+// It adds a bias and applies an activation to each finished tile while it is still in cache.
+//
 // Subnormal values of A and B are read as 0, so no multiply sees one (x86 is many times slower on them):
 // both are flushed as they are packed. A and B themselves are not modified.
-import { gemm_packed, GEMM_MR, GEMM_TILE_BYTES } from './f32-gemm-tile';
+import { gemm_packed_exact, GEMM_MR, GEMM_TILE_BYTES } from './f32-gemm-tile';
 import { f32_pack_panels, f32_pack_rows } from './f32-pack-panels-simd';
+import { expv } from './f32-vmath-simd';
 
 export const GEMM_KC: i32 = 256;
 export const GEMM_NC: i32 = 256;
+/** Up to this many rows f32_gemm_packed streams every panel whole per tile of rows (see there). */
+const SKINNY_ROWS: i32 = 16;
 
-/** Scratch bytes that f32_gemm needs (one packed KC x NC block of B, one packed GEMM_MR x KC tile of A and
- * the micro-kernel's accumulators). */
+/** Activations f32_gemm_packed applies after the bias (the codes the TypeScript side passes). */
+export const ACTIVATION_NONE: i32 = 0;
+export const ACTIVATION_RELU: i32 = 1;
+export const ACTIVATION_GELU_TANH: i32 = 2;
+export const ACTIVATION_SILU: i32 = 3;
+
+/** Scratch bytes that f32_gemm and f32_gemm_packed need (one packed KC x NC block of B, one packed
+ * GEMM_MR x KC tile of A and the micro-kernel's accumulators). */
 export function f32_gemm_scratch_bytes(): i32 {
   return (GEMM_KC * GEMM_NC + GEMM_MR * GEMM_KC) * 4 + GEMM_TILE_BYTES;
 }
@@ -33,12 +48,87 @@ export function f32_gemm(m: i32, n: i32, k: i32, a: usize, lda: i32, b: usize, l
       f32_pack_panels(bBlock, ldb, transB, kc, nc, scratch);
       for (let m0 = 0; m0 < m; m0 += GEMM_MR) {
         const mr = min(GEMM_MR, m - m0);
-        f32_pack_rows(a + ((<usize>m0 * lda + k0) << 2), lda, mr, kc, aPacked);
+        f32_pack_rows(a + ((<usize>m0 * lda + k0) << 2), lda, mr, kc, aPacked, mr);
         const cRow = c + ((<usize>m0 * ldc + n0) << 2);
         for (let p = 0; p < nc; p += 8) {
-          gemm_packed(mr, min(8, nc - p), kc, aPacked, scratch + (<usize>p * kc << 2), cRow + (<usize>p << 2), ldc, k0 > 0, tile);
+          gemm_packed_exact(mr, min(8, nc - p), kc, aPacked, scratch + (<usize>p * kc << 2), cRow + (<usize>p << 2), ldc, k0 > 0, tile);
         }
       }
     }
   }
+}
+
+/** Scratch bytes that f32_gemm_packed needs for a K of k. */
+export function f32_gemm_packed_scratch_bytes(k: i32): i32 {
+  return GEMM_MR * max(k, GEMM_KC) * 4 + GEMM_TILE_BYTES;
+}
+
+/**
+ * C[M x N] = act(A · B + bias) with B packed beforehand (see the file header): panels holds the panels of
+ * columns n0.. of a B with `k` rows (n0 a multiple of 8, panels pointing at panel n0/8); bias (N floats
+ * from column n0, 0 = none); activation one of the ACTIVATION_ codes; scratch: f32_gemm_packed_scratch_bytes(k).
+ * Up to SKINNY_ROWS rows (a decode step, a few sessions batched): each tile's A packed over the whole K and every
+ * panel read once from start to end, one stream per panel. More rows: K in blocks of GEMM_KC, each block
+ * of the panels (KC x N) reused from L2 by every tile of rows.
+ */
+export function f32_gemm_packed(m: i32, n: i32, k: i32, a: usize, lda: i32, panels: usize, c: usize, ldc: i32, bias: usize, activation: i32, scratch: usize): void {
+  if (k == 0) {
+    for (let i = 0; i < m; i++) memory.fill(c + ((<usize>i * ldc) << 2), 0, (<usize>n) << 2);
+  }
+  const blocked = m > SKINNY_ROWS;
+  const kb = blocked ? GEMM_KC : max(k, 1);
+  const aPacked = scratch;
+  const tile = aPacked + ((<usize>GEMM_MR * max(k, GEMM_KC)) << 2);
+  for (let k0 = 0; k0 < k; k0 += kb) {
+    const kc = min(kb, k - k0);
+    for (let m0 = 0; m0 < m; m0 += GEMM_MR) {
+      const mr = min(GEMM_MR, m - m0);
+      f32_pack_rows(a + ((<usize>m0 * lda + k0) << 2), lda, mr, kc, aPacked, mr);
+      const cRow = c + ((<usize>m0 * ldc) << 2);
+      for (let p = 0; p < n; p += 8) {
+        const panel = panels + ((<usize>p * k + <usize>k0 * 8) << 2);
+        gemm_packed_exact(mr, min(8, n - p), kc, aPacked, panel, cRow + (<usize>p << 2), ldc, k0 > 0, tile);
+      }
+    }
+  }
+  if (bias == 0 && activation == ACTIVATION_NONE) return;
+  for (let i = 0; i < m; i++) finishRow(c + ((<usize>i * ldc) << 2), n, bias, activation);
+}
+
+/** row[j] = act(row[j] + bias[j]) for j < n (bias 0: none). */
+function finishRow(row: usize, n: i32, bias: usize, activation: i32): void {
+  let j = 0;
+  for (; j + 4 <= n; j += 4) {
+    const at = row + ((<usize>j) << 2);
+    let x = v128.load(at);
+    if (bias != 0) x = f32x4.add(x, v128.load(bias + ((<usize>j) << 2)));
+    v128.store(at, activate(x, activation));
+  }
+  for (; j < n; j++) {
+    const at = row + ((<usize>j) << 2);
+    let x = f32x4.splat(load<f32>(at));
+    if (bias != 0) x = f32x4.add(x, f32x4.splat(load<f32>(bias + ((<usize>j) << 2))));
+    store<f32>(at, f32x4.extract_lane(activate(x, activation), 0));
+  }
+}
+
+// √(2/π) and the cubic coefficient of GELU's tanh approximation
+// @ts-ignore: decorator
+@inline const GELU_C: f32 = 0.7978845608028654;
+// @ts-ignore: decorator
+@inline const GELU_A: f32 = 0.044715;
+
+/** relu: max(x, 0); gelu (tanh form): x·σ(2u), u = √(2/π)(x + 0.044715x³), since ½(1 + tanh u) = σ(2u);
+ * silu: x·σ(x). σ(y) = 1 / (1 + exp(-y)); exp overflows to +inf for y < -88.4, where σ is 0. */
+// @ts-ignore: decorator
+@inline function activate(x: v128, activation: i32): v128 {
+  if (activation == ACTIVATION_RELU) return f32x4.max(x, f32x4.splat(0));
+  if (activation == ACTIVATION_NONE) return x;
+  let y = x;
+  if (activation == ACTIVATION_GELU_TANH) {
+    const x3 = f32x4.mul(f32x4.mul(x, x), x);
+    y = f32x4.mul(f32x4.add(x, f32x4.mul(x3, f32x4.splat(GELU_A))), f32x4.splat(2 * GELU_C));
+  }
+  const sigmoid = f32x4.div(f32x4.splat(1), f32x4.add(f32x4.splat(1), expv(f32x4.neg(y))));
+  return f32x4.mul(x, sigmoid);
 }

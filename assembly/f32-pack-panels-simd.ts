@@ -4,13 +4,12 @@
 // as K is in Q·Kᵀ). Each panel is kc*8 contiguous floats, the ldb = 8 layout the micro-kernels read.
 // Subnormal values are packed as 0 (daz4): the micro-kernel then never multiplies a subnormal.
 import { daz1, daz4 } from './f32-vmath-simd';
-import { GEMM_MR } from './f32-gemm-tile';
 
-/** Packs rows of A for gemm_packed: dst[k*GEMM_MR + i] = A(i, k) (subnormals as 0) for i < mr, k < kc, and
- * 0 for mr <= i < GEMM_MR. A(i, k) = src[i*ld + k]. */
-export function f32_pack_rows(src: usize, ld: i32, mr: i32, kc: i32, dst: usize): void {
-  const ldBytes = (<usize>ld) << 2, step = (<usize>GEMM_MR) << 2;
-  for (let i = 0; i < GEMM_MR; i++) {
+/** Packs rows of A for the packed-form micro-kernels: dst[k*width + i] = A(i, k) (subnormals as 0) for
+ * i < mr, k < kc, and 0 for mr <= i < width. A(i, k) = src[i*ld + k]. */
+export function f32_pack_rows(src: usize, ld: i32, mr: i32, kc: i32, dst: usize, width: i32): void {
+  const ldBytes = (<usize>ld) << 2, step = (<usize>width) << 2;
+  for (let i = 0; i < width; i++) {
     const row = src + <usize>i * ldBytes;
     let d = dst + ((<usize>i) << 2);
     if (i < mr) {

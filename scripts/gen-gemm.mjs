@@ -1,6 +1,6 @@
 // Generates the register-blocked GEMM micro-kernels in assembly/ from one template.
 // Usage: node scripts/gen-gemm.mjs [--out DIR] [--unroll N] [MR ...]
-//   MR       rows of the tile, 1 to 16 (the tile is always 8 columns wide); default: the committed tiles, 5 and 6
+//   MR       rows of the tile, 1 to 16 (the tile is always 8 columns wide); default: the committed tiles, 1 to 6
 //   --out    folder to write into; default assembly/ (test/generated.test.ts writes into a temp folder and compares)
 //   --unroll k steps per loop iteration; default 1, which is what the committed kernels use
 // Each MR writes f32-gemm-<MR>x8-simd.ts and prints its path. The files are committed; rerun after editing the template.
@@ -10,7 +10,7 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 
 // The tiles whose files are committed in assembly/: what a run without MR arguments writes.
-const COMMITTED_TILES = [5, 6];
+const COMMITTED_TILES = [1, 2, 3, 4, 5, 6];
 
 // Rows of A in the row form: ROW_STRIDE floats apart, a compile-time constant so that each row's load
 // is an immediate offset from one pointer (the attention kernels' score tile is ATT_BC = 128 wide).

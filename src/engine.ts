@@ -17,6 +17,7 @@ import { attentionOp } from './ops/attention/index.js';
 import { type AttentionOptions, type AttentionOutput, planAttention } from './ops/attention/plan.js';
 import { matmulOp } from './ops/matmul/index.js';
 import { type MatmulOptions, planMatmul } from './ops/matmul/plan.js';
+import { type PackWeightsOptions, PackedWeights, packOp, packedLength, planPack, withStorage } from './ops/matmul/packed.js';
 import { rotaryOp } from './ops/rope/index.js';
 import { type RotaryOptions, planRotary } from './ops/rope/plan.js';
 import { softmaxOp } from './ops/softmax/index.js';
@@ -133,14 +134,38 @@ export class Engine {
     return backend.runAsync(attentionOp, planAttention(q, k, v, options, backend));
   }
 
-  /** [..., M, K] · [..., K, N] → [..., M, N] (b as [..., N, K] with transposeB), batch dims broadcast. */
-  matmul(a: TensorLike<Float32Array>, b: TensorLike<Float32Array>, options?: MatmulOptions): Tensor {
+  /**
+   * [..., M, K] · [..., K, N] → [..., M, N] (b as [..., N, K] with transposeB), batch dims broadcast.
+   * b may be packed weights (packWeights): then every matrix of a is multiplied by them, and
+   * options.bias ([N]) and options.activation ('relu', 'gelu_tanh', 'silu') finish the result.
+   */
+  matmul(a: TensorLike<Float32Array>, b: TensorLike<Float32Array> | PackedWeights, options?: MatmulOptions): Tensor {
     const backend = this.live();
     return backend.run(matmulOp, planMatmul(a, b, options, backend));
   }
 
+  /**
+   * w [K, N] (or [N, K], as torch's Linear keeps its weight, with transposeB) packed once into the
+   * engine's memory in the layout the matmul kernels read, so that matmul(x, packed) streams it as it
+   * is on every call (a model's weights, multiplied on every token). Pass the handle as matmul's b
+   * (with options.bias and options.activation if wanted); release() gives the memory back. The packed
+   * copy is the engine's own: later changes to w do not reach it.
+   */
+  packWeights(w: TensorLike<Float32Array>, options?: PackWeightsOptions): PackedWeights {
+    const backend = this.live();
+    const plan = planPack(w, options, backend);
+    const storage = backend.tensor([packedLength(plan.k, plan.n)], 'float32');
+    try {
+      backend.run(packOp, withStorage(plan, storage));
+    } catch (error) {
+      storage.release();
+      throw error;
+    }
+    return new PackedWeights(storage, plan.k, plan.n);
+  }
+
   /** matmul() on the worker threads; see attentionAsync. */
-  async matmulAsync(a: TensorLike<Float32Array>, b: TensorLike<Float32Array>, options?: MatmulOptions): Promise<Tensor> {
+  async matmulAsync(a: TensorLike<Float32Array>, b: TensorLike<Float32Array> | PackedWeights, options?: MatmulOptions): Promise<Tensor> {
     const backend = this.live();
     return backend.runAsync(matmulOp, planMatmul(a, b, options, backend));
   }

@@ -3,6 +3,7 @@
 import type { ItemRunner } from '../job.js';
 import { ATTENTION_JOB, runAttentionItem } from './attention/job.js';
 import { MATMUL_JOB, runMatmulItem } from './matmul/job.js';
+import { PACK_JOB, runPackItem } from './matmul/packed.js';
 import { PAGED_JOB, runPagedItem } from './paged-attention/job.js';
 import { ROPE_JOB, runRopeItem } from './rope/job.js';
 import { SOFTMAX_JOB, runSoftmaxItem } from './softmax/job.js';
@@ -13,4 +14,5 @@ export const ITEM_RUNNERS: ReadonlyMap<number, ItemRunner> = new Map([
   [SOFTMAX_JOB.op, runSoftmaxItem],
   [ROPE_JOB.op, runRopeItem],
   [PAGED_JOB.op, runPagedItem],
+  [PACK_JOB.op, runPackItem],
 ]);

@@ -6,4 +6,4 @@ import { matmulJs } from './js.js';
 import type { MatmulPlan } from './plan.js';
 import { matmulWasm } from './wasm.js';
 
-export const matmulOp: Op<MatmulPlan, Tensor> = { name: 'matmul', inputs: (plan) => [plan.a, plan.b], js: matmulJs, wasm: matmulWasm };
+export const matmulOp: Op<MatmulPlan, Tensor> = { name: 'matmul', inputs: (plan) => [plan.a, plan.b, plan.bias], js: matmulJs, wasm: matmulWasm };

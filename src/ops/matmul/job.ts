@@ -1,13 +1,17 @@
 // Matmul as a job (see ../../job.ts): an item is one (matrix, GEMM_M_CHUNK rows, GEMM_N_CHUNK
-// columns) block of c, computed by the f32_gemm kernel over the whole K.
+// columns) block of c, computed by the f32_gemm kernel over the whole K (f32_gemm_packed with its bias
+// and activation when b is packed weights: then there is one matrix, a's batch matrices as its rows).
 import type { Kernels } from '../../backends/kernels.js';
 import { type ItemRunner, jobLayout } from '../../job.js';
 
-export const MATMUL_JOB = jobLayout(2, ['m', 'n', 'k', 'a', 'b', 'c', 'transB', 'offsets', 'mChunk', 'nChunk', 'mChunks', 'nChunks'] as const);
+export const MATMUL_JOB = jobLayout(2, ['m', 'n', 'k', 'a', 'b', 'c', 'transB', 'offsets', 'mChunk', 'nChunk', 'mChunks', 'nChunks', 'packed', 'bias', 'activation'] as const);
 const J = MATMUL_JOB.at;
 
 export const GEMM_M_CHUNK = 128;
-export const GEMM_N_CHUNK = 256;
+export const GEMM_N_CHUNK = 256; // a multiple of the packed weights' 8-column panels
+
+/** The kernels' activation codes (assembly/f32-gemm-simd.ts). */
+export const ACTIVATION_CODE = { relu: 1, gelu_tanh: 2, silu: 3 } as const;
 
 /** Runs one matmul item; the per-matrix [a offset, b offset] pairs are i32s at job.offsets. */
 export const runMatmulItem: ItemRunner = (kernels: Kernels, job: Float64Array, item: number, scratch: number, i32: Int32Array): void => {
@@ -21,6 +25,14 @@ export const runMatmulItem: ItemRunner = (kernels: Kernels, job: Float64Array, i
   const transB = job[J.transB];
   const m0 = mc * job[J.mChunk];
   const n0 = nc * job[J.nChunk];
+  if (job[J.packed]) {
+    kernels.f32_gemm_packed(
+      Math.min(job[J.mChunk], m - m0), Math.min(job[J.nChunk], n - n0), k,
+      job[J.a] + 4 * m0 * k, k, job[J.b] + 4 * n0 * k,
+      job[J.c] + 4 * (m0 * n + n0), n, job[J.bias] === 0 ? 0 : job[J.bias] + 4 * n0, job[J.activation], scratch,
+    );
+    return;
+  }
   const offsets = job[J.offsets] >>> 2;
   const aOffset = i32[offsets + 2 * matrix];
   const bOffset = i32[offsets + 2 * matrix + 1];

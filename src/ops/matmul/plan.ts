@@ -1,14 +1,26 @@
 // Matmul's plan:  c[..., i, j] = sum_p a[..., i, p] · b[..., p, j]
 // a [..., M, K], b [..., K, N] (or [..., N, K] with transposeB), batch dims broadcast (numpy rules)
-// -> c [..., M, N]. Arguments read once and checked; nothing here touches a kernel.
+// -> c [..., M, N]. b may be packed weights (engine.packWeights: one [K, N] matrix for every batch
+// matrix of a); then options.bias ([N]) is added and options.activation applied to the result.
+// Arguments read once and checked; nothing here touches a kernel.
 import type { Operand, OperandResolver, OpPlan } from '../../backend.js';
 import { AttentionError } from '../../errors.js';
-import { type TensorLike, checkBoolean, checkNoOverlap, checkOut, checkResultSize, floatTensor, readOptions, readTensor, sizeOf } from '../../tensor.js';
+import { type TensorLike, checkBoolean, checkNoOverlap, checkOut, checkResultSize, describe, floatTensor, readOptions, readTensor, sizeOf } from '../../tensor.js';
+import { PackedWeights, packedOperand } from './packed.js';
+
+/** Activations a matmul with packed weights applies after the bias: relu, GELU in its tanh form
+ * (x·½(1 + tanh(√(2/π)(x + 0.044715x³))), as GPT-2 and onnx's Gelu with approximate='tanh'), SiLU (x·σ(x)). */
+export type Activation = 'relu' | 'gelu_tanh' | 'silu';
+export const ACTIVATIONS: readonly Activation[] = ['relu', 'gelu_tanh', 'silu'];
 
 /** Options of `engine.matmul`. */
 export interface MatmulOptions {
-  /** b is given as [..., N, K] and used transposed. */
+  /** b is given as [..., N, K] and used transposed (not with packed weights: they were packed transposed). */
   transposeB?: boolean;
+  /** With packed weights: added to every row of the result ([N] floats). */
+  bias?: Float32Array | TensorLike<Float32Array>;
+  /** With packed weights: applied after the bias. */
+  activation?: Activation;
   /** Write the result here: a Float32Array, or a float32 tensor from engine.tensor(). */
   out?: Float32Array | TensorLike<Float32Array>;
 }
@@ -20,6 +32,10 @@ export interface MatmulPlan extends OpPlan {
   transposeB: boolean;
   a: Operand<Float32Array>;
   b: Operand<Float32Array>;
+  /** b is packed weights (panels of 8 columns over the whole K, see packed.ts). */
+  packed: boolean;
+  bias: Operand<Float32Array> | undefined;
+  activation: Activation | undefined;
   /** For each output matrix, the element offsets of its a and b matrices (batch dims broadcast). */
   aOffsets: number[];
   bOffsets: number[];
@@ -29,9 +45,14 @@ export interface MatmulPlan extends OpPlan {
 
 /** Checks a [..., M, K] and b [..., K, N] (or [..., N, K] with transposeB); batch dims broadcast. */
 export function planMatmul(a: unknown, b: unknown, options: unknown, resolver: OperandResolver): MatmulPlan {
+  if (PackedWeights.is(b)) return planPacked(a, b, options, resolver);
   const aRead = readTensor(a, 'a');
   const bRead = readTensor(b, 'b');
-  const opts = readOptions(options, 'options', ['transposeB', 'out']);
+  const opts = readOptions(options, 'options', ['transposeB', 'out', 'bias', 'activation']);
+  if (opts.bias !== undefined || opts.activation !== undefined) {
+    const at = opts.bias !== undefined ? 'options.bias' : 'options.activation';
+    throw new AttentionError('UNSUPPORTED', `${at} needs packed weights as b (engine.packWeights(b)): the epilogue is the packed product's`, at);
+  }
   const ac = floatTensor(aRead, resolver);
   const bc = floatTensor(bRead, resolver);
   const ad = ac.dims;
@@ -56,7 +77,50 @@ export function planMatmul(a: unknown, b: unknown, options: unknown, resolver: O
   const outDims = [...batchDims, m, n];
   const out = checkOut(opts.out, count * m * n, resolver, 'options.out');
   checkNoOverlap(out, [[ac.operand, 'a.data'], [bc.operand, 'b.data']]);
-  return { flops: 2 * count * m * n * k, m, n, k, transposeB, a: ac.operand, b: bc.operand, aOffsets, bOffsets, outDims, out };
+  return { flops: 2 * count * m * n * k, m, n, k, transposeB, a: ac.operand, b: bc.operand, packed: false, bias: undefined, activation: undefined, aOffsets, bOffsets, outDims, out };
+}
+
+/** a [..., M, K] times packed weights [K, N]: every matrix of a against the same weights. */
+function planPacked(a: unknown, b: PackedWeights, options: unknown, resolver: OperandResolver): MatmulPlan {
+  const aRead = readTensor(a, 'a');
+  const opts = readOptions(options, 'options', ['transposeB', 'out', 'bias', 'activation']);
+  const bOperand = packedOperand(b, resolver, 'b');
+  const ac = floatTensor(aRead, resolver);
+  const ad = ac.dims;
+  if (ad.length < 2) throw new AttentionError('INVALID_DIMS', `a must have rank >= 2 ([..., M, K]), got dims [${ad}]`, 'a.dims');
+  if (opts.transposeB !== undefined && opts.transposeB !== false) {
+    throw new AttentionError('INVALID_OPTION', 'options.transposeB does not apply to packed weights: pass it to packWeights()', 'options.transposeB');
+  }
+  const [k, n] = b.dims;
+  const [m, ak] = ad.slice(-2);
+  if (ak !== k) throw new AttentionError('SHAPE_MISMATCH', `a.dims[${ad.length - 1}] (K) is ${ak} but the packed weights are [${k}, ${n}]`, `a.dims[${ad.length - 1}]`);
+  let activation: Activation | undefined;
+  if (opts.activation !== undefined) {
+    if (!ACTIVATIONS.includes(opts.activation as Activation)) {
+      throw new AttentionError('INVALID_OPTION', `options.activation must be one of ${ACTIVATIONS.map((x) => `'${x}'`).join(', ')}, got ${describe(opts.activation)}`, 'options.activation');
+    }
+    activation = opts.activation as Activation;
+  }
+  let bias: Operand<Float32Array> | undefined;
+  if (opts.bias !== undefined) {
+    const biasTensor = opts.bias instanceof Float32Array ? { data: opts.bias, dims: [opts.bias.length] } : opts.bias;
+    const checked = floatTensor(readTensor(biasTensor, 'options.bias'), resolver, 1);
+    if (checked.dims[0] !== n) throw new AttentionError('SHAPE_MISMATCH', `options.bias has ${checked.dims[0]} elements but the weights have N = ${n} columns`, 'options.bias.dims');
+    bias = checked.operand;
+  }
+  const batchDims = ad.slice(0, -2);
+  const count = sizeOf(batchDims);
+  checkResultSize(count * m * n, `the product [${[...batchDims, m, n]}]`, 'a.dims');
+  const empty = count * m * n === 0;
+  // the batch matrices of a are rows of one product: M·count rows against the same weights
+  const aOffsets = empty ? [] : [0];
+  const bOffsets = empty ? [] : [0];
+  const out = checkOut(opts.out, count * m * n, resolver, 'options.out');
+  checkNoOverlap(out, [[ac.operand, 'a.data'], [bOperand, 'b'], ...(bias ? [[bias, 'options.bias'] as const] : [])]);
+  return {
+    flops: 2 * count * m * n * k, m: count * m, n, k, transposeB: false, a: ac.operand, b: bOperand, packed: true,
+    bias, activation, aOffsets, bOffsets, outDims: [...batchDims, m, n], out,
+  };
 }
 
 function broadcastBatch(a: number[], b: number[]): number[] {
