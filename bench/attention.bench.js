@@ -105,6 +105,34 @@ if (!values['skip-extras']) {
     }
   }
 }
+// x·W with W packed once (engine.packWeights), 4096 x 4096 (64 MiB), M = 1, 4 and 16 rows: the bytes of W
+// read per second against memory.copy of the same bytes inside WASM memory, in the same engine.
+const skinny = [];
+if (!values['skip-extras']) {
+  const W = tensor([4096, 4096]);
+  const bytes = W.data.byteLength;
+  for (const backend of backends.filter((x) => x !== 'js')) {
+    for (const threads of threadCounts) {
+      if (!values.json) process.stderr.write(`packed x·W 4096²: ${backend}/${threads}...\n`);
+      const engine = createEngineSync({ backend, threads });
+      const w = engine.packWeights(W);
+      const [src, dst] = [engine.tensor([W.data.length]), engine.tensor([W.data.length])];
+      const bench = new Bench({ time: Number(values.time), iterations: 5, warmupIterations: 1, warmupTime: 0 });
+      bench.add('memory.copy', () => engine.runtime.copyBytes(dst.data.byteOffset, src.data.byteOffset, bytes));
+      const ms = [1, 4, 16];
+      const xs = ms.map((m) => tensor([m, 4096]));
+      const outs = ms.map((m) => engine.tensor([m, 4096]));
+      ms.forEach((m, i) => bench.add(`M${m}`, () => engine.matmul(xs[i], w, { out: outs[i] })));
+      await bench.run();
+      const [copy, ...times] = bench.tasks.map((t) => t.result.latency.p50);
+      for (let i = 0; i < ms.length; i++) {
+        skinny.push({ backend, threads, m: ms[i], ms: times[i], weightGBs: bytes / times[i] / 1e6, copyGBs: bytes / copy / 1e6, gflops: (2 * ms[i] * 4096 * 4096) / times[i] / 1e6 });
+      }
+      engine.dispose();
+      collect();
+    }
+  }
+}
 for (const row of rows) row.ofCeiling = row.threads === 1 && ceilings[row.backend] ? row.gflops / ceilings[row.backend] : undefined;
 
 // Decoding with K and V resident in WASM memory (engine.tensor), against memory.copy of the same
@@ -138,7 +166,7 @@ if (!values['skip-extras']) {
 }
 
 if (values.json) {
-  console.log(JSON.stringify({ node: process.version, ceilings, rows, extras }, null, 2));
+  console.log(JSON.stringify({ node: process.version, ceilings, rows, skinny, extras }, null, 2));
 } else {
   console.log(`\nnode ${process.version}, median of >= 3 calls; vs 1 thread: the same backend on one thread`);
   console.log(`FLOP ceilings, one thread (register-only multiply-add loop): ${Object.entries(ceilings).map(([b, g]) => `${b} ${g.toFixed(1)} GFLOP/s`).join(', ')}\n`);
@@ -147,6 +175,14 @@ if (values.json) {
   for (const r of rows) {
     const one = rows.find((o) => o.shape === r.shape && o.backend === r.backend && o.threads === 1);
     console.log(`| ${r.shape} | ${r.backend} | ${r.threads} | ${r.ms.toFixed(2)} | ${r.gflops.toFixed(2)} | ${r.ofCeiling ? (r.ofCeiling * 100).toFixed(0) + '%' : '-'} | ${r.vsJs ? r.vsJs.toFixed(1) + 'x' : '-'} | ${one ? (one.ms / r.ms).toFixed(2) + 'x' : '-'} | ${Number.isNaN(r.maxError) ? '-' : r.maxError.toExponential(1)} |`);
+  }
+}
+if (!values.json && skinny.length) {
+  console.log('\nx·W with W packed (4096 x 4096, 64 MiB): W read per second against memory.copy of its bytes\n');
+  console.log('| backend | threads | rows M | median ms | W read: GB/s | memory.copy: GB/s | vs memory.copy | GFLOP/s |');
+  console.log('|---|---:|---:|---:|---:|---:|---:|---:|');
+  for (const r of skinny) {
+    console.log(`| ${r.backend} | ${r.threads} | ${r.m} | ${r.ms.toFixed(2)} | ${r.weightGBs.toFixed(1)} | ${r.copyGBs.toFixed(1)} | ${(r.weightGBs / r.copyGBs * 100).toFixed(0)}% | ${r.gflops.toFixed(1)} |`);
   }
 }
 if (!values.json && extras.length) {
