@@ -17,7 +17,7 @@ import { attentionOp } from './ops/attention/index.js';
 import { type AttentionOptions, type AttentionOutput, planAttention } from './ops/attention/plan.js';
 import { matmulOp } from './ops/matmul/index.js';
 import { type MatmulOptions, planMatmul } from './ops/matmul/plan.js';
-import { type PackWeightsOptions, PackedWeights, packOp, packedLength, planPack, withStorage } from './ops/matmul/packed.js';
+import { type PackWeightsOptions, type PackedWeights, makePackedWeights, packOp, packedLength, planPack, withStorage } from './ops/matmul/packed.js';
 import { rotaryOp } from './ops/rope/index.js';
 import { type RotaryOptions, planRotary } from './ops/rope/plan.js';
 import { softmaxOp } from './ops/softmax/index.js';
@@ -161,7 +161,7 @@ export class Engine {
       storage.release();
       throw error;
     }
-    return new PackedWeights(storage, plan.k, plan.n);
+    return makePackedWeights(storage, plan.k, plan.n);
   }
 
   /** matmul() on the worker threads; see attentionAsync. */

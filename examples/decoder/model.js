@@ -129,7 +129,8 @@ export function argmax(logits, vocab, row = logits.length / vocab - 1) {
 }
 
 /**
- * Builds the model on `engine`: weights resident in the engine's memory, and one KV pool per layer
+ * Builds the model on `engine`: weights packed once in the engine's memory (engine.packWeights: every
+ * matmul then streams them as they are), and one KV pool per layer
  * (a session holds one sequence in each). Returns { config, session(), forwardBatch(), stats(), dispose() }.
  * `weights`, makeWeights(config)'s result, saves making them again for several models of one config
  * (the same model with different page dtypes).
@@ -139,21 +140,18 @@ export function createModel(engine, config = {}, { weights = makeWeights(config)
   const { width, heads, kvHeads, headDim, mlpWidth, vocab, eps, pageSize } = c;
   const kvWidth = kvHeads * headDim;
   const qkvWidth = width + 2 * kvWidth;
-  const resident = (dims, data) => {
-    const tensor = engine.tensor(dims);
-    tensor.data.set(data);
-    return tensor;
-  };
+  const packed = (dims, data, options) => engine.packWeights({ data, dims }, options);
   const layers = weights.layers.map((w) => ({
     attnNorm: w.attnNorm,
     mlpNorm: w.mlpNorm,
-    wqkv: resident([width, qkvWidth], sideBySide(width, sideBySide(width, w.wq, width, w.wk, kvWidth), width + kvWidth, w.wv, kvWidth)),
-    wo: resident([width, width], w.wo),
-    w13: resident([width, 2 * mlpWidth], sideBySide(width, w.w1, mlpWidth, w.w3, mlpWidth)),
-    w2: resident([mlpWidth, width], w.w2),
+    wqkv: packed([width, qkvWidth], sideBySide(width, sideBySide(width, w.wq, width, w.wk, kvWidth), width + kvWidth, w.wv, kvWidth)),
+    wo: packed([width, width], w.wo),
+    w13: packed([width, 2 * mlpWidth], sideBySide(width, w.w1, mlpWidth, w.w3, mlpWidth)),
+    w2: packed([mlpWidth, width], w.w2),
     pool: engine.kvPool({ kvHeads, headDim, pageSize, maxTokens: c.maxTokens, dtype: c.kvDtype }),
   }));
-  const embedding = resident([vocab, width], weights.embedding);
+  // the output projection, tied to the embedding [vocab, width]: packed as its transpose [width, vocab]
+  const embedding = packed([vocab, width], weights.embedding, { transposeB: true });
   const stepOptions = { rope: { base: c.ropeBase, dims: headDim, interleaved: false } };
   const maxPages = layers[0].pool.maxPages;
   const pagesFor = (length) => Math.ceil(length / pageSize);
@@ -282,7 +280,7 @@ export function createModel(engine, config = {}, { weights = makeWeights(config)
       x = last;
       outRows = requests.length;
     }
-    const logits = (yield ['matmul', { data: rmsNorm(x, outRows, width, weights.finalNorm, eps), dims: [outRows, width] }, embedding, { transposeB: true }]).data;
+    const logits = (yield ['matmul', { data: rmsNorm(x, outRows, width, weights.finalNorm, eps), dims: [outRows, width] }, embedding]).data;
     return requests.map((_, i) => (lastOnly ? logits.slice(i * vocab, (i + 1) * vocab) : logits.slice(offsets[i] * vocab, (offsets[i] + counts[i]) * vocab)));
   }
 

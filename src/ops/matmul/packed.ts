@@ -25,17 +25,28 @@ export interface PackWeightsOptions {
   transposeB?: boolean;
 }
 
+// Only this module makes handles and reads their insides: the constructor wants a token nobody else
+// has, and the plan reads storage and shape through `internals`, never through properties a caller could
+// redefine on the instance.
+const MADE_HERE = Symbol('PackedWeights');
+let internals: (w: PackedWeights) => { storage: ResidentTensor; k: number; n: number };
+
 /** A [K, N] matrix packed for matmul, from `engine.packWeights`; pass it as matmul's b. */
 export class PackedWeights {
   readonly #storage: ResidentTensor;
   readonly #k: number;
   readonly #n: number;
 
-  /** @internal made by engine.packWeights */
-  constructor(storage: ResidentTensor, k: number, n: number) {
+  /** @internal made by engine.packWeights only (anything else is refused) */
+  constructor(token: symbol, storage: ResidentTensor, k: number, n: number) {
+    if (token !== MADE_HERE) throw new AttentionError('INVALID_ARGUMENT', 'PackedWeights are made by engine.packWeights()', 'token');
     this.#storage = storage;
     this.#k = k;
     this.#n = n;
+  }
+
+  static {
+    internals = (w) => ({ storage: w.#storage, k: w.#k, n: w.#n });
   }
 
   /** Whether `x` is a real PackedWeights (not merely an object with its prototype). */
@@ -57,19 +68,17 @@ export class PackedWeights {
   release(): void {
     this.#storage.release();
   }
-
-  /** @internal the packed floats, for the plan (checked live and owned there) */
-  get storage(): ResidentTensor {
-    return this.#storage;
-  }
 }
 
-/** The operand of packed weights given as `name`, checked: this engine's, not released. */
-export function packedOperand(w: PackedWeights, resolver: OperandResolver, name: string): Operand<Float32Array> {
-  const storage = w.storage;
+/** The handle for weights packed into `storage` (a resident float32 tensor of packedLength(k, n)). */
+export const makePackedWeights = (storage: ResidentTensor, k: number, n: number): PackedWeights => new PackedWeights(MADE_HERE, storage, k, n);
+
+/** The operand and shape of packed weights given as `name`, checked: this engine's, not released. */
+export function packedOperand(w: PackedWeights, resolver: OperandResolver, name: string): { operand: Operand<Float32Array>; k: number; n: number } {
+  const { storage, k, n } = internals(w);
   if (!resolver.owns(storage)) throw new AttentionError('INVALID_TENSOR', `${name} are packed weights of another engine; pack them with this engine's packWeights()`, name);
   if (storage.released) throw new AttentionError('INVALID_TENSOR', `${name} are packed weights that were released`, name);
-  return { resident: storage, offset: 0, length: storage.length };
+  return { operand: { resident: storage, offset: 0, length: packedLength(k, n) }, k, n };
 }
 
 export interface PackPlan extends OpPlan {

@@ -5,7 +5,7 @@
 // Arguments read once and checked; nothing here touches a kernel.
 import type { Operand, OperandResolver, OpPlan } from '../../backend.js';
 import { AttentionError } from '../../errors.js';
-import { type TensorLike, checkBoolean, checkNoOverlap, checkOut, checkResultSize, describe, floatTensor, readOptions, readTensor, sizeOf } from '../../tensor.js';
+import { type TensorLike, type TensorRead, checkBoolean, checkNoOverlap, checkOut, checkResultSize, describe, floatTensor, lengthOf, readOptions, readTensor, sizeOf, typedArrayName } from '../../tensor.js';
 import { PackedWeights, packedOperand } from './packed.js';
 
 /** Activations a matmul with packed weights applies after the bias: relu, GELU in its tanh form
@@ -84,14 +84,13 @@ export function planMatmul(a: unknown, b: unknown, options: unknown, resolver: O
 function planPacked(a: unknown, b: PackedWeights, options: unknown, resolver: OperandResolver): MatmulPlan {
   const aRead = readTensor(a, 'a');
   const opts = readOptions(options, 'options', ['transposeB', 'out', 'bias', 'activation']);
-  const bOperand = packedOperand(b, resolver, 'b');
+  const { operand: bOperand, k, n } = packedOperand(b, resolver, 'b');
   const ac = floatTensor(aRead, resolver);
   const ad = ac.dims;
   if (ad.length < 2) throw new AttentionError('INVALID_DIMS', `a must have rank >= 2 ([..., M, K]), got dims [${ad}]`, 'a.dims');
   if (opts.transposeB !== undefined && opts.transposeB !== false) {
     throw new AttentionError('INVALID_OPTION', 'options.transposeB does not apply to packed weights: pass it to packWeights()', 'options.transposeB');
   }
-  const [k, n] = b.dims;
   const [m, ak] = ad.slice(-2);
   if (ak !== k) throw new AttentionError('SHAPE_MISMATCH', `a.dims[${ad.length - 1}] (K) is ${ak} but the packed weights are [${k}, ${n}]`, `a.dims[${ad.length - 1}]`);
   let activation: Activation | undefined;
@@ -103,8 +102,11 @@ function planPacked(a: unknown, b: PackedWeights, options: unknown, resolver: Op
   }
   let bias: Operand<Float32Array> | undefined;
   if (opts.bias !== undefined) {
-    const biasTensor = opts.bias instanceof Float32Array ? { data: opts.bias, dims: [opts.bias.length] } : opts.bias;
-    const checked = floatTensor(readTensor(biasTensor, 'options.bias'), resolver, 1);
+    // a bare Float32Array (read as a tensor of its length, as out is), or a tensor
+    const read: TensorRead = typedArrayName(opts.bias) !== undefined
+      ? { name: 'options.bias', data: opts.bias, dims: [lengthOf(opts.bias as ArrayBufferView)], resident: undefined }
+      : readTensor(opts.bias, 'options.bias');
+    const checked = floatTensor(read, resolver, 1);
     if (checked.dims[0] !== n) throw new AttentionError('SHAPE_MISMATCH', `options.bias has ${checked.dims[0]} elements but the weights have N = ${n} columns`, 'options.bias.dims');
     bias = checked.operand;
   }
