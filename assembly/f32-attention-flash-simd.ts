@@ -47,6 +47,11 @@ export const ATT_BC: i32 = GEMM_ROW_STRIDE; // P·V reads the score tile's rows 
   return (n + 7) & ~7;
 }
 
+/** Query rows per block (ATT_BR), for the TypeScript side's items of whole blocks. */
+export function f32_attention_block_rows(): i32 {
+  return ATT_BR;
+}
+
 /** Scratch bytes f32_attention needs for these head sizes. */
 export function f32_attention_scratch_bytes(headDim: i32, valueDim: i32): i32 {
   const dvPad = roundUp8(valueDim);

@@ -1,7 +1,7 @@
 // Every op at the edges of the blocks it is cut into, on every backend against the float64 reference.
 // Today's cuts (a size one below, at and one above each, and at a multiple):
 //   attention: blocks of 128 keys and 8·MR query rows (40 in the simd build, 48 in the relaxed one), an
-//              MR x 8 micro-tile (MR 5 or 6), jobs of 64 query rows;
+//              MR x 8 micro-tile (MR 5 or 6), jobs of two blocks of rows (80, 96);
 //              decoding (<= 4 query rows, >= 1024 keys) splits the keys into chunks of 512 and merges them.
 //   softmax:   jobs of 64 rows, rows read 4 lanes at a time.
 //   matmul:    jobs of 128 rows x 256 columns, K in blocks of 256, MR x 8 micro-tiles (and 1 to MR - 1 rows).
@@ -42,8 +42,8 @@ const blockCases: AttentionCase[] = [];
     blockCases.push({ seqQ: pick([33, 5, 64, 31, 65, 4, 32], at), seqKV, headDim: pick(HEAD_DIMS, at), qHeads, kvHeads, causal, mask: pick(MASKS, at) });
   }
 });
-// query-row edges (micro-tiles 5 and 6, blocks 40 and 48, jobs of 64)
-[1, 3, 4, 5, 6, 7, 39, 40, 41, 47, 48, 49, 63, 64, 65].forEach((seqQ, i) => {
+// query-row edges (micro-tiles 5 and 6, blocks 40 and 48, jobs of 80 and 96)
+[1, 3, 4, 5, 6, 7, 39, 40, 41, 47, 48, 49, 79, 80, 81, 95, 96, 97].forEach((seqQ, i) => {
   const [qHeads, kvHeads] = pick(HEADS, i + 1);
   blockCases.push({ seqQ, seqKV: pick([129, 128, 257, 127, 256, 255], i), headDim: pick(HEAD_DIMS, i + 3), qHeads, kvHeads, causal: i % 2 === 0, mask: pick(MASKS, i + 1) });
 });

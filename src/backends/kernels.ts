@@ -27,6 +27,8 @@ export interface Kernels {
     cos: number, sin: number, ldc: number, interleaved: number,
   ): void;
   f32_attention_scratch_bytes(headDim: number, valueDim: number): number;
+  /** Query rows per block of f32_attention (ATT_BR). */
+  f32_attention_block_rows(): number;
   f32_merge_chunks(
     partial: number, rowStride: number, chunkStride: number, stats: number, statsRowStride: number, statsChunkStride: number,
     chunks: number, rows: number, valueDim: number, out: number, outStride: number, merged: number,

@@ -6,7 +6,7 @@
 import type { Encoded, WasmCall, WasmOp } from '../../backend.js';
 import { MASK_KIND } from '../../backends/kernels.js';
 import { HEADER } from '../../job.js';
-import { ATTENTION_JOB, ATTENTION_ROW_CHUNK, SPLIT_KV_CHUNK, SPLIT_KV_MAX_ROWS, SPLIT_KV_MIN_KEYS, mergeSplitKV } from './job.js';
+import { ATTENTION_BLOCKS_PER_ITEM, ATTENTION_JOB, SPLIT_KV_CHUNK, SPLIT_KV_MAX_ROWS, SPLIT_KV_MIN_KEYS, mergeSplitKV } from './job.js';
 import { type AttentionOutput, type AttentionPlan, type AttentionRope, type HeadStrides, type RopeTables, packed } from './plan.js';
 
 const J = ATTENTION_JOB.at;
@@ -89,8 +89,9 @@ export const attentionWasm: WasmOp<AttentionPlan, AttentionOutput> = {
     job[J.offset] = plan.offset;
     job[J.left] = plan.left;
     job[J.right] = plan.right;
-    job[J.rowChunk] = ATTENTION_ROW_CHUNK;
-    job[J.rowChunks] = Math.ceil(plan.seqQ / ATTENTION_ROW_CHUNK);
+    const rowChunk = ATTENTION_BLOCKS_PER_ITEM * call.kernels.f32_attention_block_rows();
+    job[J.rowChunk] = rowChunk;
+    job[J.rowChunks] = Math.ceil(plan.seqQ / rowChunk);
     // weights need each row's final max and sum inside one item: no split-KV then
     const splitKV = plan.seqQ <= SPLIT_KV_MAX_ROWS && plan.seqKV >= SPLIT_KV_MIN_KEYS && plan.valueDim > 0 && !plan.returnWeights;
     job[J.kvChunk] = splitKV ? SPLIT_KV_CHUNK : plan.seqKV;
