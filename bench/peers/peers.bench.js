@@ -17,12 +17,13 @@ import { causalMask, fusedAttentionModel, matmulModel, unfusedAttentionModel } f
 relaunchWithRelaxedSimd();
 
 const { createEngineSync } = await import('../../dist/index.js');
-const { buildSupported } = await import('../../dist/wasm-module.js');
+const { buildSupported } = await import('../../dist/backends/wasm-module.js');
 
 /** Attention shapes: q [B, H, Sq, D], k and v [B, H, Skv, D]. */
 const SHAPES = {
   'bert-128': { batch: 1, heads: 12, seqQ: 128, seqKV: 128, headDim: 64, causal: false },
   'bert-512': { batch: 1, heads: 12, seqQ: 512, seqKV: 512, headDim: 64, causal: false },
+  'S384-D80': { batch: 2, heads: 16, seqQ: 384, seqKV: 384, headDim: 80, causal: false },
   'gpt-1024': { batch: 1, heads: 12, seqQ: 1024, seqKV: 1024, headDim: 64, causal: true },
   decode: { batch: 8, heads: 32, seqQ: 1, seqKV: 2048, headDim: 128, causal: false },
   'long-4096': { batch: 1, heads: 8, seqQ: 4096, seqKV: 4096, headDim: 64, causal: true },
@@ -168,20 +169,37 @@ async function loadTfjs() {
   return [
     {
       lib: 'tfjs-wasm',
-      variants: ['unfused'],
+      // unfused: 4-D matMuls over [B, H, S, D] (tfjs-backend-wasm runs batched matMul outside XNNPACK);
+      // per-head-2d: each head sliced in JS and multiplied as rank-2 matMuls with no transpose flags (K
+      // transposed once per head by tf.transpose), which tfjs-backend-wasm hands to XNNPACK
+      variants: ['unfused', 'per-head-2d'],
       version: tf.version_core,
-      prepare(work) {
+      prepare(work, graph) {
         const { inputs: x, dims: d, shape: s } = work;
         // Constants live outside the timed call, like the ONNX initializers.
         const scale = s.matmul ? undefined : tf.scalar(1 / Math.sqrt(s.headDim));
         const mask = s.causal ? tf.tensor2d(causalMask(s.seqQ, s.seqKV), [s.seqQ, s.seqKV]) : undefined;
+        const perHead = () => {
+          const [qRows, kRows] = [s.seqQ * s.headDim, s.seqKV * s.headDim];
+          const outs = [];
+          for (let head = 0; head < s.batch * s.heads; head++) {
+            const q = tf.tensor2d(x.q.subarray(head * qRows, (head + 1) * qRows), [s.seqQ, s.headDim]);
+            const kT = tf.transpose(tf.tensor2d(x.k.subarray(head * kRows, (head + 1) * kRows), [s.seqKV, s.headDim]));
+            let logits = tf.mul(tf.matMul(q, kT), scale);
+            if (mask) logits = tf.add(logits, mask);
+            outs.push(tf.matMul(tf.softmax(logits, -1), tf.tensor2d(x.v.subarray(head * kRows, (head + 1) * kRows), [s.seqKV, s.headDim])));
+          }
+          return tf.concat(outs, 0);
+        };
         const compute = s.matmul
           ? () => tf.matMul(tf.tensor(x.a, d.a), tf.tensor(x.b, d.b))
-          : () => {
-              let logits = tf.mul(tf.matMul(tf.tensor(x.q, d.q), tf.tensor(x.k, d.k), false, true), scale);
-              if (mask) logits = tf.add(logits, mask);
-              return tf.matMul(tf.softmax(logits, -1), tf.tensor(x.v, d.v));
-            };
+          : graph === 'per-head-2d'
+            ? perHead
+            : () => {
+                let logits = tf.mul(tf.matMul(tf.tensor(x.q, d.q), tf.tensor(x.k, d.k), false, true), scale);
+                if (mask) logits = tf.add(logits, mask);
+                return tf.matMul(tf.softmax(logits, -1), tf.tensor(x.v, d.v));
+              };
         const run = () => {
           const y = tf.tidy(compute);
           const data = y.dataSync();
