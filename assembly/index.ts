@@ -5,7 +5,7 @@
 export { f32_pack_panels } from './f32-pack-panels-simd';
 export { f32_ceiling_probe, f32_ceiling_flops_per_iteration } from './ceiling-probe';
 export { gemm_packed as f32_gemm_tile_packed, gemm_rows as f32_gemm_tile_rows } from './f32-gemm-tile';
-export { f32_gemm, f32_gemm_packed, f32_gemm_packed_scratch_bytes, f32_gemm_scratch_bytes } from './f32-gemm-simd';
+export { f32_gemm_packed, f32_gemm_packed_scratch_bytes } from './f32-gemm-simd';
 export { f32_softmax_rows } from './f32-softmax-scale-mask-simd';
 export { f32_attention, f32_attention_block_rows, f32_attention_scratch_bytes } from './f32-attention-flash-simd';
 export { f32_rope_rows } from './f32-rope-simd';

@@ -1,10 +1,11 @@
 // Matmul as a job (see ../../job.ts): an item is one (matrix, GEMM_M_CHUNK rows, GEMM_N_CHUNK
-// columns) block of c, computed by the f32_gemm kernel over the whole K (f32_gemm_packed with its bias
-// and activation when b is packed weights: then there is one matrix, a's batch matrices as its rows).
+// columns) block of c, computed by f32_gemm_packed over the whole K from b's panels: packed weights as
+// they are (one matrix then, a's batch matrices as its rows, with bias and activation), any other b
+// packed once by the encoder. offsets holds, per matrix, a's element offset and its panels' address.
 import type { Kernels } from '../../backends/kernels.js';
 import { type ItemRunner, jobLayout } from '../../job.js';
 
-export const MATMUL_JOB = jobLayout(2, ['m', 'n', 'k', 'a', 'b', 'c', 'transB', 'offsets', 'mChunk', 'nChunk', 'mChunks', 'nChunks', 'packed', 'bias', 'activation'] as const);
+export const MATMUL_JOB = jobLayout(2, ['m', 'n', 'k', 'a', 'c', 'offsets', 'mChunk', 'nChunk', 'mChunks', 'nChunks', 'bias', 'activation'] as const);
 const J = MATMUL_JOB.at;
 
 export const GEMM_M_CHUNK = 128;
@@ -22,24 +23,14 @@ export const runMatmulItem: ItemRunner = (kernels: Kernels, job: Float64Array, i
   const mc = rest % mChunks;
   const matrix = (rest - mc) / mChunks;
   const m = job[J.m], n = job[J.n], k = job[J.k];
-  const transB = job[J.transB];
   const m0 = mc * job[J.mChunk];
   const n0 = nc * job[J.nChunk];
-  if (job[J.packed]) {
-    kernels.f32_gemm_packed(
-      Math.min(job[J.mChunk], m - m0), Math.min(job[J.nChunk], n - n0), k,
-      job[J.a] + 4 * m0 * k, k, job[J.b] + 4 * n0 * k,
-      job[J.c] + 4 * (m0 * n + n0), n, job[J.bias] === 0 ? 0 : job[J.bias] + 4 * n0, job[J.activation], scratch,
-    );
-    return;
-  }
   const offsets = job[J.offsets] >>> 2;
   const aOffset = i32[offsets + 2 * matrix];
-  const bOffset = i32[offsets + 2 * matrix + 1];
-  kernels.f32_gemm(
+  const panels = i32[offsets + 2 * matrix + 1];
+  kernels.f32_gemm_packed(
     Math.min(job[J.mChunk], m - m0), Math.min(job[J.nChunk], n - n0), k,
-    job[J.a] + 4 * (aOffset + m0 * k), k,
-    job[J.b] + 4 * (bOffset + (transB ? n0 * k : n0)), transB ? k : n, transB,
-    job[J.c] + 4 * (matrix * m * n + m0 * n + n0), n, scratch,
+    job[J.a] + 4 * (aOffset + m0 * k), k, panels + 4 * n0 * k,
+    job[J.c] + 4 * (matrix * m * n + m0 * n + n0), n, job[J.bias] === 0 ? 0 : job[J.bias] + 4 * n0, job[J.activation], scratch,
   );
 };

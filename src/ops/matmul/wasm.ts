@@ -4,6 +4,7 @@ import { HEADER } from '../../job.js';
 import { tensorOutput } from '../output.js';
 import type { Tensor } from '../../tensor.js';
 import { ACTIVATION_CODE, GEMM_M_CHUNK, GEMM_N_CHUNK, MATMUL_JOB } from './job.js';
+import { packedLength } from './packed.js';
 import type { MatmulPlan } from './plan.js';
 
 const J = MATMUL_JOB.at;
@@ -18,31 +19,40 @@ export const matmulWasm: WasmOp<MatmulPlan, Tensor> = {
     job[J.m] = m;
     job[J.n] = n;
     job[J.k] = k;
-    // f32_gemm reads subnormals of A and B as zero itself, wherever they live (packed weights were
-    // flushed when packed)
+    // the kernels read subnormals of a as zero themselves; b's are flushed as it is packed
     job[J.a] = call.stage(plan.a, 'a.data');
-    job[J.b] = call.stage(plan.b, 'b.data');
+    const b = call.stage(plan.b, 'b.data');
     const size = matrices * m * n;
     const outPtr = call.output(plan.out, size);
     job[J.c] = outPtr;
-    job[J.transB] = plan.transposeB ? 1 : 0;
-    job[J.packed] = plan.packed ? 1 : 0;
     job[J.bias] = plan.bias ? call.stage(plan.bias, 'options.bias') : 0;
     job[J.activation] = plan.activation ? ACTIVATION_CODE[plan.activation] : 0;
+    // Every b matrix is packed once here, on the calling thread, into the panels the items read (packed
+    // weights already are): items then share them instead of each packing its own column block again.
+    const panels = new Map<number, number>();
+    for (const offset of plan.bOffsets) {
+      if (panels.has(offset)) continue;
+      if (plan.packed) panels.set(offset, b);
+      else if (k === 0) panels.set(offset, 0);
+      else {
+        const to = call.alloc(4 * packedLength(k, n));
+        call.kernels.f32_pack_panels(b + 4 * offset, plan.transposeB ? k : n, plan.transposeB ? 1 : 0, k, n, to);
+        panels.set(offset, to);
+      }
+    }
     job[J.offsets] = call.alloc(8 * matrices);
     const i32 = call.i32;
     const base = job[J.offsets] >>> 2;
     for (let i = 0; i < matrices; i++) {
       i32[base + 2 * i] = plan.aOffsets[i];
-      i32[base + 2 * i + 1] = plan.bOffsets[i];
+      i32[base + 2 * i + 1] = panels.get(plan.bOffsets[i])!;
     }
     job[J.mChunk] = GEMM_M_CHUNK;
     job[J.nChunk] = GEMM_N_CHUNK;
     job[J.mChunks] = Math.ceil(m / GEMM_M_CHUNK);
     job[J.nChunks] = Math.ceil(n / GEMM_N_CHUNK);
     job[HEADER.items] = matrices * job[J.mChunks] * job[J.nChunks];
-    const scratchBytes = plan.packed ? call.kernels.f32_gemm_packed_scratch_bytes(k) : call.kernels.f32_gemm_scratch_bytes();
-    return { job, scratchBytes, outPtr, size };
+    return { job, scratchBytes: call.kernels.f32_gemm_packed_scratch_bytes(k), outPtr, size };
   },
 
   finish: tensorOutput,
