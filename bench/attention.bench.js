@@ -1,6 +1,6 @@
 // The main job: attention on the default workload, each backend side by side in one run.
 //   npm run bench                     the default shapes, all backends this runtime has (about 2 minutes,
-//                                     about 1.5 GB of RSS at its peak; add --shapes decode-b8,long-4096
+//                                     about 1.7 GB of RSS at its peak; add --shapes decode-b8,long-4096
 //                                     for the big ones, which need several GB)
 //   node bench/attention.bench.js --shapes bert-128,decode --threads 1,2 --backends wasm-simd,js --json
 // For each shape, backend and thread count: median ms per call (inputs copied in and the result copied out),
