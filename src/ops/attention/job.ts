@@ -1,9 +1,9 @@
 // Attention as a job (see ../../job.ts): the descriptor, declared once, and the item runner that
 // the calling thread and the workers share. An item is one (batch, query head, chunk of
 // ATTENTION_BLOCKS_PER_ITEM blocks of the kernel's query rows[, chunk of SPLIT_KV_CHUNK keys]) slice,
-// handed to the f32_attention kernel with its own pointers. Split-KV (decoding over many keys) cuts along the keys too; its
-// partial results are merged afterwards in a fixed order (mergeSplitKV), so the bits never depend
-// on which thread ran what.
+// handed to the f32_attention kernel with its own pointers. Split-KV (decoding over many keys) cuts
+// along the keys too; its partial results are merged afterwards in a fixed order (mergeSplitKV), so
+// the bits never depend on which thread ran what.
 import type { Kernels } from '../../backends/kernels.js';
 import { type ItemRunner, jobLayout } from '../../job.js';
 
