@@ -1,14 +1,15 @@
-// C[M x N] = act(A[M x K] · B[K x N] + bias), row-major, strides in elements, with B packed beforehand
+// C[M x N] = act(A[M x K] · B[K x N] + bias), row-major, strides in elements (A given as [M, K], or as
+// Aᵀ [K, M] with transA: a weight gradient xᵀ·dy without a transposed copy), with B packed beforehand
 // (f32_pack_panels over the whole K: panel p, columns 8p..8p+7, is K x 8 contiguous floats at
 // b + 32·p·K bytes): packed weights (engine.packWeights), read as they are on every call, or any other
 // B, packed once per call by the TypeScript side before the items run. A call packs only its A tiles
-// (interleaved, f32_pack_rows: up to GEMM_MR rows) and runs the micro-kernel of exactly that many rows
+// (interleaved, f32_pack_rows or f32_pack_cols: up to GEMM_MR rows) and runs the micro-kernel of exactly that many rows
 // against each panel. The bias and the activation are applied to each finished row.
 //
 // Subnormal values of A and B are read as 0, so no multiply sees one (x86 is many times slower on them):
 // both are flushed as they are packed. A and B themselves are not modified.
 import { gemm_packed_exact, GEMM_MR, GEMM_TILE_BYTES } from './f32-gemm-tile';
-import { f32_pack_rows } from './f32-pack-panels-simd';
+import { f32_pack_cols, f32_pack_rows } from './f32-pack-panels-simd';
 import { expv } from './f32-vmath-simd';
 
 export const GEMM_KC: i32 = 256;
@@ -27,14 +28,15 @@ export function f32_gemm_packed_scratch_bytes(k: i32): i32 {
 }
 
 /**
- * C[M x N] = act(A · B + bias) with B packed beforehand (see the file header): panels holds the panels of
+ * C[M x N] = act(A · B + bias) with B packed beforehand (see the file header): A(i, p) is a[i*lda + p], or
+ * a[p*lda + i] with transA (a then points at Aᵀ's column of row 0); panels holds the panels of
  * columns n0.. of a B with `k` rows (n0 a multiple of 8, panels pointing at panel n0/8); bias (N floats
  * from column n0, 0 = none); activation one of the ACTIVATION_ codes; scratch: f32_gemm_packed_scratch_bytes(k).
  * Up to SKINNY_ROWS rows (a decode step, a few sessions batched): each tile's A packed over the whole K and every
  * panel read once from start to end, one stream per panel. More rows: K in blocks of GEMM_KC, each block
  * of the panels (KC x N) reused from L2 by every tile of rows.
  */
-export function f32_gemm_packed(m: i32, n: i32, k: i32, a: usize, lda: i32, panels: usize, c: usize, ldc: i32, bias: usize, activation: i32, scratch: usize): void {
+export function f32_gemm_packed(m: i32, n: i32, k: i32, a: usize, lda: i32, transA: bool, panels: usize, c: usize, ldc: i32, bias: usize, activation: i32, scratch: usize): void {
   if (k == 0) {
     for (let i = 0; i < m; i++) memory.fill(c + ((<usize>i * ldc) << 2), 0, (<usize>n) << 2);
   }
@@ -46,7 +48,8 @@ export function f32_gemm_packed(m: i32, n: i32, k: i32, a: usize, lda: i32, pane
     const kc = min(kb, k - k0);
     for (let m0 = 0; m0 < m; m0 += GEMM_MR) {
       const mr = min(GEMM_MR, m - m0);
-      f32_pack_rows(a + ((<usize>m0 * lda + k0) << 2), lda, mr, kc, aPacked, mr);
+      if (transA) f32_pack_cols(a + ((<usize>k0 * lda + m0) << 2), lda, mr, kc, aPacked, mr);
+      else f32_pack_rows(a + ((<usize>m0 * lda + k0) << 2), lda, mr, kc, aPacked, mr);
       const cRow = c + ((<usize>m0 * ldc) << 2);
       for (let p = 0; p < n; p += 8) {
         const panel = panels + ((<usize>p * k + <usize>k0 * 8) << 2);

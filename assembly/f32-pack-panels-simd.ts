@@ -26,6 +26,19 @@ export function f32_pack_rows(src: usize, ld: i32, mr: i32, kc: i32, dst: usize,
   }
 }
 
+/** f32_pack_rows of A given as Aᵀ: A(i, k) = src[k*ld + i], so each k's mr values are contiguous. */
+export function f32_pack_cols(src: usize, ld: i32, mr: i32, kc: i32, dst: usize, width: i32): void {
+  const ldBytes = (<usize>ld) << 2;
+  for (let k = 0; k < kc; k++) {
+    const from = src + <usize>k * ldBytes;
+    const to = dst + ((<usize>k * width) << 2);
+    let i = 0;
+    for (; i + 4 <= mr; i += 4) v128.store(to + ((<usize>i) << 2), daz4(v128.load(from + ((<usize>i) << 2))));
+    for (; i < mr; i++) store<f32>(to + ((<usize>i) << 2), daz1(load<f32>(from + ((<usize>i) << 2))));
+    for (; i < width; i++) store<f32>(to + ((<usize>i) << 2), 0);
+  }
+}
+
 /** Packs B (or Bᵀ) into 8-wide, zero-padded panels; see the file header. */
 export function f32_pack_panels(src: usize, ld: i32, transposed: bool, kc: i32, nc: i32, dst: usize): void {
   const ldBytes = (<usize>ld) << 2;

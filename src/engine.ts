@@ -135,7 +135,7 @@ export class Engine {
   }
 
   /**
-   * [..., M, K] · [..., K, N] → [..., M, N] (b as [..., N, K] with transposeB), batch dims broadcast.
+   * [..., M, K] · [..., K, N] → [..., M, N] (a as [..., K, M] with transposeA, b as [..., N, K] with transposeB), batch dims broadcast.
    * b may be packed weights (packWeights): then every matrix of a is multiplied by them, and
    * options.bias ([N]) and options.activation ('relu', 'gelu_tanh', 'silu') finish the result.
    */

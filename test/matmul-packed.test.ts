@@ -9,7 +9,7 @@ import { BACKENDS, engineFor, maxError, randomTensor, refused, rng, tolerance } 
 
 const ACTIVATIONS: Array<Activation | undefined> = [undefined, 'relu', 'gelu_tanh', 'silu'];
 
-function check(backend: (typeof BACKENDS)[number], aDims: number[], k: number, n: number, options: { transposeB?: boolean; bias?: boolean; activation?: Activation }, seed: number): void {
+function check(backend: (typeof BACKENDS)[number], aDims: number[], k: number, n: number, options: { transposeA?: boolean; transposeB?: boolean; bias?: boolean; activation?: Activation }, seed: number): void {
   const random = rng(seed);
   const a = randomTensor(random, aDims);
   const b = randomTensor(random, options.transposeB ? [n, k] : [k, n]);
@@ -17,8 +17,8 @@ function check(backend: (typeof BACKENDS)[number], aDims: number[], k: number, n
   const engine = engineFor(backend);
   const w = engine.packWeights(b, { transposeB: options.transposeB });
   expect(w.dims).toEqual([k, n]);
-  const actual = engine.matmul(a, w, { bias, activation: options.activation });
-  const expected = referenceMatmul(a, b, { transposeB: options.transposeB, bias, activation: options.activation });
+  const actual = engine.matmul(a, w, { transposeA: options.transposeA, bias, activation: options.activation });
+  const expected = referenceMatmul(a, b, { transposeA: options.transposeA, transposeB: options.transposeB, bias, activation: options.activation });
   w.release();
   expect(actual.dims).toEqual(expected.dims);
   // the activations are 1-Lipschitz up to 1.13 (GELU), so the product's bound carries over
@@ -32,6 +32,10 @@ describe.each(BACKENDS)('matmul with packed weights on %s', (backend) => {
   it.each(ACTIVATIONS)('bias and activation %s, transposed weights, a [2, 3, 5, 70]', (activation) => {
     check(backend, [2, 3, 5, 70], 70, 37, { bias: true, activation, transposeB: true }, 17);
     check(backend, [1, 300], 300, 20, { bias: false, activation }, 18);
+  });
+  it.each([1, 6, 17, 130])('transposeA: a [2, K, M] with M %i against packed weights, bias and silu', (m) => {
+    check(backend, [2, 257, m], 257, 19, { transposeA: true, bias: true, activation: 'silu' }, 40 + m);
+    check(backend, [7, m], 7, 9, { transposeA: true, transposeB: true }, 50 + m);
   });
   it('activations of large inputs: relu, silu and gelu saturate without NaN', () => {
     const engine = engineFor(backend);

@@ -1,11 +1,12 @@
 // Matmul as a job (see ../../job.ts): an item is one (matrix, GEMM_M_CHUNK rows, GEMM_N_CHUNK
-// columns) block of c, computed by f32_gemm_packed over the whole K from b's panels: packed weights as
+// columns) block of c, computed by f32_gemm_packed over the whole K from b's panels (a's matrices read
+// as [M, K] or, transposed, [K, M]): packed weights as
 // they are (one matrix then, a's batch matrices as its rows, with bias and activation), any other b
 // packed once by the encoder. offsets holds, per matrix, a's element offset and its panels' address.
 import type { Kernels } from '../../backends/kernels.js';
 import { type ItemRunner, jobLayout } from '../../job.js';
 
-export const MATMUL_JOB = jobLayout(2, ['m', 'n', 'k', 'a', 'c', 'offsets', 'mChunk', 'nChunk', 'mChunks', 'nChunks', 'bias', 'activation'] as const);
+export const MATMUL_JOB = jobLayout(2, ['m', 'n', 'k', 'a', 'c', 'offsets', 'mChunk', 'nChunk', 'mChunks', 'nChunks', 'bias', 'activation', 'transA'] as const);
 const J = MATMUL_JOB.at;
 
 export const GEMM_M_CHUNK = 128;
@@ -28,9 +29,11 @@ export const runMatmulItem: ItemRunner = (kernels: Kernels, job: Float64Array, i
   const offsets = job[J.offsets] >>> 2;
   const aOffset = i32[offsets + 2 * matrix];
   const panels = i32[offsets + 2 * matrix + 1];
+  // a's matrix is [M, K] (rows m0.. start at row m0), or [K, M] transposed (they start at column m0)
+  const transA = job[J.transA];
   kernels.f32_gemm_packed(
     Math.min(job[J.mChunk], m - m0), Math.min(job[J.nChunk], n - n0), k,
-    job[J.a] + 4 * (aOffset + m0 * k), k, panels + 4 * n0 * k,
+    job[J.a] + 4 * (aOffset + (transA ? m0 : m0 * k)), transA ? m : k, transA, panels + 4 * n0 * k,
     job[J.c] + 4 * (matrix * m * n + m0 * n + n0), n, job[J.bias] === 0 ? 0 : job[J.bias] + 4 * n0, job[J.activation], scratch,
   );
 };

@@ -1,5 +1,6 @@
 // Matmul's plan:  c[..., i, j] = sum_p a[..., i, p] · b[..., p, j]
-// a [..., M, K], b [..., K, N] (or [..., N, K] with transposeB), batch dims broadcast (numpy rules)
+// a [..., M, K] (or [..., K, M] with transposeA), b [..., K, N] (or [..., N, K] with transposeB), batch
+// dims broadcast (numpy rules)
 // -> c [..., M, N]. b may be packed weights (engine.packWeights: one [K, N] matrix for every batch
 // matrix of a); then options.bias ([N]) is added and options.activation applied to the result.
 // Arguments read once and checked; nothing here touches a kernel.
@@ -15,6 +16,8 @@ export const ACTIVATIONS: readonly Activation[] = ['relu', 'gelu_tanh', 'silu'];
 
 /** Options of `engine.matmul`. */
 export interface MatmulOptions {
+  /** a is given as [..., K, M] and used transposed (a weight gradient xᵀ·dy without a transpose copy). */
+  transposeA?: boolean;
   /** b is given as [..., N, K] and used transposed (not with packed weights: they were packed transposed). */
   transposeB?: boolean;
   /** With packed weights: added to every row of the result ([N] floats). */
@@ -29,6 +32,8 @@ export interface MatmulPlan extends OpPlan {
   m: number;
   n: number;
   k: number;
+  /** a's matrices are [K, M] (row stride M) instead of [M, K]. */
+  transposeA: boolean;
   transposeB: boolean;
   a: Operand<Float32Array>;
   b: Operand<Float32Array>;
@@ -43,12 +48,13 @@ export interface MatmulPlan extends OpPlan {
   out: Operand<Float32Array> | undefined;
 }
 
-/** Checks a [..., M, K] and b [..., K, N] (or [..., N, K] with transposeB); batch dims broadcast. */
+/** Checks a [..., M, K] (or [..., K, M] with transposeA) and b [..., K, N] (or [..., N, K] with
+ * transposeB); batch dims broadcast. */
 export function planMatmul(a: unknown, b: unknown, options: unknown, resolver: OperandResolver): MatmulPlan {
   if (PackedWeights.is(b)) return planPacked(a, b, options, resolver);
   const aRead = readTensor(a, 'a');
   const bRead = readTensor(b, 'b');
-  const opts = readOptions(options, 'options', ['transposeB', 'out', 'bias', 'activation']);
+  const opts = readOptions(options, 'options', ['transposeA', 'transposeB', 'out', 'bias', 'activation']);
   if (opts.bias !== undefined || opts.activation !== undefined) {
     const at = opts.bias !== undefined ? 'options.bias' : 'options.activation';
     throw new AttentionError('UNSUPPORTED', `${at} needs packed weights as b (engine.packWeights(b)): the epilogue is the packed product's`, at);
@@ -59,13 +65,14 @@ export function planMatmul(a: unknown, b: unknown, options: unknown, resolver: O
   const bd = bc.dims;
   if (ad.length < 2) throw new AttentionError('INVALID_DIMS', `a must have rank >= 2 ([..., M, K]), got dims [${ad}]`, 'a.dims');
   if (bd.length < 2) throw new AttentionError('INVALID_DIMS', `b must have rank >= 2 ([..., K, N]), got dims [${bd}]`, 'b.dims');
+  const transposeA = checkBoolean(opts.transposeA, 'options.transposeA');
   const transposeB = checkBoolean(opts.transposeB, 'options.transposeB');
-  const [m, k] = ad.slice(-2);
+  const [m, k] = innerDims(ad, transposeA);
   const [bRows, bCols] = bd.slice(-2);
   const [bk, n] = transposeB ? [bCols, bRows] : [bRows, bCols];
   if (bk !== k) {
     const at = `b.dims[${bd.length - (transposeB ? 1 : 2)}]`;
-    throw new AttentionError('SHAPE_MISMATCH', `${at} (K) is ${bk} but a.dims[${ad.length - 1}] is ${k}`, at);
+    throw new AttentionError('SHAPE_MISMATCH', `${at} (K) is ${bk} but a.dims[${ad.length - (transposeA ? 2 : 1)}] is ${k}`, at);
   }
   const batchDims = broadcastBatch(ad.slice(0, -2), bd.slice(0, -2));
   const count = sizeOf(batchDims);
@@ -77,13 +84,13 @@ export function planMatmul(a: unknown, b: unknown, options: unknown, resolver: O
   const outDims = [...batchDims, m, n];
   const out = checkOut(opts.out, count * m * n, resolver, 'options.out');
   checkNoOverlap(out, [[ac.operand, 'a.data'], [bc.operand, 'b.data']]);
-  return { flops: 2 * count * m * n * k, m, n, k, transposeB, a: ac.operand, b: bc.operand, packed: false, bias: undefined, activation: undefined, aOffsets, bOffsets, outDims, out };
+  return { flops: 2 * count * m * n * k, m, n, k, transposeA, transposeB, a: ac.operand, b: bc.operand, packed: false, bias: undefined, activation: undefined, aOffsets, bOffsets, outDims, out };
 }
 
 /** a [..., M, K] times packed weights [K, N]: every matrix of a against the same weights. */
 function planPacked(a: unknown, b: PackedWeights, options: unknown, resolver: OperandResolver): MatmulPlan {
   const aRead = readTensor(a, 'a');
-  const opts = readOptions(options, 'options', ['transposeB', 'out', 'bias', 'activation']);
+  const opts = readOptions(options, 'options', ['transposeA', 'transposeB', 'out', 'bias', 'activation']);
   const { operand: bOperand, k, n } = packedOperand(b, resolver, 'b');
   const ac = floatTensor(aRead, resolver);
   const ad = ac.dims;
@@ -91,8 +98,12 @@ function planPacked(a: unknown, b: PackedWeights, options: unknown, resolver: Op
   if (opts.transposeB !== undefined && opts.transposeB !== false) {
     throw new AttentionError('INVALID_OPTION', 'options.transposeB does not apply to packed weights: pass it to packWeights()', 'options.transposeB');
   }
-  const [m, ak] = ad.slice(-2);
-  if (ak !== k) throw new AttentionError('SHAPE_MISMATCH', `a.dims[${ad.length - 1}] (K) is ${ak} but the packed weights are [${k}, ${n}]`, `a.dims[${ad.length - 1}]`);
+  const transposeA = checkBoolean(opts.transposeA, 'options.transposeA');
+  const [m, ak] = innerDims(ad, transposeA);
+  if (ak !== k) {
+    const at = `a.dims[${ad.length - (transposeA ? 2 : 1)}]`;
+    throw new AttentionError('SHAPE_MISMATCH', `${at} (K) is ${ak} but the packed weights are [${k}, ${n}]`, at);
+  }
   let activation: Activation | undefined;
   if (opts.activation !== undefined) {
     if (!ACTIVATIONS.includes(opts.activation as Activation)) {
@@ -114,15 +125,23 @@ function planPacked(a: unknown, b: PackedWeights, options: unknown, resolver: Op
   const count = sizeOf(batchDims);
   checkResultSize(count * m * n, `the product [${[...batchDims, m, n]}]`, 'a.dims');
   const empty = count * m * n === 0;
-  // the batch matrices of a are rows of one product: M·count rows against the same weights
-  const aOffsets = empty ? [] : [0];
-  const bOffsets = empty ? [] : [0];
+  // the batch matrices of a are rows of one product, M·count rows against the same weights; transposed,
+  // they are count products against the same weights
+  const products = empty ? 0 : transposeA ? count : 1;
+  const aOffsets = Array.from({ length: products }, (_, i) => i * m * k);
+  const bOffsets = new Array<number>(products).fill(0);
   const out = checkOut(opts.out, count * m * n, resolver, 'options.out');
   checkNoOverlap(out, [[ac.operand, 'a.data'], [bOperand, 'b'], ...(bias ? [[bias, 'options.bias'] as const] : [])]);
   return {
-    flops: 2 * count * m * n * k, m: count * m, n, k, transposeB: false, a: ac.operand, b: bOperand, packed: true,
+    flops: 2 * count * m * n * k, m: transposeA ? m : count * m, n, k, transposeA, transposeB: false, a: ac.operand, b: bOperand, packed: true,
     bias, activation, aOffsets, bOffsets, outDims: [...batchDims, m, n], out,
   };
+}
+
+/** [M, K] of a's matrices [..., M, K], or of [..., K, M] when transposed. */
+function innerDims(dims: number[], transposed: boolean): [number, number] {
+  const [rows, cols] = dims.slice(-2);
+  return transposed ? [cols, rows] : [rows, cols];
 }
 
 function broadcastBatch(a: number[], b: number[]): number[] {

@@ -1,16 +1,18 @@
 // Matmul's float64 reference:  c[..., i, j] = act(sum_p a[..., i, p] · b[..., p, j] + bias[j]), batch
-// dims broadcast (b as [..., N, K] with transposeB). Plain loops, float64.
+// dims broadcast (a as [..., K, M] with transposeA, b as [..., N, K] with transposeB). Plain loops, float64.
 import type { TensorLike } from '../../tensor.js';
 import { type ReferenceTensor, broadcastAt } from '../reference-math.js';
 import { activate } from './activation.js';
 import type { Activation } from './plan.js';
 
-/** Batched matrix product in float64, batch dims broadcast; b as [..., N, K] with transposeB; then
+/** Batched matrix product in float64, batch dims broadcast; a as [..., K, M] with transposeA, b as
+ * [..., N, K] with transposeB; then
  * `bias` ([N]) added to every row and `activation` applied (as a matmul with packed weights does). */
 export function referenceMatmul(
-  a: TensorLike, b: TensorLike, options: { transposeB?: boolean; bias?: ArrayLike<number>; activation?: Activation } = {},
+  a: TensorLike, b: TensorLike, options: { transposeA?: boolean; transposeB?: boolean; bias?: ArrayLike<number>; activation?: Activation } = {},
 ): ReferenceTensor {
-  const [M, K] = a.dims.slice(-2);
+  const [aRows, aCols] = a.dims.slice(-2);
+  const [M, K] = options.transposeA ? [aCols, aRows] : [aRows, aCols];
   const N = options.transposeB ? b.dims[b.dims.length - 2] : b.dims[b.dims.length - 1];
   const aBatch = a.dims.slice(0, -2);
   const bBatch = b.dims.slice(0, -2);
@@ -30,7 +32,8 @@ export function referenceMatmul(
         let dot = 0;
         for (let p = 0; p < K; p++) {
           const bIndex = options.transposeB ? [...batchIndex, j, p] : [...batchIndex, p, j];
-          dot += broadcastAt(a, [...batchIndex, i, p]) * broadcastAt(b, bIndex);
+          const aIndex = options.transposeA ? [...batchIndex, p, i] : [...batchIndex, i, p];
+          dot += broadcastAt(a, aIndex) * broadcastAt(b, bIndex);
         }
         out[(index * M + i) * N + j] = activate(dot + (options.bias ? options.bias[j] : 0), options.activation);
       }

@@ -27,6 +27,7 @@ export const matmulWasm: WasmOp<MatmulPlan, Tensor> = {
     job[J.c] = outPtr;
     job[J.bias] = plan.bias ? call.stage(plan.bias, 'options.bias') : 0;
     job[J.activation] = plan.activation ? ACTIVATION_CODE[plan.activation] : 0;
+    job[J.transA] = plan.transposeA ? 1 : 0;
     // Every b matrix is packed once here, on the calling thread, into the panels the items read (packed
     // weights already are): items then share them instead of each packing its own column block again.
     const panels = new Map<number, number>();
