@@ -13,7 +13,7 @@ import { f32_pack_cols, f32_pack_rows } from './f32-pack-panels-simd';
 import { expv } from './f32-vmath-simd';
 
 export const GEMM_KC: i32 = 256;
-/** Up to this many rows f32_gemm_packed streams every panel whole per tile of rows (see there). */
+/** Up to this many rows f32_gemm_packed packs all of A and streams every panel once (see there). */
 const SKINNY_ROWS: i32 = 16;
 
 /** Activations f32_gemm_packed applies after the bias (the codes the TypeScript side passes). */
@@ -24,7 +24,13 @@ export const ACTIVATION_SILU: i32 = 3;
 
 /** Scratch bytes that f32_gemm_packed needs for a K of k. */
 export function f32_gemm_packed_scratch_bytes(k: i32): i32 {
-  return GEMM_MR * max(k, GEMM_KC) * 4 + GEMM_TILE_BYTES;
+  return max(GEMM_MR * GEMM_KC, SKINNY_ROWS * k) * 4 + GEMM_TILE_BYTES;
+}
+
+/** Packs rows m0 .. m0+mr-1, columns k0 .. k0+kc-1 of A (see f32_gemm_packed) mr wide into dst. */
+function packA(a: usize, lda: i32, transA: bool, m0: i32, k0: i32, mr: i32, kc: i32, dst: usize): void {
+  if (transA) f32_pack_cols(a + ((<usize>k0 * lda + m0) << 2), lda, mr, kc, dst, mr);
+  else f32_pack_rows(a + ((<usize>m0 * lda + k0) << 2), lda, mr, kc, dst, mr);
 }
 
 /**
@@ -32,28 +38,37 @@ export function f32_gemm_packed_scratch_bytes(k: i32): i32 {
  * a[p*lda + i] with transA (a then points at Aᵀ's column of row 0); panels holds the panels of
  * columns n0.. of a B with `k` rows (n0 a multiple of 8, panels pointing at panel n0/8); bias (N floats
  * from column n0, 0 = none); activation one of the ACTIVATION_ codes; scratch: f32_gemm_packed_scratch_bytes(k).
- * Up to SKINNY_ROWS rows (a decode step, a few sessions batched): each tile's A packed over the whole K and every
- * panel read once from start to end, one stream per panel. More rows: K in blocks of GEMM_KC, each block
- * of the panels (KC x N) reused from L2 by every tile of rows.
+ * Up to SKINNY_ROWS rows (a decode step, a few sessions batched): every tile of rows packed over the whole
+ * K first, then each panel read from memory once, from start to end, and used by every tile while it is
+ * in cache, so B streams once whatever M is. More rows: K in blocks of GEMM_KC, each block of the panels
+ * (KC x N) reused from L2 by every tile of rows.
  */
 export function f32_gemm_packed(m: i32, n: i32, k: i32, a: usize, lda: i32, transA: bool, panels: usize, c: usize, ldc: i32, bias: usize, activation: i32, scratch: usize): void {
+  const aPacked = scratch;
+  const tile = aPacked + ((<usize>max(GEMM_MR * GEMM_KC, SKINNY_ROWS * k)) << 2);
   if (k == 0) {
     for (let i = 0; i < m; i++) memory.fill(c + ((<usize>i * ldc) << 2), 0, (<usize>n) << 2);
-  }
-  const blocked = m > SKINNY_ROWS;
-  const kb = blocked ? GEMM_KC : max(k, 1);
-  const aPacked = scratch;
-  const tile = aPacked + ((<usize>GEMM_MR * max(k, GEMM_KC)) << 2);
-  for (let k0 = 0; k0 < k; k0 += kb) {
-    const kc = min(kb, k - k0);
-    for (let m0 = 0; m0 < m; m0 += GEMM_MR) {
-      const mr = min(GEMM_MR, m - m0);
-      if (transA) f32_pack_cols(a + ((<usize>k0 * lda + m0) << 2), lda, mr, kc, aPacked, mr);
-      else f32_pack_rows(a + ((<usize>m0 * lda + k0) << 2), lda, mr, kc, aPacked, mr);
-      const cRow = c + ((<usize>m0 * ldc) << 2);
-      for (let p = 0; p < n; p += 8) {
-        const panel = panels + ((<usize>p * k + <usize>k0 * 8) << 2);
-        gemm_packed_exact(mr, min(8, n - p), kc, aPacked, panel, cRow + (<usize>p << 2), ldc, k0 > 0, tile);
+  } else if (m <= SKINNY_ROWS) {
+    // tile m0's rows packed at m0·k floats
+    for (let m0 = 0; m0 < m; m0 += GEMM_MR) packA(a, lda, transA, m0, 0, min(GEMM_MR, m - m0), k, aPacked + ((<usize>m0 * k) << 2));
+    for (let p = 0; p < n; p += 8) {
+      const panel = panels + ((<usize>p * k) << 2);
+      for (let m0 = 0; m0 < m; m0 += GEMM_MR) {
+        const cTile = c + ((<usize>m0 * ldc + p) << 2);
+        gemm_packed_exact(min(GEMM_MR, m - m0), min(8, n - p), k, aPacked + ((<usize>m0 * k) << 2), panel, cTile, ldc, false, tile);
+      }
+    }
+  } else {
+    for (let k0 = 0; k0 < k; k0 += GEMM_KC) {
+      const kc = min(GEMM_KC, k - k0);
+      for (let m0 = 0; m0 < m; m0 += GEMM_MR) {
+        const mr = min(GEMM_MR, m - m0);
+        packA(a, lda, transA, m0, k0, mr, kc, aPacked);
+        const cRow = c + ((<usize>m0 * ldc) << 2);
+        for (let p = 0; p < n; p += 8) {
+          const panel = panels + ((<usize>p * k + <usize>k0 * 8) << 2);
+          gemm_packed_exact(mr, min(8, n - p), kc, aPacked, panel, cRow + (<usize>p << 2), ldc, k0 > 0, tile);
+        }
       }
     }
   }

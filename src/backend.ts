@@ -51,6 +51,9 @@ export interface OperandResolver {
 export interface OpPlan {
   /** Floating-point operations of the call (decides whether it is worth the thread pool). */
   readonly flops: number;
+  /** Bytes the call streams from memory, where that and not its flops bounds its time (x·W with few
+   * rows: every weight read once for one to 16 multiply-adds); the pool weighs them too. */
+  readonly streamedBytes?: number;
   /** Where the caller asked the result to go. */
   readonly out?: Operand<Float32Array>;
 }

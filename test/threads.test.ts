@@ -4,7 +4,7 @@ import { spawnSync } from 'node:child_process';
 import { describe, expect, it } from 'vitest';
 import { AttentionError, createEngineSync } from '../src/index.js';
 import { referenceAttention } from '../src/reference.js';
-import { WorkerPool } from '../src/pool/pool.js';
+import { FLOPS_PER_STREAMED_BYTE, MIN_PARALLEL_FLOPS, WorkerPool } from '../src/pool/pool.js';
 import type { WasmBackend } from '../src/backends/wasm.js';
 import type { WasmCall } from '../src/backend.js';
 import { HEADER, jobLayout } from '../src/job.js';
@@ -177,6 +177,22 @@ describe('faults', () => {
 });
 
 
+describe('the crossover', () => {
+  it('weighs the bytes a memory-bound call streams: a GEMV over a 1 MiB W is worth the pool, its flops alone are not', () => {
+    const engine = createEngineSync({ backend: 'wasm-simd', threads: 2 });
+    const pool = (engine.runtime as WasmBackend).pool!;
+    const bytes = 2 ** 20;
+    const flops = bytes / 2; // x·W with one row: 2 flops per 4-byte weight
+    expect(flops).toBeLessThan(MIN_PARALLEL_FLOPS);
+    expect(pool.worthIt(flops, 0, 16)).toBe(false);
+    expect(pool.worthIt(flops, bytes, 16)).toBe(FLOPS_PER_STREAMED_BYTE * bytes >= MIN_PARALLEL_FLOPS);
+    expect(pool.worthIt(flops, bytes, 16)).toBe(true);
+    expect(pool.worthIt(flops, bytes, 1)).toBe(false); // one item: nothing to share
+    expect(pool.worthIt(100, 100, 16)).toBe(false);
+    engine.dispose();
+  });
+});
+
 describe('workers that cannot start', () => {
   it('are retried a few times with a growing delay, then the pool runs on the calling thread and says so', async () => {
     // a module whose import the workers cannot satisfy: (module (import "env" "missing" (func)))
@@ -189,7 +205,7 @@ describe('workers that cannot start', () => {
     expect(spawned).toBeLessThanOrEqual(2 + 4);
     await new Promise((r) => setTimeout(r, 500));
     expect(pool.spawned).toBe(spawned); // no respawn loop
-    expect(pool.worthIt(1e9, 100)).toBe(false);
+    expect(pool.worthIt(1e9, 0, 100)).toBe(false);
     pool.dispose();
   });
 });

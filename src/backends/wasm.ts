@@ -138,7 +138,7 @@ export class WasmBackend implements Backend, ResidentOwner {
     let settled: Settled;
     try {
       const encoded = op.wasm.encode(plan, call);
-      settled = runJob(this.pool, this.kernels, encoded.job, encoded.scratchBytes, plan.flops, call);
+      settled = runJob(this.pool, this.kernels, encoded.job, encoded.scratchBytes, plan, call);
       return op.wasm.finish(plan, call, encoded);
     } catch (error) {
       settled ??= (error as { settled?: Settled }).settled;

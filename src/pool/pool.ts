@@ -26,6 +26,13 @@ import { C, CTRL_WORDS, PARKED, type WorkerInit, claimLoop, runItem } from './pr
  * waking the workers costs more than they save (measured with `npm run bench:threads`).
  */
 export const MIN_PARALLEL_FLOPS = 2e6;
+/**
+ * A memory-bound call counts as this many flops per byte it streams: one thread streams about 16 GB/s
+ * and multiplies about 40 GFLOP/s here (npm run bench), so a byte costs the time of 2.5 flops.
+ */
+export const FLOPS_PER_STREAMED_BYTE = 2.5;
+/** How long a sync call that ran its share spins for the workers' last items before it sleeps. */
+const SPIN_MS = 0.1;
 /** A sync call that sees no item finish for this long runs the rest itself and retires the crew. */
 export const STALL_MS = 5000;
 /** How long a job start waits for the workers of the previous job to leave it. */
@@ -155,9 +162,10 @@ export class WorkerPool {
     return this.inFlight;
   }
 
-  /** Whether a sync call of `flops` in `items` items should use the workers. */
-  worthIt(flops: number, items: number): boolean {
-    return !this.inFlight && !this.degraded && flops >= this.minParallelFlops && items > 1;
+  /** Whether a sync call of `flops` that streams `streamedBytes`, in `items` items, should use the workers. */
+  worthIt(flops: number, streamedBytes: number, items: number): boolean {
+    const work = Math.max(flops, FLOPS_PER_STREAMED_BYTE * streamedBytes);
+    return !this.inFlight && !this.degraded && work >= this.minParallelFlops && items > 1;
   }
 
   private hire(): Crew {
@@ -308,6 +316,9 @@ export class WorkerPool {
       claimLoop(kernels, this.memory, crew.ctrl, crew.job, 0);
       let last = Atomics.load(crew.ctrl, C.done);
       let since = performance.now();
+      // the workers' last items are usually a few microseconds from done: look before sleeping, as
+      // a thread woken from Atomics.wait takes about as long again to run
+      while (last < items && performance.now() - since < SPIN_MS) last = Atomics.load(crew.ctrl, C.done);
       while (last < items) {
         Atomics.wait(crew.ctrl, C.done, last, 100);
         const now = Atomics.load(crew.ctrl, C.done);

@@ -33,9 +33,9 @@ function runHere(kernels: Kernels, job: Float64Array, scratchBytes: number, bloc
  * Runs a job now: on the calling thread and the pool when the pool is free and the call is worth
  * it (a browser's main thread may not block, so there it runs alone), else here alone.
  */
-export function runJob(pool: WorkerPool | undefined, kernels: Kernels, job: Float64Array, scratchBytes: number, flops: number, blocks: Blocks): Settled {
+export function runJob(pool: WorkerPool | undefined, kernels: Kernels, job: Float64Array, scratchBytes: number, cost: { flops: number; streamedBytes?: number }, blocks: Blocks): Settled {
   if (job[HEADER.items] === 0) return undefined;
-  if (pool && isNode && pool.worthIt(flops, job[HEADER.items])) {
+  if (pool && isNode && pool.worthIt(cost.flops, cost.streamedBytes ?? 0, job[HEADER.items])) {
     layout(job, scratchBytes, 1 + pool.threads, blocks);
     return pool.runSync(kernels, job);
   }

@@ -84,7 +84,7 @@ export function planMatmul(a: unknown, b: unknown, options: unknown, resolver: O
   const outDims = [...batchDims, m, n];
   const out = checkOut(opts.out, count * m * n, resolver, 'options.out');
   checkNoOverlap(out, [[ac.operand, 'a.data'], [bc.operand, 'b.data']]);
-  return { flops: 2 * count * m * n * k, m, n, k, transposeA, transposeB, a: ac.operand, b: bc.operand, packed: false, bias: undefined, activation: undefined, aOffsets, bOffsets, outDims, out };
+  return { flops: 2 * count * m * n * k, streamedBytes: skinnyBytes(m, k, n, count), m, n, k, transposeA, transposeB, a: ac.operand, b: bc.operand, packed: false, bias: undefined, activation: undefined, aOffsets, bOffsets, outDims, out };
 }
 
 /** a [..., M, K] times packed weights [K, N]: every matrix of a against the same weights. */
@@ -132,10 +132,19 @@ function planPacked(a: unknown, b: PackedWeights, options: unknown, resolver: Op
   const bOffsets = new Array<number>(products).fill(0);
   const out = checkOut(opts.out, count * m * n, resolver, 'options.out');
   checkNoOverlap(out, [[ac.operand, 'a.data'], [bOperand, 'b'], ...(bias ? [[bias, 'options.bias'] as const] : [])]);
+  const rows = transposeA ? m : count * m;
   return {
-    flops: 2 * count * m * n * k, m: transposeA ? m : count * m, n, k, transposeA, transposeB: false, a: ac.operand, b: bOperand, packed: true,
+    flops: 2 * count * m * n * k, streamedBytes: skinnyBytes(rows, k, n, products), m: rows, n, k, transposeA, transposeB: false, a: ac.operand, b: bOperand, packed: true,
     bias, activation, aOffsets, bOffsets, outDims: [...batchDims, m, n], out,
   };
+}
+
+/** Up to this many rows of a, a product streams b (the kernel's SKINNY_ROWS, assembly/f32-gemm-simd.ts). */
+export const SKINNY_ROWS = 16;
+
+/** The bytes of b that `products` products of `rows` rows stream when they are skinny (their time's bound), else 0. */
+function skinnyBytes(rows: number, k: number, n: number, products: number): number {
+  return rows <= SKINNY_ROWS ? 4 * products * k * n : 0;
 }
 
 /** [M, K] of a's matrices [..., M, K], or of [..., K, M] when transposed. */

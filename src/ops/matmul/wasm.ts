@@ -3,9 +3,9 @@ import type { Encoded, WasmCall, WasmOp } from '../../backend.js';
 import { HEADER } from '../../job.js';
 import { tensorOutput } from '../output.js';
 import type { Tensor } from '../../tensor.js';
-import { ACTIVATION_CODE, GEMM_M_CHUNK, GEMM_N_CHUNK, MATMUL_JOB } from './job.js';
+import { ACTIVATION_CODE, GEMM_M_CHUNK, GEMM_N_CHUNK, GEMM_N_CHUNK_SKINNY, MATMUL_JOB } from './job.js';
 import { packedLength } from './packed.js';
-import type { MatmulPlan } from './plan.js';
+import { type MatmulPlan, SKINNY_ROWS } from './plan.js';
 
 const J = MATMUL_JOB.at;
 
@@ -49,9 +49,9 @@ export const matmulWasm: WasmOp<MatmulPlan, Tensor> = {
       i32[base + 2 * i + 1] = panels.get(plan.bOffsets[i])!;
     }
     job[J.mChunk] = GEMM_M_CHUNK;
-    job[J.nChunk] = GEMM_N_CHUNK;
+    job[J.nChunk] = m <= SKINNY_ROWS ? GEMM_N_CHUNK_SKINNY : GEMM_N_CHUNK;
     job[J.mChunks] = Math.ceil(m / GEMM_M_CHUNK);
-    job[J.nChunks] = Math.ceil(n / GEMM_N_CHUNK);
+    job[J.nChunks] = Math.ceil(n / job[J.nChunk]);
     job[HEADER.items] = matrices * job[J.mChunks] * job[J.nChunks];
     return { job, scratchBytes: call.kernels.f32_gemm_packed_scratch_bytes(k), outPtr, size };
   },
