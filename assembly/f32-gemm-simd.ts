@@ -10,6 +10,7 @@
 // both are flushed as they are packed. A and B themselves are not modified.
 import { gemm_packed_exact, GEMM_MR, GEMM_TILE_BYTES } from './f32-gemm-tile';
 import { f32_pack_cols, f32_pack_rows } from './f32-pack-panels-simd';
+import { f32_gemv_1x8c4 } from './f32-gemv-1x8c4-simd';
 import { expv } from './f32-vmath-simd';
 
 export const GEMM_KC: i32 = 256;
@@ -51,7 +52,10 @@ export function f32_gemm_packed(m: i32, n: i32, k: i32, a: usize, lda: i32, tran
   } else if (m <= SKINNY_ROWS) {
     // tile m0's rows packed at m0·k floats
     for (let m0 = 0; m0 < m; m0 += GEMM_MR) packA(a, lda, transA, m0, 0, min(GEMM_MR, m - m0), k, aPacked + ((<usize>m0 * k) << 2));
-    for (let p = 0; p < n; p += 8) {
+    if (m == 1) {
+      // x·W: one row, four chains of sums per panel (the 1x8 tile is bound by its one chain)
+      for (let p = 0; p < n; p += 8) f32_gemv_1x8c4(min(8, n - p), k, aPacked, panels + ((<usize>p * k) << 2), c + ((<usize>p) << 2));
+    } else for (let p = 0; p < n; p += 8) {
       const panel = panels + ((<usize>p * k) << 2);
       for (let m0 = 0; m0 < m; m0 += GEMM_MR) {
         const cTile = c + ((<usize>m0 * ldc + p) << 2);

@@ -68,6 +68,8 @@ export interface WasmCall {
   output(out: Operand<Float32Array> | undefined, elements: number): number;
   /** The `elements` floats at `ptr`, into `out` (when given) or a new array. */
   collect(ptr: number, elements: number, out: Operand<Float32Array> | undefined): Float32Array;
+  /** Threads the call may run on (an op may cut work finer for several, where its bits do not depend on the cut). */
+  readonly threads: number;
   /** Views of all of WASM memory (valid until the next allocation). */
   readonly f32: Float32Array;
   readonly i32: Int32Array;

@@ -74,9 +74,11 @@ describe('decoder example', () => {
           const sessions = prompts.map(() => model.session());
           const first = await model.forwardBatch(sessions.map((session, i) => ({ session, tokens: prompts[i] })), { async });
           const next = await model.forwardBatch(sessions.map((session, i) => ({ session, tokens: [argmax(first[i], vocab)] })), { async, logits: 'last' });
+          // float32 rounding only: x·W of one row sums K in four chains (f32_gemv_1x8c4), of several
+          // rows in one chain per row (measured 1.05e-6 on wasm-simd; 1e-4 is the bound against onnxruntime)
           prompts.forEach((_, i) => {
-            expect(relativeError(first[i], alone[i].first)).toBeLessThan(1e-6);
-            expect(relativeError(next[i], alone[i].next)).toBeLessThan(1e-6);
+            expect(relativeError(first[i], alone[i].first)).toBeLessThan(1e-5);
+            expect(relativeError(next[i], alone[i].next)).toBeLessThan(1e-5);
             expect(sessions[i].length).toBe(prompts[i].length + 1);
           });
           for (const session of sessions) session.dispose();

@@ -10,7 +10,7 @@
 //         base 10000) at absolute positions: pool.step appends k and v, rotates both, and attends
 //   x  += y · Wo
 //   m   = rmsnorm(x) · w_mlp
-//   x  += (silu(m · W1) * (m · W3)) · W2                     silu(z) = z·sigmoid(z); [W1 | W3] is one GEMM
+//   x  += (silu(m · W1) * (m · W3)) · W2                     silu(z) = z·sigmoid(z), in the W1 GEMM's epilogue
 // then logits = rmsnorm(x) · w_final · embeddingᵀ (the output projection is tied to the embedding).
 //
 // Weights come from a seed (makeWeights), so the ONNX graph (onnx-graph.js) and the tests rebuild
@@ -146,7 +146,8 @@ export function createModel(engine, config = {}, { weights = makeWeights(config)
     mlpNorm: w.mlpNorm,
     wqkv: packed([width, qkvWidth], sideBySide(width, sideBySide(width, w.wq, width, w.wk, kvWidth), width + kvWidth, w.wv, kvWidth)),
     wo: packed([width, width], w.wo),
-    w13: packed([width, 2 * mlpWidth], sideBySide(width, w.w1, mlpWidth, w.w3, mlpWidth)),
+    w1: packed([width, mlpWidth], w.w1),
+    w3: packed([width, mlpWidth], w.w3),
     w2: packed([mlpWidth, width], w.w2),
     pool: engine.kvPool({ kvHeads, headDim, pageSize, maxTokens: c.maxTokens, dtype: c.kvDtype }),
   }));
@@ -237,6 +238,12 @@ export function createModel(engine, config = {}, { weights = makeWeights(config)
       // rows [n, Hq·D | Hkv·D | Hkv·D] of each session -> q [Hq, n, D], k and v [Hkv, n, D]
       const items = requests.map(({ session }, i) => {
         const n = counts[i];
+        if (n === 1) {
+          // one position: its row [Hq·D | Hkv·D | Hkv·D] already is q [Hq, 1, D], k and v [Hkv, 1, D]
+          const row = offsets[i] * qkvWidth;
+          const part = (from, size, dims) => ({ data: qkv.subarray(row + from, row + from + size), dims });
+          return { sequence: session.sequences[l], q: part(0, width, [heads, 1, headDim]), k: part(width, kvWidth, [kvHeads, 1, headDim]), v: part(width + kvWidth, kvWidth, [kvHeads, 1, headDim]) };
+        }
         const q = new Float32Array(heads * n * headDim);
         const k = new Float32Array(kvHeads * n * headDim);
         const v = new Float32Array(kvHeads * n * headDim);
@@ -255,20 +262,21 @@ export function createModel(engine, config = {}, { weights = makeWeights(config)
       const attended = new Float32Array(rows * width);
       outputs.forEach(({ data }, i) => {
         const n = counts[i];
+        if (n === 1) {
+          attended.set(data, offsets[i] * width); // [Hq, 1, D] is the row
+          return;
+        }
         for (let h = 0; h < heads; h++) {
           for (let t = 0; t < n; t++) attended.set(data.subarray((h * n + t) * headDim, (h * n + t + 1) * headDim), (offsets[i] + t) * width + h * headDim);
         }
       });
       const projected = (yield ['matmul', { data: attended, dims: [rows, width] }, layer.wo]).data;
       for (let i = 0; i < x.length; i++) x[i] += projected[i];
-      const gates = (yield ['matmul', { data: rmsNorm(x, rows, width, layer.mlpNorm, eps), dims: [rows, width] }, layer.w13]).data;
-      const hidden = new Float32Array(rows * mlpWidth);
-      for (let r = 0; r < rows; r++) {
-        for (let j = 0; j < mlpWidth; j++) {
-          const a = gates[r * 2 * mlpWidth + j];
-          hidden[r * mlpWidth + j] = (a / (1 + Math.exp(-a))) * gates[r * 2 * mlpWidth + mlpWidth + j];
-        }
-      }
+      const m = { data: rmsNorm(x, rows, width, layer.mlpNorm, eps), dims: [rows, width] };
+      // silu(m · W1) by the kernel's epilogue, times m · W3
+      const hidden = (yield ['matmul', m, layer.w1, { activation: 'silu' }]).data;
+      const up = (yield ['matmul', m, layer.w3]).data;
+      for (let i = 0; i < hidden.length; i++) hidden[i] *= up[i];
       const down = (yield ['matmul', { data: hidden, dims: [rows, mlpWidth] }, layer.w2]).data;
       for (let i = 0; i < x.length; i++) x[i] += down[i];
     }
@@ -351,7 +359,7 @@ export function createModel(engine, config = {}, { weights = makeWeights(config)
       for (const session of [...live]) session.dispose();
       for (const layer of layers) {
         layer.pool.dispose();
-        for (const t of [layer.wqkv, layer.wo, layer.w13, layer.w2]) t.release();
+        for (const t of [layer.wqkv, layer.wo, layer.w1, layer.w3, layer.w2]) t.release();
       }
       embedding.release();
     },

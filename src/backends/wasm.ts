@@ -23,6 +23,10 @@ class Call implements WasmCall {
   snapshots: Map<Operand, Float32Array | Uint8Array> | undefined;
   constructor(private readonly backend: WasmBackend) {}
 
+  get threads(): number {
+    return this.backend.threads;
+  }
+
   get f32(): Float32Array {
     return this.backend.heap.f32;
   }

@@ -11,8 +11,9 @@ const J = MATMUL_JOB.at;
 
 export const GEMM_M_CHUNK = 128;
 export const GEMM_N_CHUNK = 256; // a multiple of the packed weights' 8-column panels
-/** Columns per item of a skinny product (M <= SKINNY_ROWS): finer, so that a GEMV over a few hundred
- * columns still spreads over the threads (columns are independent: the bits do not change). */
+/** Columns per item of a skinny product (M <= SKINNY_ROWS) on several threads: finer, so that a GEMV
+ * over a few hundred columns still spreads over them (its columns are independent sums over the whole
+ * K, so the bits do not depend on the cut; one thread keeps GEMM_N_CHUNK, fewer items to run). */
 export const GEMM_N_CHUNK_SKINNY = 64;
 
 /** The kernels' activation codes (assembly/f32-gemm-simd.ts). */

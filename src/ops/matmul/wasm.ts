@@ -49,7 +49,8 @@ export const matmulWasm: WasmOp<MatmulPlan, Tensor> = {
       i32[base + 2 * i + 1] = panels.get(plan.bOffsets[i])!;
     }
     job[J.mChunk] = GEMM_M_CHUNK;
-    job[J.nChunk] = m <= SKINNY_ROWS ? GEMM_N_CHUNK_SKINNY : GEMM_N_CHUNK;
+    // a skinny product's columns are independent sums over the whole K: cut finer for several threads
+    job[J.nChunk] = m <= SKINNY_ROWS && call.threads > 1 ? GEMM_N_CHUNK_SKINNY : GEMM_N_CHUNK;
     job[J.mChunks] = Math.ceil(m / GEMM_M_CHUNK);
     job[J.nChunks] = Math.ceil(n / job[J.nChunk]);
     job[HEADER.items] = matrices * job[J.mChunks] * job[J.nChunks];
