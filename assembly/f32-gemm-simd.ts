@@ -28,6 +28,16 @@ export function f32_gemm_packed_scratch_bytes(k: i32): i32 {
   return max(GEMM_MR * GEMM_KC, SKINNY_ROWS * k) * 4 + GEMM_TILE_BYTES;
 }
 
+/**
+ * Rows of tile i when m rows go in `tiles` tiles of at most GEMM_MR: as even as can be (8 rows as 4 + 4,
+ * not 6 + 2: a 2-row tile waits on its multiply-add latency, so two 4-row tiles finish sooner). A row's
+ * sums run over k in the same order in any tile, so the split does not change the bits.
+ */
+// @ts-ignore: decorator
+@inline function tileRows(m: i32, tiles: i32, i: i32): i32 {
+  return m / tiles + (i < m % tiles ? 1 : 0);
+}
+
 /** Packs rows m0 .. m0+mr-1, columns k0 .. k0+kc-1 of A (see f32_gemm_packed) mr wide into dst. */
 function packA(a: usize, lda: i32, transA: bool, m0: i32, k0: i32, mr: i32, kc: i32, dst: usize): void {
   if (transA) f32_pack_cols(a + ((<usize>k0 * lda + m0) << 2), lda, mr, kc, dst, mr);
@@ -50,23 +60,25 @@ export function f32_gemm_packed(m: i32, n: i32, k: i32, a: usize, lda: i32, tran
   if (k == 0) {
     for (let i = 0; i < m; i++) memory.fill(c + ((<usize>i * ldc) << 2), 0, (<usize>n) << 2);
   } else if (m <= SKINNY_ROWS) {
-    // tile m0's rows packed at m0·k floats
-    for (let m0 = 0; m0 < m; m0 += GEMM_MR) packA(a, lda, transA, m0, 0, min(GEMM_MR, m - m0), k, aPacked + ((<usize>m0 * k) << 2));
+    // tile i's rows packed at m0·k floats, m0 its first row
+    const tiles = (m + GEMM_MR - 1) / GEMM_MR;
+    for (let i = 0, m0 = 0; i < tiles; m0 += tileRows(m, tiles, i++)) packA(a, lda, transA, m0, 0, tileRows(m, tiles, i), k, aPacked + ((<usize>m0 * k) << 2));
     if (m == 1) {
       // x·W: one row, four chains of sums per panel (the 1x8 tile is bound by its one chain)
       for (let p = 0; p < n; p += 8) f32_gemv_1x8c4(min(8, n - p), k, aPacked, panels + ((<usize>p * k) << 2), c + ((<usize>p) << 2));
     } else for (let p = 0; p < n; p += 8) {
       const panel = panels + ((<usize>p * k) << 2);
-      for (let m0 = 0; m0 < m; m0 += GEMM_MR) {
+      for (let i = 0, m0 = 0; i < tiles; m0 += tileRows(m, tiles, i++)) {
         const cTile = c + ((<usize>m0 * ldc + p) << 2);
-        gemm_packed_exact(min(GEMM_MR, m - m0), min(8, n - p), k, aPacked + ((<usize>m0 * k) << 2), panel, cTile, ldc, false, tile);
+        gemm_packed_exact(tileRows(m, tiles, i), min(8, n - p), k, aPacked + ((<usize>m0 * k) << 2), panel, cTile, ldc, false, tile);
       }
     }
   } else {
+    const tiles = (m + GEMM_MR - 1) / GEMM_MR;
     for (let k0 = 0; k0 < k; k0 += GEMM_KC) {
       const kc = min(GEMM_KC, k - k0);
-      for (let m0 = 0; m0 < m; m0 += GEMM_MR) {
-        const mr = min(GEMM_MR, m - m0);
+      for (let i = 0, m0 = 0; i < tiles; m0 += tileRows(m, tiles, i++)) {
+        const mr = tileRows(m, tiles, i);
         packA(a, lda, transA, m0, k0, mr, kc, aPacked);
         const cRow = c + ((<usize>m0 * ldc) << 2);
         for (let p = 0; p < n; p += 8) {
