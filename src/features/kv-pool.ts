@@ -968,7 +968,10 @@ function readLittleEndian(bytes: Uint8Array, at: number, values: StoredRows['k']
 
 /** cos and sin of an entry's positions start .. start+n-1, built once for its k and its q. */
 function tablesOf(entry: Entries, start: number, rope: RopeSpec): { cos: Float32Array; sin: Float32Array } {
-  if (entry.tables?.start !== start) entry.tables = { start, ...angleTables(positionRange(start, entry.n), rope.dims, rope.base) };
+  if (entry.tables?.start !== start) {
+    const { cos, sin } = angleTables(positionRange(start, entry.n), rope.dims, rope.base);
+    entry.tables = { start, cos, sin };
+  }
   return entry.tables;
 }
 

@@ -42,11 +42,21 @@ export function readRope(value: unknown, headDim: number, name = 'options.rope')
   return Object.freeze({ base, dims, interleaved: checkBoolean(opts.interleaved, `${name}.interleaved`) });
 }
 
+/** The last rotation's base^(-2i/dims), i < dims/2: a decode step asks for the same ones every time. */
+let lastFrequencies: { dims: number; base: number; theta: Float64Array } | undefined;
+
+function frequencies(dims: number, base: number): Float64Array {
+  if (lastFrequencies?.dims === dims && lastFrequencies.base === base) return lastFrequencies.theta;
+  const theta = new Float64Array(dims / 2);
+  for (let i = 0; i < dims / 2; i++) theta[i] = base ** ((-2 * i) / dims);
+  lastFrequencies = { dims, base, theta };
+  return theta;
+}
+
 /** cos and sin of p·base^(-2i/dims) for every position p and pair i < dims/2, in float64, rounded to float32. */
 export function angleTables(positions: ArrayLike<number>, dims: number, base: number): { cos: Float32Array; sin: Float32Array } {
   const half = dims / 2;
-  const theta = new Float64Array(half);
-  for (let i = 0; i < half; i++) theta[i] = base ** ((-2 * i) / dims);
+  const theta = frequencies(dims, base);
   const cos = new Float32Array(positions.length * half);
   const sin = new Float32Array(positions.length * half);
   for (let t = 0; t < positions.length; t++) {
