@@ -7,8 +7,9 @@
 //   each run's logits (goal <= 1e-4) and whether the greedy tokens are the same;
 // - prefill of a 32- and a 512-token prompt (every position's logits, as the graph gives them): tokens/s,
 //   the median of several runs;
-// - decode, one session: after a 32-token prompt, `--decode` greedy steps, tokens/s over all of them; and
-//   where each millisecond of our step goes (matmuls, the attention step, the JS glue between them);
+// - decode, one session: after a 32-token prompt, rounds of `--decode` greedy steps, ours and theirs in
+//   turn, tokens/s the median over the rounds; and where each millisecond of our step goes (matmuls, the
+//   attention step, the JS glue between them; their mean over the rounds);
 // - sessions: `--sessions` sessions, each after its own 32-token prompt, decode `--decode` steps together
 //   (ours: one forwardBatch of every session per step; onnxruntime-node: one run per session per step, as
 //   a server runs an ONNX decoder whose sessions hold different lengths): aggregate tokens/s.
@@ -49,6 +50,8 @@ const decodeSteps = Number(values.decode);
 const log = (line) => values.json || process.stderr.write(`${line}\n`);
 const now = () => performance.now();
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+/** Decode rounds per side, taken in turn (the machine's speed drifts within seconds). */
+const DECODE_ROUNDS = 5;
 
 /** A prompt of `length` token ids, different for each `seed`. */
 const prompt = (length, seed, vocab) => Array.from({ length }, (_, i) => (i * 389 + seed * 7919 + 11) % vocab);
@@ -141,21 +144,6 @@ function timedModel(engine, config, weights) {
   return { model, spent, reset: () => Object.assign(spent, { matmul: 0, attention: 0 }) };
 }
 
-/** Greedy steps on our session after its prompt; returns ms per step and the tokens. */
-function ourDecode(session, firstLogits, steps, vocab) {
-  let token = argmax(firstLogits, vocab);
-  const start = now();
-  for (let s = 0; s < steps; s++) token = argmax(session.forward([token]), vocab);
-  return (now() - start) / steps;
-}
-
-async function ortDecode(ortModel, state, firstLogits, steps, vocab) {
-  let token = argmax(firstLogits, vocab);
-  const start = now();
-  for (let s = 0; s < steps; s++) token = argmax(await ortModel.forward(state, [token]), vocab);
-  return (now() - start) / steps;
-}
-
 const results = [];
 for (const name of values.models.split(',')) {
   const config = modelConfig({ ...MODELS[name] });
@@ -211,24 +199,35 @@ for (const name of values.models.split(',')) {
       log(`  prefill ${length}: ours ${row.prefill[length].ours.toFixed(0)} tokens/s, onnxruntime-node ${row.prefill[length].ort.toFixed(0)}`);
     }
 
-    // decode, one session, after a 32-token prompt; then the same steps again, timed by part
+    // decode, one session, after a 32-token prompt: rounds of `--decode` steps, ours and theirs in turn
     {
       const tokens = prompt(32, 99, vocab);
       const session = ours.model.session();
-      const first = session.forward(tokens);
-      ourDecode(session, first, 4, vocab);
-      const oursMs = ourDecode(session, first, decodeSteps, vocab);
-      ours.reset();
-      const timedMs = ourDecode(session, first, decodeSteps, vocab);
-      const matmulMs = ours.spent.matmul / decodeSteps;
-      const attentionMs = ours.spent.attention / decodeSteps;
-      session.dispose();
       const state = theirs.state();
-      const firstOrt = await theirs.forward(state, tokens);
-      await ortDecode(theirs, state, firstOrt, 4, vocab);
-      const ortMs = await ortDecode(theirs, state, firstOrt, decodeSteps, vocab);
-      row.decode = { ours: 1000 / oursMs, ort: 1000 / ortMs, stepMs: timedMs, matmulMs, attentionMs, glueMs: timedMs - matmulMs - attentionMs };
-      log(`  decode: ours ${row.decode.ours.toFixed(0)} tokens/s, onnxruntime-node ${row.decode.ort.toFixed(0)}; step ${timedMs.toFixed(2)} ms = matmul ${matmulMs.toFixed(2)} + attention ${attentionMs.toFixed(2)} + glue ${row.decode.glueMs.toFixed(2)}`);
+      let next = argmax(session.forward(tokens), vocab);
+      let nextOrt = argmax(await theirs.forward(state, tokens), vocab);
+      for (let s = 0; s < 4; s++) {
+        next = argmax(session.forward([next]), vocab);
+        nextOrt = argmax(await theirs.forward(state, [nextOrt]), vocab);
+      }
+      const oursMs = [];
+      const theirsMs = [];
+      ours.reset();
+      for (let round = 0; round < DECODE_ROUNDS; round++) {
+        let start = now();
+        for (let s = 0; s < decodeSteps; s++) next = argmax(session.forward([next]), vocab);
+        oursMs.push((now() - start) / decodeSteps);
+        start = now();
+        for (let s = 0; s < decodeSteps; s++) nextOrt = argmax(await theirs.forward(state, [nextOrt]), vocab);
+        theirsMs.push((now() - start) / decodeSteps);
+      }
+      session.dispose();
+      const steps = DECODE_ROUNDS * decodeSteps;
+      const stepMs = oursMs.reduce((a, b) => a + b) / DECODE_ROUNDS;
+      const matmulMs = ours.spent.matmul / steps;
+      const attentionMs = ours.spent.attention / steps;
+      row.decode = { ours: 1000 / median(oursMs), ort: 1000 / median(theirsMs), stepMs, matmulMs, attentionMs, glueMs: stepMs - matmulMs - attentionMs };
+      log(`  decode: ours ${row.decode.ours.toFixed(0)} tokens/s, onnxruntime-node ${row.decode.ort.toFixed(0)} (medians of ${DECODE_ROUNDS} rounds); step ${stepMs.toFixed(2)} ms = matmul ${matmulMs.toFixed(2)} + attention ${attentionMs.toFixed(2)} + glue ${row.decode.glueMs.toFixed(2)}`);
     }
 
     // many sessions decoding together
