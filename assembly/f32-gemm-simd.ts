@@ -23,9 +23,15 @@ export const ACTIVATION_RELU: i32 = 1;
 export const ACTIVATION_GELU_TANH: i32 = 2;
 export const ACTIVATION_SILU: i32 = 3;
 
-/** Scratch bytes that f32_gemm_packed needs for a K of k. */
-export function f32_gemm_packed_scratch_bytes(k: i32): i32 {
-  return max(GEMM_MR * GEMM_KC, SKINNY_ROWS * k) * 4 + GEMM_TILE_BYTES;
+/** Floats of packed A that f32_gemm_packed keeps for m rows and a K of k: all of a skinny A, else one
+ * tile's K block. */
+function packedFloats(m: i32, k: i32): i32 {
+  return max(GEMM_MR * GEMM_KC, min(m, SKINNY_ROWS) * k);
+}
+
+/** Scratch bytes that f32_gemm_packed needs for up to m rows and a K of k. */
+export function f32_gemm_packed_scratch_bytes(m: i32, k: i32): i32 {
+  return packedFloats(m, k) * 4 + GEMM_TILE_BYTES;
 }
 
 /**
@@ -48,7 +54,8 @@ function packA(a: usize, lda: i32, transA: bool, m0: i32, k0: i32, mr: i32, kc: 
  * C[M x N] = act(A · B + bias) with B packed beforehand (see the file header): A(i, p) is a[i*lda + p], or
  * a[p*lda + i] with transA (a then points at Aᵀ's column of row 0); panels holds the panels of
  * columns n0.. of a B with `k` rows (n0 a multiple of 8, panels pointing at panel n0/8); bias (N floats
- * from column n0, 0 = none); activation one of the ACTIVATION_ codes; scratch: f32_gemm_packed_scratch_bytes(k).
+ * from column n0, 0 = none); activation one of the ACTIVATION_ codes; scratch: f32_gemm_packed_scratch_bytes(m, k)
+ * (or of more rows).
  * Up to SKINNY_ROWS rows (a decode step, a few sessions batched): every tile of rows packed over the whole
  * K first, then each panel read from memory once, from start to end, and used by every tile while it is
  * in cache, so B streams once whatever M is. More rows: K in blocks of GEMM_KC, each block of the panels
@@ -56,7 +63,7 @@ function packA(a: usize, lda: i32, transA: bool, m0: i32, k0: i32, mr: i32, kc: 
  */
 export function f32_gemm_packed(m: i32, n: i32, k: i32, a: usize, lda: i32, transA: bool, panels: usize, c: usize, ldc: i32, bias: usize, activation: i32, scratch: usize): void {
   const aPacked = scratch;
-  const tile = aPacked + ((<usize>max(GEMM_MR * GEMM_KC, SKINNY_ROWS * k)) << 2);
+  const tile = aPacked + ((<usize>packedFloats(m, k)) << 2);
   if (k == 0) {
     for (let i = 0; i < m; i++) memory.fill(c + ((<usize>i * ldc) << 2), 0, (<usize>n) << 2);
   } else if (m <= SKINNY_ROWS) {

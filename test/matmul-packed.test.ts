@@ -33,6 +33,10 @@ describe.each(BACKENDS)('matmul with packed weights on %s', (backend) => {
     check(backend, [2, 3, 5, 70], 70, 37, { bias: true, activation, transposeB: true }, 17);
     check(backend, [1, 300], 300, 20, { bias: false, activation }, 18);
   });
+  it('M 130, K 1500: the last 2-row item packs all of its A (2 x 1500 floats, more than one K block of a tile)', () => {
+    check(backend, [130, 1500], 1500, 20, { bias: true }, 31);
+    check(backend, [1500, 130], 1500, 20, { transposeA: true }, 32);
+  });
   it.each([1, 6, 17, 130])('transposeA: a [2, K, M] with M %i against packed weights, bias and silu', (m) => {
     check(backend, [2, 257, m], 257, 19, { transposeA: true, bias: true, activation: 'silu' }, 40 + m);
     check(backend, [7, m], 7, 9, { transposeA: true, transposeB: true }, 50 + m);

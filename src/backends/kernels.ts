@@ -7,7 +7,7 @@ export const MASK_KIND = { bool: 1, float: 2 } as const;
 export interface Kernels {
   heap_base(): number;
   f32_gemm_packed(m: number, n: number, k: number, a: number, lda: number, transA: number, panels: number, c: number, ldc: number, bias: number, activation: number, scratch: number): void;
-  f32_gemm_packed_scratch_bytes(k: number): number;
+  f32_gemm_packed_scratch_bytes(m: number, k: number): number;
   f32_pack_panels(src: number, ld: number, transposed: number, kc: number, nc: number, dst: number): void;
   f32_softmax_rows(
     x: number, ldx: number, y: number, ldy: number, rows: number, cols: number,

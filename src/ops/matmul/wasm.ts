@@ -54,7 +54,7 @@ export const matmulWasm: WasmOp<MatmulPlan, Tensor> = {
     job[J.mChunks] = Math.ceil(m / GEMM_M_CHUNK);
     job[J.nChunks] = Math.ceil(n / job[J.nChunk]);
     job[HEADER.items] = matrices * job[J.mChunks] * job[J.nChunks];
-    return { job, scratchBytes: call.kernels.f32_gemm_packed_scratch_bytes(k), outPtr, size };
+    return { job, scratchBytes: call.kernels.f32_gemm_packed_scratch_bytes(Math.min(m, GEMM_M_CHUNK), k), outPtr, size };
   },
 
   finish: tensorOutput,
