@@ -3,6 +3,8 @@
 export type { ReferenceTensor } from './ops/reference-math.js';
 export { referenceAttention } from './ops/attention/reference.js';
 export type { ReferenceAttention, ReferenceAttentionOptions } from './ops/attention/reference.js';
+export { referenceAttentionBackward } from './ops/attention-backward/reference.js';
+export type { ReferenceAttentionGradients } from './ops/attention-backward/reference.js';
 export { referenceMatmul } from './ops/matmul/reference.js';
 export { referenceSoftmax } from './ops/softmax/reference.js';
 export { referenceRotary } from './ops/rope/reference.js';

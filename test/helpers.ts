@@ -57,6 +57,12 @@ export const tolerance = {
    */
   rotary: (maxInput: number): number => 4 * EPS32 * maxInput,
   /**
+   * An analytic float64 gradient against central finite differences (step 1e-5) of the float64
+   * forward, relative to the largest gradient: the differences' truncation error is O(step²) and their
+   * rounding about 1e-16 / step, both far below it (at most 6.4e-10 measured on the backward's cases).
+   */
+  finiteDifference: 1e-6,
+  /**
    * Scores over float16 and int8 pages, against the reference over the same quantized keys (before
    * the scale): the int8 kernel rounds each q row to 14 bits (half a step of absmax/8191 at most per
    * element; past head dim 1032 the step is absmax/floor((2^31-1) / (254·headDim)), the kernel's
