@@ -15,8 +15,12 @@
 //   a server runs an ONNX decoder whose sessions hold different lengths): aggregate tokens/s.
 // onnxruntime-node runs at its best from Node: graph optimizations 'all' (its default), sequential
 // execution, intra-op threads = the thread count, past keys and values fed back as the previous run's
-// present outputs (onnxruntime-node has no IO binding that would keep them in place).
+// present outputs (onnxruntime-node has no IO binding that would keep them in place). When bench/peers
+// is installed (npm --prefix bench/peers ci), onnxruntime-web too (its WASM SIMD build, numThreads =
+// the thread count): logits, prefill and one session's decode.
+import { createRequire } from 'node:module';
 import { availableParallelism } from 'node:os';
+import { pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import ort from 'onnxruntime-node';
 import { createEngineSync } from '../dist/index.js';
@@ -67,16 +71,34 @@ function relativeError(a, b) {
   return diff / scale;
 }
 
-/** onnxruntime-node's side: a session of the graph and one decoding state per sequence. */
+/** onnxruntime-web from bench/peers (npm --prefix bench/peers ci), or undefined when it is not installed. */
+async function loadOrtWeb() {
+  try {
+    const require = createRequire(new URL('./peers/package.json', import.meta.url));
+    const module = await import(pathToFileURL(require.resolve('onnxruntime-web')).href);
+    const web = module.default ?? module;
+    web.env.wasm.proxy = false;
+    web.env.logLevel = 'error';
+    return web;
+  } catch {
+    return undefined;
+  }
+}
+
+/** An onnxruntime's side (node's native CPU or web's WASM): a session of the graph and a decoding state per sequence. */
 class OrtModel {
-  static async create(bytes, config, threads) {
-    const session = await ort.InferenceSession.create(bytes, {
-      executionProviders: ['cpu'], intraOpNumThreads: threads, interOpNumThreads: 1, executionMode: 'sequential', graphOptimizationLevel: 'all',
-    });
-    return new OrtModel(session, config);
+  static async create(runtime, bytes, config, threads) {
+    const web = runtime !== ort;
+    // onnxruntime-web: its SIMD build, numThreads workers (set before the session)
+    if (web) runtime.env.wasm.numThreads = threads;
+    const session = await runtime.InferenceSession.create(bytes, web
+      ? { executionProviders: ['wasm'], executionMode: 'sequential', graphOptimizationLevel: 'all' }
+      : { executionProviders: ['cpu'], intraOpNumThreads: threads, interOpNumThreads: 1, executionMode: 'sequential', graphOptimizationLevel: 'all' });
+    return new OrtModel(runtime, session, config);
   }
 
-  constructor(session, config) {
+  constructor(runtime, session, config) {
+    this.ort = runtime;
     this.session = session;
     this.config = config;
   }
@@ -86,7 +108,7 @@ class OrtModel {
     const { layers, kvHeads, headDim } = this.config;
     const past = {};
     for (let l = 0; l < layers; l++) {
-      for (const kind of ['key', 'value']) past[`past_${kind}_${l}`] = new ort.Tensor('float32', new Float32Array(0), [1, kvHeads, 0, headDim]);
+      for (const kind of ['key', 'value']) past[`past_${kind}_${l}`] = new this.ort.Tensor('float32', new Float32Array(0), [1, kvHeads, 0, headDim]);
     }
     return { past, length: 0 };
   }
@@ -96,8 +118,8 @@ class OrtModel {
     const ids = BigInt64Array.from(tokens, (t) => BigInt(t));
     const positions = BigInt64Array.from(tokens, (_, i) => BigInt(state.length + i));
     const result = await this.session.run({
-      input_ids: new ort.Tensor('int64', ids, [1, tokens.length]),
-      position_ids: new ort.Tensor('int64', positions, [1, tokens.length]),
+      input_ids: new this.ort.Tensor('int64', ids, [1, tokens.length]),
+      position_ids: new this.ort.Tensor('int64', positions, [1, tokens.length]),
       ...state.past,
     });
     state.length += tokens.length;
@@ -144,6 +166,49 @@ function timedModel(engine, config, weights) {
   return { model, spent, reset: () => Object.assign(spent, { matmul: 0, attention: 0 }) };
 }
 
+/**
+ * onnxruntime-web on the same graph, after the rest of a (model, threads) row: its logits on the
+ * agreement run's inputs against ours, its prefill and its decode of one session (the sessions
+ * columns are onnxruntime-node's only: onnxruntime-web is slower at them).
+ */
+async function measureWeb(web, bytes, config, threads, agreement, row) {
+  const { vocab } = config;
+  const theirs = await OrtModel.create(web, bytes, config, threads);
+  try {
+    const result = { version: web.env.versions?.web, prefill: {} };
+    let state = theirs.state();
+    result.maxRelativeError = 0;
+    for (const { feed, logits } of agreement) result.maxRelativeError = Math.max(result.maxRelativeError, relativeError(logits, await theirs.forward(state, feed)));
+    for (const length of list(values.prefill)) {
+      const runs = length >= 256 ? 3 : 8;
+      const ms = [];
+      for (let r = 0; r <= runs; r++) {
+        state = theirs.state();
+        const start = now();
+        await theirs.forward(state, prompt(length, r + 1, vocab));
+        if (r > 0) ms.push(now() - start);
+      }
+      result.prefill[length] = (1000 * length) / median(ms);
+    }
+    state = theirs.state();
+    let next = argmax(await theirs.forward(state, prompt(32, 99, vocab)), vocab);
+    for (let s = 0; s < 4; s++) next = argmax(await theirs.forward(state, [next]), vocab);
+    const ms = [];
+    for (let round = 0; round < DECODE_ROUNDS; round++) {
+      const start = now();
+      for (let s = 0; s < decodeSteps; s++) next = argmax(await theirs.forward(state, [next]), vocab);
+      ms.push((now() - start) / decodeSteps);
+    }
+    result.decode = 1000 / median(ms);
+    log(`  onnxruntime-web: logits ${result.maxRelativeError.toExponential(1)}; prefill ${Object.values(result.prefill).map((x) => x.toFixed(0)).join(', ')} tokens/s; decode ${result.decode.toFixed(0)} tokens/s (ours ${row.decode.ours.toFixed(0)})`);
+    return result;
+  } finally {
+    await theirs.release();
+  }
+}
+
+const ortWeb = await loadOrtWeb();
+if (!ortWeb) log('onnxruntime-web is not installed (npm --prefix bench/peers ci): its columns are left out');
 const results = [];
 for (const name of values.models.split(',')) {
   const config = modelConfig({ ...MODELS[name] });
@@ -155,10 +220,11 @@ for (const name of values.models.split(',')) {
     log(`${name}, ${threads} thread(s): building both...`);
     const engine = createEngineSync({ backend, threads });
     const ours = timedModel(engine, config, weights);
-    const theirs = await OrtModel.create(bytes, config, threads);
+    const theirs = await OrtModel.create(ort, bytes, config, threads);
     const row = { model: name, backend, threads, node: process.version };
 
-    // agreement: 16-token prompt, then 8 greedy steps
+    // agreement: 16-token prompt, then 8 greedy steps (what we fed and our logits, kept for onnxruntime-web)
+    const agreement = [];
     {
       const session = ours.model.session();
       const state = theirs.state();
@@ -167,6 +233,7 @@ for (const name of values.models.split(',')) {
       let same = true;
       for (let s = 0; s < 9; s++) {
         const a = session.forward(feed);
+        agreement.push({ feed, logits: a });
         const b = await theirs.forward(state, feed);
         worst = Math.max(worst, relativeError(a, b));
         const [ta, tb] = [argmax(a, vocab), argmax(b, vocab)];
@@ -257,6 +324,7 @@ for (const name of values.models.split(',')) {
       row.sessions[count] = { ours: (1000 * count * decodeSteps) / oursMs, ort: (1000 * count * decodeSteps) / theirsMs, ...split };
       log(`  ${count} sessions: ours ${row.sessions[count].ours.toFixed(0)} tokens/s, onnxruntime-node one run at a time ${row.sessions[count].ort.toFixed(0)}; step ${split.stepMs.toFixed(2)} ms = matmul ${split.matmulMs.toFixed(2)} + attention ${split.attentionMs.toFixed(2)} + glue ${split.glueMs.toFixed(2)}`);
     }
+    if (ortWeb) row.web = await measureWeb(ortWeb, bytes, config, threads, agreement, row);
     results.push(row);
     ours.model.dispose();
     engine.dispose();
@@ -276,6 +344,16 @@ if (values.json) {
   console.log(`|---|---:|---:|---|${prefills.map(() => '---:|').join('')}---:|${counts.map(() => '---:|').join('')}`);
   for (const r of results) {
     console.log(`| ${r.model} | ${r.threads} | ${r.maxRelativeError.toExponential(1)} | ${r.sameTokens ? 'yes' : 'NO'} | ${prefills.map((p) => ratio(r.prefill[p])).join(' | ')} | ${ratio(r.decode)} | ${counts.map((c) => ratio(r.sessions[c])).join(' | ')} |`);
+  }
+  const webRows = results.filter((r) => r.web);
+  if (webRows.length > 0) {
+    console.log(`\nAgainst onnxruntime-web ${webRows[0].web.version ?? ''} (its WASM SIMD build, numThreads = threads), the same rows; tokens/s ours / onnxruntime-web = ratio\n`);
+    console.log(`| model | threads | logits rel. error | ${prefills.map((p) => `prefill ${p}`).join(' | ')} | decode, 1 session |`);
+    console.log(`|---|---:|---:|${prefills.map(() => '---:|').join('')}---:|`);
+    const vs = (a, b) => `${a.toFixed(0)} / ${b.toFixed(0)} = ${(a / b).toFixed(2)}x`;
+    for (const r of webRows) {
+      console.log(`| ${r.model} | ${r.threads} | ${r.web.maxRelativeError.toExponential(1)} | ${prefills.map((p) => vs(r.prefill[p].ours, r.web.prefill[p])).join(' | ')} | ${vs(r.decode.ours, r.web.decode)} |`);
+    }
   }
   console.log('\nOur decode step: where the milliseconds go (engine.matmul calls, pool steps, the JS between them)\n');
   console.log('| model | threads | sessions | step ms | matmul ms | attention ms | glue ms |');
