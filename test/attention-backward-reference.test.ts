@@ -6,7 +6,7 @@
 // Dv != Dk; then a seeded run of random cases mixing them.
 import { describe, expect, it } from 'vitest';
 import { type ReferenceAttentionOptions, referenceAttention, referenceAttentionBackward } from '../src/reference.js';
-import { rng, tolerance } from './helpers.js';
+import { relativeError, rng, tolerance } from './helpers.js';
 
 type Numbers = { data: Float64Array; dims: number[] };
 
@@ -29,17 +29,6 @@ function numericGradient(x: Numbers, loss: () => number): Float64Array {
     grad[i] = (up - down) / (2 * STEP);
   }
   return grad;
-}
-
-/** max |a - b| / max |b| (0 when both are 0). */
-function relativeError(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  let diff = 0;
-  let scale = 0;
-  for (let i = 0; i < b.length; i++) {
-    diff = Math.max(diff, Math.abs(a[i] - b[i]));
-    scale = Math.max(scale, Math.abs(b[i]));
-  }
-  return scale === 0 ? diff : diff / scale;
 }
 
 interface Case {

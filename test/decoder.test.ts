@@ -15,23 +15,12 @@ import { buildOnnxModel, onnxGreedyDecode } from '../examples/decoder/onnx-graph
 // @ts-expect-error plain-JS example without types
 import { measureAccuracy } from '../examples/decoder/accuracy.js';
 import { createEngineSync } from '../src/index.js';
-import { BACKENDS } from './helpers.js';
+import { BACKENDS, relativeError } from './helpers.js';
 
 const PROMPT = Array.from({ length: 16 }, (_, i) => (i * 389 + 11) % 4096);
 /** The prompt's run, then 32 decode steps: 33 greedy tokens. */
 const RUNS = 33;
 const VOCAB = 4096;
-
-/** max |a - b| / max |b|. */
-function relativeError(a: Float32Array, b: Float32Array): number {
-  let diff = 0;
-  let scale = 0;
-  for (let i = 0; i < b.length; i++) {
-    diff = Math.max(diff, Math.abs(a[i] - b[i]));
-    scale = Math.max(scale, Math.abs(b[i]));
-  }
-  return diff / scale;
-}
 
 describe('decoder example', () => {
   let reference: { tokens: number[]; logits: Float32Array[] };

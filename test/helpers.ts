@@ -124,6 +124,17 @@ export function maxError(actual: ArrayLike<number>, expected: ArrayLike<number>)
   return worst;
 }
 
+/** max |actual - expected| / max |expected| (the difference itself when expected is all zeros). */
+export function relativeError(actual: ArrayLike<number>, expected: ArrayLike<number>): number {
+  let diff = 0;
+  let scale = 0;
+  for (let i = 0; i < expected.length; i++) {
+    diff = Math.max(diff, Math.abs(actual[i] - expected[i]));
+    scale = Math.max(scale, Math.abs(expected[i]));
+  }
+  return scale === 0 ? diff : diff / scale;
+}
+
 /** Expects `call` to throw an AttentionError with this code and argument (and message, when given). */
 export function refused(call: () => unknown, code: string, argument?: string, message?: RegExp): void {
   let error: unknown;
