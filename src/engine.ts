@@ -15,6 +15,8 @@ import { type OnnxAttentionAttributes, type OnnxAttentionInputs, type OnnxAttent
 import type { ResidentTensor } from './memory/resident.js';
 import { attentionOp } from './ops/attention/index.js';
 import { type AttentionOptions, type AttentionOutput, planAttention } from './ops/attention/plan.js';
+import { attentionBackwardOp } from './ops/attention-backward/index.js';
+import { type AttentionBackwardOptions, type AttentionGradients, planAttentionBackward } from './ops/attention-backward/plan.js';
 import { matmulOp } from './ops/matmul/index.js';
 import { type MatmulOptions, planMatmul } from './ops/matmul/plan.js';
 import { type PackWeightsOptions, type PackedWeights, makePackedWeights, packOp, packedLength, planPack, withStorage } from './ops/matmul/packed.js';
@@ -132,6 +134,32 @@ export class Engine {
   async attentionAsync(q: TensorLike<Float32Array>, k: TensorLike<Float32Array>, v: TensorLike<Float32Array>, options?: AttentionOptions): Promise<AttentionOutput> {
     const backend = this.live();
     return backend.runAsync(attentionOp, planAttention(q, k, v, options, backend));
+  }
+
+  /**
+   * Attention's backward pass: the gradients of sum(dOut ∘ attention(q, k, v, options)) with respect to
+   * q, k and v, from the forward's output `out` and its gradient `dOut` ([B, Hq, Sq, Dv] both), with the
+   * forward's options (scale, softcap, causal, window, mask, rope). Pass the forward's log-sum-exp
+   * (attention with returnLogSumExp) as options.logSumExp to save a forward pass. FlashAttention-2's
+   * algorithm: the weights are recomputed tile by tile, never the [Sq, Skv] matrix. dk and dv sum over
+   * the query heads of each kv head (GQA); masks take no gradient; with rope, dq and dk are with respect
+   * to the unrotated q and k. The same bits for any thread count.
+   */
+  attentionBackward(
+    q: TensorLike<Float32Array>, k: TensorLike<Float32Array>, v: TensorLike<Float32Array>,
+    out: TensorLike<Float32Array>, dOut: TensorLike<Float32Array>, options?: AttentionBackwardOptions,
+  ): AttentionGradients {
+    const backend = this.live();
+    return backend.run(attentionBackwardOp, planAttentionBackward(q, k, v, out, dOut, options, backend));
+  }
+
+  /** attentionBackward() on the worker threads; see attentionAsync. */
+  async attentionBackwardAsync(
+    q: TensorLike<Float32Array>, k: TensorLike<Float32Array>, v: TensorLike<Float32Array>,
+    out: TensorLike<Float32Array>, dOut: TensorLike<Float32Array>, options?: AttentionBackwardOptions,
+  ): Promise<AttentionGradients> {
+    const backend = this.live();
+    return backend.runAsync(attentionBackwardOp, planAttentionBackward(q, k, v, out, dOut, options, backend));
   }
 
   /**

@@ -7,6 +7,7 @@ export { ResidentTensor } from './memory/resident.js';
 export type { ResidentType } from './memory/resident.js';
 export type { MemoryStats } from './backend.js';
 export type { AttentionOptions, AttentionOutput, AttentionRopeOptions } from './ops/attention/plan.js';
+export type { AttentionBackwardOptions, AttentionGradients } from './ops/attention-backward/plan.js';
 export type { Activation, MatmulOptions } from './ops/matmul/plan.js';
 export { PackedWeights, type PackWeightsOptions } from './ops/matmul/packed.js';
 export type { SoftmaxOptions } from './ops/softmax/plan.js';

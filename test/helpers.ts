@@ -98,6 +98,15 @@ export const tolerance = {
     const score = Math.abs(scale) * (headDim * maxQ * maxK * half + tolerance.quantizedScore(dtype, headDim, maxQ, maxK, false));
     return 5 * score + half;
   },
+  /**
+   * Attention's backward (dq, dk, dv) against the float64 reference, relative to the largest gradient
+   * of each tensor: the forward's error sources (scores over headDim, weights over seqKV, both growing
+   * with the score magnitude) plus dOut·v over valueDim and the sums of dk and dv over every query row
+   * that reads a key (seqQ times the group). 4·eps32 per source, as for the forward; measured at most
+   * 4.4e-7 on the named cases of attention-backward.test.ts (every build), 20x and more below this.
+   */
+  attentionBackward: (headDim: number, valueDim: number, rowsPerKey: number, seqKV: number, maxScore: number): number =>
+    4 * EPS32 * (Math.sqrt(headDim + 1) * (1 + maxScore) + Math.sqrt(valueDim + 1) + Math.sqrt(seqKV + 1) + Math.sqrt(rowsPerKey + 1)),
   /** ONNX's own: |a - e| <= atol + rtol*|e|. */
   onnx: { rtol: 1e-3, atol: 1e-7 },
 };

@@ -25,6 +25,15 @@ export interface Kernels {
     cos: number, sin: number, ldc: number, interleaved: number,
   ): void;
   f32_attention_scratch_bytes(headDim: number, valueDim: number): number;
+  f32_attention_backward(
+    q: number, ldq: number, qHead: number, k: number, ldk: number, v: number, ldv: number,
+    out: number, dOut: number, ldo: number, oHead: number, lse: number, delta: number,
+    dq: number, lddq: number, dqHead: number, dk: number, lddk: number, dv: number, lddv: number,
+    heads: number, rows: number, seqKV: number, headDim: number, valueDim: number, scale: number, cap: number,
+    mask: number, maskKind: number, maskRow: number, maskHead: number, offset: number, left: number, right: number, scratch: number,
+  ): void;
+  f32_attention_backward_scratch_bytes(headDim: number, valueDim: number): number;
+  f32_rows_dot(a: number, lda: number, b: number, ldb: number, rows: number, n: number, delta: number): void;
   /** Query rows per block of f32_attention (ATT_BR). */
   f32_attention_block_rows(): number;
   f32_merge_chunks(

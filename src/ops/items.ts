@@ -2,6 +2,7 @@
 // any job. Adding an op adds a line here.
 import type { ItemRunner } from '../job.js';
 import { ATTENTION_JOB, runAttentionItem } from './attention/job.js';
+import { BACKWARD_JOB, runBackwardItem } from './attention-backward/job.js';
 import { MATMUL_JOB, runMatmulItem } from './matmul/job.js';
 import { PACK_JOB, runPackItem } from './matmul/packed.js';
 import { PAGED_JOB, runPagedItem } from './paged-attention/job.js';
@@ -15,4 +16,5 @@ export const ITEM_RUNNERS: ReadonlyMap<number, ItemRunner> = new Map([
   [ROPE_JOB.op, runRopeItem],
   [PAGED_JOB.op, runPagedItem],
   [PACK_JOB.op, runPackItem],
+  [BACKWARD_JOB.op, runBackwardItem],
 ]);

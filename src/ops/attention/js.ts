@@ -114,7 +114,7 @@ export function attentionJs(plan: AttentionPlan, arrayOf: ArrayOf): AttentionOut
 }
 
 /** x [B, H, rows, D] (at its strides) rotated into a packed copy with the tables of its tokens. */
-function rotatedCopy(
+export function rotatedCopy(
   x: Float32Array, strides: HeadStrides, batch: number, heads: number, rows: number, headDim: number,
   rope: AttentionRope, tables: RopeTables, arrayOf: ArrayOf,
 ): Float32Array {

@@ -162,6 +162,8 @@ export interface AttentionOptionsRead {
   returnWeights?: unknown;
   returnLogSumExp?: unknown;
   rope?: RopeRead;
+  /** The backward call's log-sum-exp from the forward one (read only where `keys` has it). */
+  logSumExp?: TensorRead;
 }
 
 /** Reads attention options once (getters run here and nowhere else); unknown keys are refused. */
@@ -174,6 +176,7 @@ export function readAttentionOptions(options: unknown, name = 'options', keys: r
   if (raw.window !== undefined) read.window = readOptions(raw.window, `${name}.window`, ['left', 'right']);
   if (raw.mask !== undefined) read.mask = readTensor(raw.mask, `${name}.mask`, '{ data: Uint8Array | Float32Array, dims }');
   if (raw.rope !== undefined) read.rope = readRopeOption(raw.rope, `${name}.rope`);
+  if (raw.logSumExp !== undefined) read.logSumExp = readTensor(raw.logSumExp, `${name}.logSumExp`);
   return read;
 }
 
@@ -213,6 +216,11 @@ export function planAttention(q: unknown, k: unknown, v: unknown, options: unkno
   const kRead = readTensor(k, 'k');
   const vRead = readTensor(v, 'v');
   const opts = readAttentionOptions(options);
+  return finishAttentionPlan(attentionLayout(qRead, kRead, vRead, resolver), opts, resolver);
+}
+
+/** The layout of q [B,Hq,Sq,Dk], k [B,Hkv,Skv,Dk], v [B,Hkv,Skv,Dv] as read, checked: packed tensors. */
+export function attentionLayout(qRead: TensorRead, kRead: TensorRead, vRead: TensorRead, resolver: OperandResolver): AttentionLayout {
   const qc = floatTensor(qRead, resolver, 4);
   const kc = floatTensor(kRead, resolver, 4);
   const vc = floatTensor(vRead, resolver, 4);
@@ -227,13 +235,12 @@ export function planAttention(q: unknown, k: unknown, v: unknown, options: unkno
   if (kvHeads === 0 ? qHeads !== 0 : qHeads % kvHeads !== 0) {
     throw new AttentionError('SHAPE_MISMATCH', `q.dims[1] (query heads) is ${qHeads}, not a multiple of k.dims[1] (kv heads) ${kvHeads}`, 'q.dims[1]');
   }
-  const layout: AttentionLayout = {
+  return {
     batch, qHeads, kvHeads, seqQ, seqKV, headDim, valueDim, q: qc.operand, k: kc.operand, v: vc.operand,
     strides: { q: packed(qHeads, seqQ, headDim), k: packed(kvHeads, seqKV, headDim), v: packed(kvHeads, seqKV, valueDim), out: packed(qHeads, seqQ, valueDim) },
     outDims: [batch, qHeads, seqQ, valueDim],
     offset: 0,
   };
-  return finishAttentionPlan(layout, opts, resolver);
 }
 
 /** Checks read options against a layout whose tensors are already checked, into the plan. */

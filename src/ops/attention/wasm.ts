@@ -27,7 +27,7 @@ interface AttentionEncoded extends Encoded {
  * The staged x [B, H, rows, D] at `at` (its strides) rotated by the kernel, head by head, into a new
  * packed block; returns the block's address.
  */
-function rotatedCopy(
+export function rotatedCopy(
   call: WasmCall, at: number, strides: HeadStrides, batch: number, heads: number, rows: number, headDim: number,
   rope: AttentionRope, tables: RopeTables, name: string,
 ): number {

@@ -1,0 +1,155 @@
+// Attention backward in plain TypeScript over Float32Arrays (float64 sums): the fallback where WASM
+// SIMD is missing and the second implementation the kernels are checked against.
+//
+// For each (batch, kv head), every query row i of the query heads that read it, and every key j the
+// row sees (causal, window, mask as in the forward), with the probabilities recomputed from the
+// forward's log-sum-exp L_i (never the Sq x Skv matrix):
+//   z = scale · q_i·k_j,  t = softcap(z) + mask,  P_ij = exp(t - L_i),  D_i = dOut_i · out_i
+//   dv_j += P_ij dOut_i,  dS_ij = P_ij (dOut_i·v_j - D_i) · softcap'(z) · scale
+//   dq_i += dS_ij k_j,    dk_j += dS_ij q_i
+// dk and dv gather a whole kv head in float64 before they are written, in a fixed order. With rope,
+// q and k are rotated as in the forward and dq, dk turned back by the opposite angles.
+import { type ArrayOf } from '../../backend.js';
+import { rotatedCopy } from '../attention/js.js';
+import { type AttentionRope, type HeadStrides, type RopeTables, packed } from '../attention/plan.js';
+import { rotateRows } from '../rope/js.js';
+import type { AttentionBackwardPlan, AttentionGradients } from './plan.js';
+
+export function attentionBackwardJs(plan: AttentionBackwardPlan, arrayOf: ArrayOf): AttentionGradients {
+  const f = plan.forward;
+  const { batch, qHeads, kvHeads, seqQ, seqKV, headDim, valueDim, scale, softcap, offset, left, right, mask, strides, rope } = f;
+  let q = arrayOf(f.q);
+  let k = arrayOf(f.k);
+  let qStrides = strides.q;
+  let kStrides = strides.k;
+  if (rope) {
+    q = rotatedCopy(q, qStrides, batch, qHeads, seqQ, headDim, rope, rope.q, arrayOf);
+    qStrides = packed(qHeads, seqQ, headDim);
+    if (rope.k) {
+      k = rotatedCopy(k, kStrides, batch, kvHeads, seqKV, headDim, rope, rope.k, arrayOf);
+      kStrides = packed(kvHeads, seqKV, headDim);
+    }
+  }
+  const v = arrayOf(f.v);
+  const out = arrayOf(plan.output);
+  const dOut = arrayOf(plan.gradOutput);
+  const lse = plan.logSumExp && arrayOf(plan.logSumExp);
+  const maskData = mask ? arrayOf(mask.operand) : undefined;
+  const boolMask = mask?.kind === 'bool';
+  const dq = new Float32Array(batch * qHeads * seqQ * headDim);
+  const dk = new Float32Array(batch * kvHeads * seqKV * headDim);
+  const dv = new Float32Array(batch * kvHeads * seqKV * valueDim);
+  const group = kvHeads === 0 ? 1 : qHeads / kvHeads;
+  const dkSum = new Float64Array(seqKV * headDim);
+  const dvSum = new Float64Array(seqKV * valueDim);
+  const dqRow = new Float64Array(headDim);
+  const invCap = softcap > 0 ? 1 / softcap : 0;
+  for (let b = 0; b < batch; b++) {
+    for (let g = 0; g < kvHeads; g++) {
+      const kBase = b * kStrides.batch + g * kStrides.head;
+      const vBase = b * strides.v.batch + g * strides.v.head;
+      dkSum.fill(0);
+      dvSum.fill(0);
+      for (let h = g * group; h < (g + 1) * group; h++) {
+        for (let i = 0; i < seqQ; i++) {
+          const row = (b * qHeads + h) * seqQ + i;
+          const qRow = b * qStrides.batch + h * qStrides.head + i * qStrides.row;
+          const oRow = row * valueDim;
+          const maskRow = mask ? b * mask.at.batch + h * mask.at.head + i * mask.at.row : 0;
+          const lo = left < 0 ? 0 : Math.max(0, i + offset - left);
+          const hi = right < 0 ? seqKV : Math.min(seqKV, i + offset + right + 1);
+          const rowLse = lse ? lse[row] : logSumExpOf(q, qRow, k, kBase, kStrides.row, lo, hi, headDim, scale, softcap, maskData, boolMask, maskRow);
+          dqRow.fill(0);
+          // a row that saw no key (L = -inf) had P = 0: no gradient
+          if (rowLse !== -Infinity) {
+            let rowDot = 0;
+            for (let d = 0; d < valueDim; d++) rowDot += dOut[oRow + d] * out[oRow + d];
+            for (let j = lo; j < hi; j++) {
+              const kRow = kBase + j * kStrides.row;
+              let dot = 0;
+              for (let d = 0; d < headDim; d++) dot += q[qRow + d] * k[kRow + d];
+              const z = dot * scale;
+              let t = z;
+              let slope = 1;
+              if (softcap > 0) {
+                const th = Math.tanh(z * invCap);
+                t = softcap * th;
+                slope = 1 - th * th;
+              }
+              if (maskData) {
+                const mv = maskData[maskRow + j];
+                if (boolMask) {
+                  if (mv === 0) continue;
+                } else {
+                  t += mv;
+                }
+              }
+              const p = Math.exp(t - rowLse);
+              if (p === 0) continue;
+              const vRow = vBase + j * strides.v.row;
+              let dp = 0;
+              for (let d = 0; d < valueDim; d++) {
+                const g0 = dOut[oRow + d];
+                dp += g0 * v[vRow + d];
+                dvSum[j * valueDim + d] += p * g0;
+              }
+              const ds = p * (dp - rowDot) * slope * scale;
+              for (let d = 0; d < headDim; d++) {
+                dqRow[d] += ds * k[kRow + d];
+                dkSum[j * headDim + d] += ds * q[qRow + d];
+              }
+            }
+          }
+          dq.set(dqRow, row * headDim);
+        }
+      }
+      dk.set(dkSum, (b * kvHeads + g) * seqKV * headDim);
+      dv.set(dvSum, (b * kvHeads + g) * seqKV * valueDim);
+    }
+  }
+  if (rope) {
+    turnBack(dq, batch, qHeads, seqQ, headDim, rope, rope.q, arrayOf);
+    if (rope.k) turnBack(dk, batch, kvHeads, seqKV, headDim, rope, rope.k, arrayOf);
+  }
+  return {
+    dq: { data: dq, dims: [batch, qHeads, seqQ, headDim] },
+    dk: { data: dk, dims: [batch, kvHeads, seqKV, headDim] },
+    dv: { data: dv, dims: [batch, kvHeads, seqKV, valueDim] },
+  };
+}
+
+/** log(sum_j exp(t_j)) over keys lo..hi of one row, as the forward computes its scores (-inf: none seen). */
+function logSumExpOf(
+  q: Float32Array, qRow: number, k: Float32Array, kBase: number, kStride: number, lo: number, hi: number, headDim: number,
+  scale: number, softcap: number, maskData: Float32Array | Uint8Array | undefined, boolMask: boolean, maskRow: number,
+): number {
+  const t = new Float64Array(Math.max(hi - lo, 0));
+  let max = -Infinity;
+  for (let j = lo; j < hi; j++) {
+    let dot = 0;
+    for (let d = 0; d < headDim; d++) dot += q[qRow + d] * k[kBase + j * kStride + d];
+    let s = dot * scale;
+    if (softcap > 0) s = softcap * Math.tanh(s / softcap);
+    if (maskData) s = boolMask ? (maskData[maskRow + j] === 0 ? -Infinity : s) : s + maskData[maskRow + j];
+    t[j - lo] = s;
+    if (!(s <= max)) max = s;
+  }
+  if (max === -Infinity) return -Infinity;
+  let sum = 0;
+  for (const s of t) sum += Math.exp(s - max);
+  return max + Math.log(sum);
+}
+
+/** x [B, H, rows, D] (packed) turned in place by the opposite angles of the tables: RoPE's transpose. */
+function turnBack(x: Float32Array, batch: number, heads: number, rows: number, headDim: number, rope: AttentionRope, tables: RopeTables, arrayOf: ArrayOf): void {
+  const cos = arrayOf(tables.cos);
+  const sin = arrayOf(tables.sin).map((s) => -s);
+  const half = rope.dims / 2;
+  const at: HeadStrides = packed(heads, rows, headDim);
+  for (let b = 0; b < batch; b++) {
+    for (let h = 0; h < heads; h++) {
+      const start = b * at.batch + h * at.head;
+      rotateRows(x, start, headDim, x, start, headDim, rows, headDim, rope.dims, cos, sin, b * tables.batchStride * half, rope.interleaved);
+    }
+  }
+}

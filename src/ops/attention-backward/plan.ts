@@ -1,0 +1,77 @@
+// Attention backward's plan: the forward call's arguments (checked as the forward checks them, into
+// the forward's plan), the forward's output and its gradient, and the log-sum-exp of each query row.
+//
+//   q [B, Hq, Sq, Dk], k [B, Hkv, Skv, Dk], v [B, Hkv, Skv, Dv], out and dOut [B, Hq, Sq, Dv],
+//   logSumExp [B, Hq, Sq]  ->  dq [B, Hq, Sq, Dk], dk [B, Hkv, Skv, Dk], dv [B, Hkv, Skv, Dv]
+//
+// The gradients of sum(dOut ∘ attention(q, k, v, options)); see ./reference.ts for the exact math.
+// Nothing here touches a kernel: a refused call leaves no trace.
+import type { Operand, OperandResolver, OpPlan } from '../../backend.js';
+import { AttentionError } from '../../errors.js';
+import { type Tensor, type TensorLike, type TensorRead, checkResultSize, floatTensor, readTensor, sizeOf } from '../../tensor.js';
+import { type AttentionOptions, type AttentionPlan, attentionLayout, finishAttentionPlan, readAttentionOptions } from '../attention/plan.js';
+
+/** Options of `engine.attentionBackward`: the forward call's, and the log-sum-exp it returned. */
+export interface AttentionBackwardOptions extends Omit<AttentionOptions, 'returnWeights' | 'returnLogSumExp' | 'out'> {
+  /**
+   * The forward call's log-sum-exp per query row [B, Hq, Sq] (attention with returnLogSumExp). Left
+   * out, the backward call computes it with one more forward pass.
+   */
+  logSumExp?: TensorLike<Float32Array>;
+}
+
+/** What attentionBackward returns: the gradient of each input. */
+export interface AttentionGradients {
+  /** [B, Hq, Sq, Dk] */
+  dq: Tensor;
+  /** [B, Hkv, Skv, Dk]: summed over the query heads that read each kv head. */
+  dk: Tensor;
+  /** [B, Hkv, Skv, Dv]: the same. */
+  dv: Tensor;
+}
+
+export const ATTENTION_BACKWARD_OPTION_KEYS = ['scale', 'softcap', 'causal', 'mask', 'window', 'rope', 'logSumExp'] as const;
+
+/** A checked backward call. */
+export interface AttentionBackwardPlan extends OpPlan {
+  /** The forward call (layout, scalars, mask, window, rope), nothing returned besides its output. */
+  readonly forward: AttentionPlan;
+  /** The forward's output, [B, Hq, Sq, Dv] packed. */
+  readonly output: Operand<Float32Array>;
+  /** Its gradient, the same shape. */
+  readonly gradOutput: Operand<Float32Array>;
+  /** [B, Hq, Sq]; undefined until the engine computed it (when the caller left it out). */
+  readonly logSumExp: Operand<Float32Array> | undefined;
+}
+
+/** One more tensor of the backward call, checked against the dims it must have. */
+function exactly(read: TensorRead, dims: readonly number[], resolver: OperandResolver, meaning: string): Operand<Float32Array> {
+  const checked = floatTensor(read, resolver, dims.length);
+  checked.dims.forEach((d, i) => {
+    if (d !== dims[i]) {
+      throw new AttentionError('SHAPE_MISMATCH', `${read.name}.dims[${i}] is ${d} but ${meaning} is [${dims}]`, `${read.name}.dims[${i}]`);
+    }
+  });
+  return checked.operand;
+}
+
+/** Checks a backward call; see the file header. */
+export function planAttentionBackward(q: unknown, k: unknown, v: unknown, out: unknown, dOut: unknown, options: unknown, resolver: OperandResolver): AttentionBackwardPlan {
+  // every read first (user code may run here), then every check
+  const qRead = readTensor(q, 'q');
+  const kRead = readTensor(k, 'k');
+  const vRead = readTensor(v, 'v');
+  const outRead = readTensor(out, 'out');
+  const dOutRead = readTensor(dOut, 'dOut');
+  const opts = readAttentionOptions(options, 'options', ATTENTION_BACKWARD_OPTION_KEYS);
+  const forward = finishAttentionPlan(attentionLayout(qRead, kRead, vRead, resolver), opts, resolver);
+  const { batch, qHeads, kvHeads, seqQ, seqKV, headDim, valueDim } = forward;
+  const output = exactly(outRead, forward.outDims, resolver, "the forward's output [B, Hq, Sq, Dv]");
+  const gradOutput = exactly(dOutRead, forward.outDims, resolver, "the forward's output [B, Hq, Sq, Dv]");
+  const logSumExp = opts.logSumExp && exactly(opts.logSumExp, [batch, qHeads, seqQ], resolver, 'one per query row [B, Hq, Sq]');
+  checkResultSize(sizeOf([batch, qHeads, seqQ, headDim]), `dq [${batch}, ${qHeads}, ${seqQ}, ${headDim}]`, 'q.dims');
+  checkResultSize(sizeOf([batch, kvHeads, seqKV, Math.max(headDim, valueDim)]), `dk and dv [${batch}, ${kvHeads}, ${seqKV}, ${headDim} / ${valueDim}]`, 'k.dims');
+  // five products of a row and a key (the scores again, dOut·v, P·dOut, dS·k, dSᵀ·q) against the forward's two
+  const flops = 2 * batch * qHeads * seqQ * seqKV * (3 * headDim + 2 * valueDim);
+  return { flops, forward, output, gradOutput, logSumExp };
+}

@@ -1,0 +1,139 @@
+// Attention backward on the wasm kernels: stages the forward's inputs (q and k rotated into packed
+// copies when rope is on, as the forward does), out, dOut and each row's softmax stats [max, sum]
+// (from the log-sum-exp L as [L, 1], or left for the items to compute), zeroes the gradients,
+// runs one item per (batch, kv head) (job.ts), and with rope turns dq and dk back by the opposite
+// angles (f32_rope_rows with the sine negated) before reading them out.
+import { type Encoded, type WasmCall, type WasmOp, operandArray } from '../../backend.js';
+import { MASK_KIND } from '../../backends/kernels.js';
+import { HEADER } from '../../job.js';
+import { type RopeTables, packed } from '../attention/plan.js';
+import { rotatedCopy } from '../attention/wasm.js';
+import { BACKWARD_JOB } from './job.js';
+import type { AttentionBackwardPlan, AttentionGradients } from './plan.js';
+
+const J = BACKWARD_JOB.at;
+
+interface BackwardEncoded extends Encoded {
+  dq: number;
+  dk: number;
+  dv: number;
+}
+
+/** A zero-filled block of `elements` floats. */
+function zeros(call: WasmCall, elements: number): number {
+  const ptr = call.alloc(4 * elements);
+  call.u8.fill(0, ptr, ptr + 4 * elements);
+  return ptr;
+}
+
+/** Packed x [B, H, rows, D] at `ptr` turned in place by the opposite angles of `tables`. */
+function turnBack(call: WasmCall, ptr: number, batch: number, heads: number, rows: number, headDim: number, dims: number, interleaved: boolean, tables: RopeTables, name: string): void {
+  const half = dims / 2;
+  const cos = call.stage(tables.cos, `${name} rope cos`);
+  const sin = call.alloc(4 * tables.sin.length);
+  const given = operandArray(tables.sin);
+  const negative = call.f32;
+  for (let i = 0; i < given.length; i++) negative[(sin >>> 2) + i] = -given[i];
+  for (let b = 0; b < batch; b++) {
+    const table = 4 * b * tables.batchStride * half;
+    for (let h = 0; h < heads; h++) {
+      const at = ptr + 4 * (b * heads + h) * rows * headDim;
+      call.kernels.f32_rope_rows(at, headDim, at, headDim, rows, headDim, dims, cos + table, sin + table, half, interleaved ? 1 : 0);
+    }
+  }
+}
+
+export const attentionBackwardWasm: WasmOp<AttentionBackwardPlan, AttentionGradients> = {
+  layout: BACKWARD_JOB,
+
+  encode(plan: AttentionBackwardPlan, call: WasmCall): BackwardEncoded {
+    const f = plan.forward;
+    const { batch, qHeads, kvHeads, seqQ, seqKV, headDim, valueDim, mask, rope } = f;
+    const job = BACKWARD_JOB.create();
+    job[J.q] = call.stage(f.q, 'q.data');
+    job[J.k] = call.stage(f.k, 'k.data');
+    let qStrides = f.strides.q;
+    let kStrides = f.strides.k;
+    if (rope) {
+      job[J.q] = rotatedCopy(call, job[J.q], qStrides, batch, qHeads, seqQ, headDim, rope, rope.q, 'q');
+      qStrides = packed(qHeads, seqQ, headDim);
+      if (rope.k) {
+        job[J.k] = rotatedCopy(call, job[J.k], kStrides, batch, kvHeads, seqKV, headDim, rope, rope.k, 'k');
+        kStrides = packed(kvHeads, seqKV, headDim);
+      }
+    }
+    job[J.v] = call.stage(f.v, 'v.data');
+    job[J.out] = call.stage(plan.output, 'out.data');
+    job[J.dOut] = call.stage(plan.gradOutput, 'dOut.data');
+    job[J.mask] = mask ? call.stage(mask.operand, 'options.mask.data') : 0;
+    job[J.qB] = qStrides.batch;
+    job[J.qH] = qStrides.head;
+    job[J.qRow] = qStrides.row;
+    job[J.kB] = kStrides.batch;
+    job[J.kH] = kStrides.head;
+    job[J.kRow] = kStrides.row;
+    job[J.vB] = f.strides.v.batch;
+    job[J.vH] = f.strides.v.head;
+    job[J.vRow] = f.strides.v.row;
+    const rows = batch * qHeads * seqQ;
+    job[J.stats] = call.alloc(8 * rows);
+    if (plan.logSumExp) {
+      // [L, 1] per row: exp(t - L) / 1 is the weight; a row with L = -inf saw no key: [-inf, 0]
+      const from = call.stage(plan.logSumExp, 'options.logSumExp.data') >>> 2;
+      const f32 = call.f32;
+      const at = job[J.stats] >>> 2;
+      for (let r = 0; r < rows; r++) {
+        const lse = f32[from + r];
+        f32[at + 2 * r] = lse;
+        f32[at + 2 * r + 1] = lse === -Infinity ? 0 : 1;
+      }
+    } else {
+      job[J.forwardOut] = call.alloc(4 * rows * valueDim);
+    }
+    job[J.delta] = call.alloc(4 * rows);
+    const dq = zeros(call, rows * headDim);
+    const dk = zeros(call, batch * kvHeads * seqKV * headDim);
+    const dv = zeros(call, batch * kvHeads * seqKV * valueDim);
+    job[J.dq] = dq;
+    job[J.dk] = dk;
+    job[J.dv] = dv;
+    job[J.kvHeads] = kvHeads;
+    job[J.group] = kvHeads === 0 ? 1 : qHeads / kvHeads;
+    job[J.seqQ] = seqQ;
+    job[J.seqKV] = seqKV;
+    job[J.headDim] = headDim;
+    job[J.valueDim] = valueDim;
+    job[J.scale] = f.scale;
+    job[J.cap] = f.softcap;
+    job[J.maskKind] = mask ? MASK_KIND[mask.kind] : 0;
+    job[J.maskBytes] = mask?.kind === 'bool' ? 1 : 4;
+    if (mask) {
+      job[J.mB] = mask.at.batch;
+      job[J.mH] = mask.at.head;
+      job[J.mRow] = mask.at.row;
+    }
+    job[J.offset] = f.offset;
+    job[J.left] = f.left;
+    job[J.right] = f.right;
+    job[HEADER.items] = batch * kvHeads;
+    const scratchBytes = Math.max(
+      call.kernels.f32_attention_backward_scratch_bytes(headDim, valueDim),
+      plan.logSumExp ? 0 : call.kernels.f32_attention_scratch_bytes(headDim, valueDim),
+    );
+    return { job, scratchBytes, outPtr: dq, size: rows * headDim, dq, dk, dv };
+  },
+
+  finish(plan: AttentionBackwardPlan, call: WasmCall, encoded: Encoded): AttentionGradients {
+    const { dq, dk, dv } = encoded as BackwardEncoded;
+    const { batch, qHeads, kvHeads, seqQ, seqKV, headDim, valueDim, rope } = plan.forward;
+    if (rope) {
+      turnBack(call, dq, batch, qHeads, seqQ, headDim, rope.dims, rope.interleaved, rope.q, 'q');
+      if (rope.k) turnBack(call, dk, batch, kvHeads, seqKV, headDim, rope.dims, rope.interleaved, rope.k, 'k');
+    }
+    return {
+      dq: { data: call.collect(dq, batch * qHeads * seqQ * headDim, undefined), dims: [batch, qHeads, seqQ, headDim] },
+      dk: { data: call.collect(dk, batch * kvHeads * seqKV * headDim, undefined), dims: [batch, kvHeads, seqKV, headDim] },
+      dv: { data: call.collect(dv, batch * kvHeads * seqKV * valueDim, undefined), dims: [batch, kvHeads, seqKV, valueDim] },
+    };
+  },
+};
