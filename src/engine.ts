@@ -10,7 +10,7 @@ import { WASM_BUILDS, bestBuild, buildSupported, buildsLoaded, compiledModule, l
 import { AttentionError } from './errors.js';
 import { KVCache, type KVCacheOptions } from './features/kv-cache.js';
 import { KVPool, type KVPoolOptions } from './features/kv-pool.js';
-import { type MultiHeadOptions, type MultiHeadWeights, multiHeadAttention } from './features/layer.js';
+import { type MultiHeadGradients, type MultiHeadOptions, type MultiHeadSaved, type MultiHeadTrainOutput, type MultiHeadWeights, multiHeadAttention, multiHeadAttentionBackward } from './features/layer.js';
 import { type OnnxAttentionAttributes, type OnnxAttentionInputs, type OnnxAttentionOutputs, type OnnxAttentionRequest, onnxAttention } from './features/onnx.js';
 import type { ResidentTensor } from './memory/resident.js';
 import { attentionOp } from './ops/attention/index.js';
@@ -257,8 +257,19 @@ export class Engine {
    * (GQA with kvHeads, cross-attention with context, decoding with cache), and the output projection
    * wo. x [B, S, E] → [B, S, Eout]. See features/layer.ts.
    */
-  multiHeadAttention(x: TensorLike<Float32Array>, weights: MultiHeadWeights, options: MultiHeadOptions): Tensor {
+  multiHeadAttention(x: TensorLike<Float32Array>, weights: MultiHeadWeights, options: MultiHeadOptions & { train: true }): MultiHeadTrainOutput;
+  multiHeadAttention(x: TensorLike<Float32Array>, weights: MultiHeadWeights, options: MultiHeadOptions): Tensor;
+  multiHeadAttention(x: TensorLike<Float32Array>, weights: MultiHeadWeights, options: MultiHeadOptions): Tensor | MultiHeadTrainOutput {
     return multiHeadAttention(this.live(), x, weights, options);
+  }
+
+  /**
+   * The layer's backward: from dy [B, S, Eout] and the `saved` of a multiHeadAttention call with
+   * train: true, the gradients of x (and of options.context), of every weight and of every bias the
+   * forward had. See features/layer.ts.
+   */
+  multiHeadAttentionBackward(dy: TensorLike<Float32Array>, saved: MultiHeadSaved): MultiHeadGradients {
+    return multiHeadAttentionBackward(this.live(), dy, saved);
   }
 
   /** A KV cache whose keys and values live in this engine's memory; see KVCache. */

@@ -25,5 +25,6 @@ export type { BatcherOptions } from './features/batcher.js';
 export type {
   OnnxAttentionAttributes, OnnxAttentionInputs, OnnxAttentionOutputs, OnnxAttentionRequest, OnnxOutputTensor, OnnxTensor,
 } from './features/onnx.js';
-export type { MultiHeadOptions, MultiHeadWeights } from './features/layer.js';
+export type { MultiHeadGradients, MultiHeadOptions, MultiHeadTrainOutput, MultiHeadWeights } from './features/layer.js';
+export { MultiHeadSaved } from './features/layer.js';
 export { floatsToHalves, halvesToFloats } from './float16.js';

@@ -5,6 +5,8 @@ export { referenceAttention } from './ops/attention/reference.js';
 export type { ReferenceAttention, ReferenceAttentionOptions } from './ops/attention/reference.js';
 export { referenceAttentionBackward } from './ops/attention-backward/reference.js';
 export type { ReferenceAttentionGradients } from './ops/attention-backward/reference.js';
+export { referenceMultiHeadAttention, referenceMultiHeadAttentionBackward } from './features/layer-reference.js';
+export type { ReferenceLayerGradients, ReferenceLayerOptions, ReferenceLayerWeights } from './features/layer-reference.js';
 export { referenceMatmul } from './ops/matmul/reference.js';
 export { referenceSoftmax } from './ops/softmax/reference.js';
 export { referenceRotary } from './ops/rope/reference.js';

@@ -9,11 +9,21 @@
 // qPositions and kPositions), at the cache's positions with one (KVCache: new keys stored rotated).
 // Every argument is read once and checked before anything runs; with a cache, the attention options
 // are checked against the lengths after this step before the cache is touched (KVCache.step).
+//
+// Training: with options.train the result also carries `saved` (the inputs, q, k, v, the attention
+// output and its log-sum-exp), and multiHeadAttentionBackward(dy, saved) gives, with A the attention
+// output [B·S, Hq·Dv] and c the source of k and v:
+//   dA = dy·woᵀ,  dwo = Aᵀ·dy,  dbo = Σ_rows dy
+//   dq, dk, dv = attention's backward (FlashAttention-2's, in the layer's [B, S, H·D] layout)
+//   dwq = xᵀ·dq, dwk = cᵀ·dk, dwv = cᵀ·dv, dbq = Σ_rows dq (and so on)
+//   dx = dq·wqᵀ (+ dk·wkᵀ + dv·wvᵀ when c is x; else those are dcontext)
 import { type Backend, operandArray } from '../backend.js';
 import { AttentionError } from '../errors.js';
 import { KVCache } from './kv-cache.js';
 import { attentionOp } from '../ops/attention/index.js';
-import { type AttentionLayout, type AttentionOutput, type AttentionRopeOptions, finishAttentionPlan, readAttentionOptions } from '../ops/attention/plan.js';
+import { type AttentionLayout, type AttentionOutput, type AttentionPlan, type AttentionRopeOptions, finishAttentionPlan, readAttentionOptions } from '../ops/attention/plan.js';
+import { attentionBackwardOp } from '../ops/attention-backward/index.js';
+import { backwardPlanOf } from '../ops/attention-backward/plan.js';
 import { matmulOp } from '../ops/matmul/index.js';
 import { planMatmul } from '../ops/matmul/plan.js';
 import { type Checked, type Tensor, type TensorLike, describe, floatTensor, readOptions, readTensor } from '../tensor.js';
@@ -51,10 +61,53 @@ export interface MultiHeadOptions {
    * qPositions / kPositions are refused.
    */
   rope?: AttentionRopeOptions;
+  /**
+   * Also return `saved`, what multiHeadAttentionBackward needs (not with a cache). The backward reads
+   * the weights and the mask as they are then: update them after it.
+   */
+  train?: boolean;
+}
+
+/** What a training forward keeps for its backward: opaque, for engine.multiHeadAttentionBackward. */
+export class MultiHeadSaved {
+  /** @internal */
+  constructor(
+    readonly backend: Backend,
+    readonly plan: AttentionPlan,
+    readonly x: Float32Array,
+    readonly source: Float32Array | undefined,
+    readonly attended: Float32Array,
+    readonly logSumExp: Float32Array,
+    readonly weights: Readonly<Record<'wq' | 'wk' | 'wv' | 'wo', TensorLike<Float32Array>>>,
+    readonly biases: ReadonlySet<string>,
+    readonly embed: number,
+    readonly outWidth: number,
+  ) {}
+}
+
+/** A training forward's output: y and what its backward needs. */
+export interface MultiHeadTrainOutput extends Tensor {
+  saved: MultiHeadSaved;
+}
+
+/** The gradients of a layer: every input and weight (biases only where the forward had them). */
+export interface MultiHeadGradients {
+  /** [B, S, E] */
+  dx: Tensor;
+  /** [B, Skv, E], with options.context */
+  dcontext?: Tensor;
+  dwq: Tensor;
+  dwk: Tensor;
+  dwv: Tensor;
+  dwo: Tensor;
+  dbq?: Tensor;
+  dbk?: Tensor;
+  dbv?: Tensor;
+  dbo?: Tensor;
 }
 
 const WEIGHT_KEYS = ['wq', 'wk', 'wv', 'wo', 'bq', 'bk', 'bv', 'bo'] as const;
-const LAYER_KEYS = ['heads', 'kvHeads', 'causal', 'mask', 'scale', 'softcap', 'window', 'context', 'cache', 'rope'] as const;
+const LAYER_KEYS = ['heads', 'kvHeads', 'causal', 'mask', 'scale', 'softcap', 'window', 'context', 'cache', 'rope', 'train'] as const;
 
 /** A checked tensor as a tensor object of our own (reading it again runs no user code). */
 const asTensor = (t: Checked<Float32Array>): TensorLike<Float32Array> =>
@@ -71,7 +124,7 @@ function addBias(t: Tensor, bias: Checked<Float32Array> | undefined): Tensor {
 }
 
 /** The multi-head attention layer; see the file header. */
-export function multiHeadAttention(backend: Backend, x: TensorLike<Float32Array>, weights: MultiHeadWeights, options: MultiHeadOptions): Tensor {
+export function multiHeadAttention(backend: Backend, x: TensorLike<Float32Array>, weights: MultiHeadWeights, options: MultiHeadOptions): Tensor | MultiHeadTrainOutput {
   // every read first
   const xRead = readTensor(x, 'x');
   if (weights === null || typeof weights !== 'object') throw new AttentionError('INVALID_TENSOR', `weights must be an object { wq, wk, wv, wo, ... }, got ${describe(weights)}`, 'weights');
@@ -128,6 +181,9 @@ export function multiHeadAttention(backend: Backend, x: TensorLike<Float32Array>
     source = context;
   }
   const cache = opts.cache as KVCache | undefined;
+  if (opts.train !== undefined && typeof opts.train !== 'boolean') throw new AttentionError('INVALID_OPTION', `options.train must be a boolean, got ${describe(opts.train)}`, 'options.train');
+  const train = opts.train === true;
+  if (train && cache !== undefined) throw new AttentionError('INVALID_OPTION', 'options.train takes whole sequences: it cannot be combined with options.cache', 'options.train');
   if (cache !== undefined) {
     if (!KVCache.is(cache) || !cache.ownedBy(backend)) throw new AttentionError('INVALID_OPTION', `options.cache must be a KVCache from this engine's kvCache(), got ${describe(cache)}`, 'options.cache');
     const c = cache;
@@ -156,10 +212,69 @@ export function multiHeadAttention(backend: Backend, x: TensorLike<Float32Array>
   const k = project(source, wk, bk);
   const v = project(source, wv, bv);
   let attended: AttentionOutput;
+  let plan: AttentionPlan | undefined;
   if (cache) {
     attended = cache.step(q, k, v, attentionOptions);
   } else {
-    attended = backend.run(attentionOp, finishAttentionPlan(layout(q.data, k.data, v.data), attentionOptions, backend));
+    plan = finishAttentionPlan(layout(q.data, k.data, v.data), attentionOptions, backend);
+    attended = backend.run(attentionOp, train ? { ...plan, returnLogSumExp: true } : plan);
   }
-  return addBias(backend.run(matmulOp, planMatmul(attended, asTensor(wo), undefined, backend)), bo);
+  const y = addBias(backend.run(matmulOp, planMatmul(attended, asTensor(wo), undefined, backend)), bo);
+  if (!train) return y;
+  const biases = new Set(['bq', 'bk', 'bv', 'bo'].filter((name) => reads[name]));
+  const saved = new MultiHeadSaved(
+    backend, plan!, operandArray(xc.operand).slice(), contextRead ? operandArray(source.operand).slice() : undefined,
+    attended.data, attended.logSumExp!.data, { wq: asTensor(wq), wk: asTensor(wk), wv: asTensor(wv), wo: asTensor(wo) }, biases, embed, wo.dims[1],
+  );
+  return { data: y.data, dims: y.dims, saved };
+}
+
+/** Column sums of a [rows, width] tensor (a bias's gradient). */
+function columnSums(t: Tensor): Tensor {
+  const width = t.dims[t.dims.length - 1];
+  const sums = new Float64Array(width);
+  for (let i = 0; i < t.data.length; i++) sums[i % width] += t.data[i];
+  return { data: Float32Array.from(sums), dims: [width] };
+}
+
+/** The layer's backward; see the file header. */
+export function multiHeadAttentionBackward(backend: Backend, dy: TensorLike<Float32Array>, saved: MultiHeadSaved): MultiHeadGradients {
+  const dyRead = readTensor(dy, 'dy');
+  if (!(saved instanceof MultiHeadSaved)) throw new AttentionError('INVALID_OPTION', `saved must be the saved of a multiHeadAttention call with train: true, got ${describe(saved)}`, 'saved');
+  if (saved.backend !== backend) throw new AttentionError('INVALID_OPTION', "saved comes from another engine's multiHeadAttention", 'saved');
+  const { plan, embed, outWidth } = saved;
+  const { batch, seqQ, seqKV, qHeads, kvHeads, headDim, valueDim } = plan;
+  const dyc = floatTensor(dyRead, backend, 3);
+  const want = [batch, seqQ, outWidth];
+  dyc.dims.forEach((d, i) => {
+    if (d !== want[i]) throw new AttentionError('SHAPE_MISMATCH', `dy.dims[${i}] is ${d} but the layer's output is [${want}]`, `dy.dims[${i}]`);
+  });
+  const mm = (a: TensorLike<Float32Array>, b: TensorLike<Float32Array>, options: { transposeA?: boolean; transposeB?: boolean }): Tensor => backend.run(matmulOp, planMatmul(a, b, options, backend));
+  const rows = (data: Float32Array, count: number, width: number): TensorLike<Float32Array> => ({ data, dims: [count, width] });
+  const dyData = operandArray(dyc.operand);
+  const { wq, wk, wv, wo } = saved.weights;
+  // y = A·wo + bo
+  const dA = mm({ data: dyData, dims: want }, wo, { transposeB: true });
+  const dwo = mm(rows(saved.attended, batch * seqQ, qHeads * valueDim), rows(dyData, batch * seqQ, outWidth), { transposeA: true });
+  // attention, in the layer's layout: dq [B, S, Hq·D], dk [B, Skv, Hkv·D], dv [B, Skv, Hkv·Dv]
+  const operand = (array: Float32Array) => ({ array, offset: 0 as const, length: array.length });
+  const grads = backend.run(attentionBackwardOp, backwardPlanOf(plan, operand(saved.attended), operand(dA.data), operand(saved.logSumExp), {
+    q: [batch, seqQ, qHeads * headDim], k: [batch, seqKV, kvHeads * headDim], v: [batch, seqKV, kvHeads * valueDim],
+  }));
+  const source = saved.source ?? saved.x;
+  const dwq = mm(rows(saved.x, batch * seqQ, embed), rows(grads.dq.data, batch * seqQ, qHeads * headDim), { transposeA: true });
+  const dwk = mm(rows(source, batch * seqKV, embed), rows(grads.dk.data, batch * seqKV, kvHeads * headDim), { transposeA: true });
+  const dwv = mm(rows(source, batch * seqKV, embed), rows(grads.dv.data, batch * seqKV, kvHeads * valueDim), { transposeA: true });
+  const dx = mm(grads.dq, wq, { transposeB: true });
+  const dSource = mm(grads.dk, wk, { transposeB: true });
+  const fromV = mm(grads.dv, wv, { transposeB: true });
+  for (let i = 0; i < dSource.data.length; i++) dSource.data[i] += fromV.data[i];
+  const result: MultiHeadGradients = { dx, dwq, dwk, dwv, dwo };
+  if (saved.source) result.dcontext = dSource;
+  else for (let i = 0; i < dx.data.length; i++) dx.data[i] += dSource.data[i];
+  if (saved.biases.has('bq')) result.dbq = columnSums(grads.dq);
+  if (saved.biases.has('bk')) result.dbk = columnSums(grads.dk);
+  if (saved.biases.has('bv')) result.dbv = columnSums(grads.dv);
+  if (saved.biases.has('bo')) result.dbo = columnSums({ data: dyData, dims: want });
+  return result;
 }

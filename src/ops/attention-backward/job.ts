@@ -7,14 +7,15 @@ import type { Kernels } from '../../backends/kernels.js';
 import { type ItemRunner, jobLayout } from '../../job.js';
 
 export const BACKWARD_JOB = jobLayout(7, [
-  'q', 'qB', 'qH', 'qRow', 'k', 'kB', 'kH', 'kRow', 'v', 'vB', 'vH', 'vRow', 'out', 'dOut', 'stats', 'forwardOut', 'delta', 'dq', 'dk', 'dv',
+  'q', 'qB', 'qH', 'qRow', 'k', 'kB', 'kH', 'kRow', 'v', 'vB', 'vH', 'vRow', 'out', 'dOut', 'oB', 'oH', 'oRow', 'stats', 'forwardOut', 'delta',
+  'dq', 'dqB', 'dqH', 'dqRow', 'dk', 'dkB', 'dkH', 'dkRow', 'dv', 'dvB', 'dvH', 'dvRow',
   'kvHeads', 'group', 'seqQ', 'seqKV', 'headDim', 'valueDim', 'scale', 'cap',
   'mask', 'maskKind', 'maskBytes', 'mB', 'mH', 'mRow', 'offset', 'left', 'right',
 ] as const);
 
 const J = BACKWARD_JOB.at;
 
-/** Runs one backward item; see the file header. Output-shaped tensors (out, dOut, dq, lse) are packed. */
+/** Runs one backward item; see the file header. Every tensor at its strides; the row stats and D packed [B, Hq, Sq]. */
 export const runBackwardItem: ItemRunner = (kernels: Kernels, job: Float64Array, item: number, scratch: number): void => {
   const kvHeads = job[J.kvHeads];
   const g = item % kvHeads;
@@ -24,13 +25,15 @@ export const runBackwardItem: ItemRunner = (kernels: Kernels, job: Float64Array,
   const headDim = job[J.headDim];
   const valueDim = job[J.valueDim];
   const h0 = g * group;
-  const firstRow = (b * kvHeads * group + h0) * seqQ; // rows of out, dOut, lse, delta and dq are packed
-  const out = job[J.out] + 4 * firstRow * valueDim;
-  const dOut = job[J.dOut] + 4 * firstRow * valueDim;
+  const firstRow = (b * kvHeads * group + h0) * seqQ; // of the stats and D
+  const oAt = 4 * (b * job[J.oB] + h0 * job[J.oH]);
+  const oH = job[J.oH];
+  const oRow = job[J.oRow];
+  const out = job[J.out] + oAt;
+  const dOut = job[J.dOut] + oAt;
   const delta = job[J.delta] + 4 * firstRow;
-  kernels.f32_rows_dot(out, valueDim, dOut, valueDim, group * seqQ, valueDim, delta);
+  for (let h = 0; h < group; h++) kernels.f32_rows_dot(out + 4 * h * oH, oRow, dOut + 4 * h * oH, oRow, seqQ, valueDim, delta + 4 * h * seqQ);
   const seqKV = job[J.seqKV];
-  const kvRow = item * seqKV; // dk and dv are packed too
   const maskBytes = job[J.maskBytes];
   const mask = job[J.mask] === 0 ? 0 : job[J.mask] + maskBytes * (b * job[J.mB] + h0 * job[J.mH]);
   const stats = job[J.stats] + 8 * firstRow;
@@ -51,9 +54,9 @@ export const runBackwardItem: ItemRunner = (kernels: Kernels, job: Float64Array,
     job[J.q] + 4 * (b * job[J.qB] + h0 * job[J.qH]), job[J.qRow], job[J.qH],
     job[J.k] + 4 * (b * job[J.kB] + g * job[J.kH]), job[J.kRow],
     job[J.v] + 4 * (b * job[J.vB] + g * job[J.vH]), job[J.vRow],
-    out, dOut, valueDim, seqQ * valueDim, stats, delta,
-    job[J.dq] + 4 * firstRow * headDim, headDim, seqQ * headDim,
-    job[J.dk] + 4 * kvRow * headDim, headDim, job[J.dv] + 4 * kvRow * valueDim, valueDim,
+    out, dOut, oRow, oH, stats, delta,
+    job[J.dq] + 4 * (b * job[J.dqB] + h0 * job[J.dqH]), job[J.dqRow], job[J.dqH],
+    job[J.dk] + 4 * (b * job[J.dkB] + g * job[J.dkH]), job[J.dkRow], job[J.dv] + 4 * (b * job[J.dvB] + g * job[J.dvH]), job[J.dvRow],
     group, seqQ, seqKV, headDim, valueDim, job[J.scale], job[J.cap],
     mask, job[J.maskKind], job[J.mRow], job[J.mH], job[J.offset], job[J.left], job[J.right], scratch,
   );

@@ -8,7 +8,8 @@
 //   dv_j += P_ij dOut_i,  dS_ij = P_ij (dOut_i·v_j - D_i) · softcap'(z) · scale
 //   dq_i += dS_ij k_j,    dk_j += dS_ij q_i
 // dk and dv gather a whole kv head in float64 before they are written, in a fixed order. With rope,
-// q and k are rotated as in the forward and dq, dk turned back by the opposite angles.
+// q and k are rotated as in the forward and dq, dk turned back by the opposite angles. out and dOut
+// are read, and dq, dk, dv written, at the strides of the forward's output and of q, k, v.
 import { type ArrayOf } from '../../backend.js';
 import { rotatedCopy } from '../attention/js.js';
 import { type AttentionRope, type HeadStrides, type RopeTables, packed } from '../attention/plan.js';
@@ -39,6 +40,7 @@ export function attentionBackwardJs(plan: AttentionBackwardPlan, arrayOf: ArrayO
   const dq = new Float32Array(batch * qHeads * seqQ * headDim);
   const dk = new Float32Array(batch * kvHeads * seqKV * headDim);
   const dv = new Float32Array(batch * kvHeads * seqKV * valueDim);
+  const at = { o: strides.out, dq: strides.q, dk: strides.k, dv: strides.v };
   const group = kvHeads === 0 ? 1 : qHeads / kvHeads;
   const dkSum = new Float64Array(seqKV * headDim);
   const dvSum = new Float64Array(seqKV * valueDim);
@@ -54,7 +56,7 @@ export function attentionBackwardJs(plan: AttentionBackwardPlan, arrayOf: ArrayO
         for (let i = 0; i < seqQ; i++) {
           const row = (b * qHeads + h) * seqQ + i;
           const qRow = b * qStrides.batch + h * qStrides.head + i * qStrides.row;
-          const oRow = row * valueDim;
+          const oRow = b * at.o.batch + h * at.o.head + i * at.o.row;
           const maskRow = mask ? b * mask.at.batch + h * mask.at.head + i * mask.at.row : 0;
           const lo = left < 0 ? 0 : Math.max(0, i + offset - left);
           const hi = right < 0 ? seqKV : Math.min(seqKV, i + offset + right + 1);
@@ -100,22 +102,21 @@ export function attentionBackwardJs(plan: AttentionBackwardPlan, arrayOf: ArrayO
               }
             }
           }
-          dq.set(dqRow, row * headDim);
+          dq.set(dqRow, b * at.dq.batch + h * at.dq.head + i * at.dq.row);
         }
       }
-      dk.set(dkSum, (b * kvHeads + g) * seqKV * headDim);
-      dv.set(dvSum, (b * kvHeads + g) * seqKV * valueDim);
+      for (let j = 0; j < seqKV; j++) {
+        dk.set(dkSum.subarray(j * headDim, (j + 1) * headDim), b * at.dk.batch + g * at.dk.head + j * at.dk.row);
+        dv.set(dvSum.subarray(j * valueDim, (j + 1) * valueDim), b * at.dv.batch + g * at.dv.head + j * at.dv.row);
+      }
     }
   }
   if (rope) {
-    turnBack(dq, batch, qHeads, seqQ, headDim, rope, rope.q, arrayOf);
-    if (rope.k) turnBack(dk, batch, kvHeads, seqKV, headDim, rope, rope.k, arrayOf);
+    turnBack(dq, at.dq, batch, qHeads, seqQ, headDim, rope, rope.q, arrayOf);
+    if (rope.k) turnBack(dk, at.dk, batch, kvHeads, seqKV, headDim, rope, rope.k, arrayOf);
   }
-  return {
-    dq: { data: dq, dims: [batch, qHeads, seqQ, headDim] },
-    dk: { data: dk, dims: [batch, kvHeads, seqKV, headDim] },
-    dv: { data: dv, dims: [batch, kvHeads, seqKV, valueDim] },
-  };
+  const { gradDims } = plan;
+  return { dq: { data: dq, dims: gradDims.q }, dk: { data: dk, dims: gradDims.k }, dv: { data: dv, dims: gradDims.v } };
 }
 
 /** log(sum_j exp(t_j)) over keys lo..hi of one row, as the forward computes its scores (-inf: none seen). */
@@ -140,16 +141,15 @@ function logSumExpOf(
   return max + Math.log(sum);
 }
 
-/** x [B, H, rows, D] (packed) turned in place by the opposite angles of the tables: RoPE's transpose. */
-function turnBack(x: Float32Array, batch: number, heads: number, rows: number, headDim: number, rope: AttentionRope, tables: RopeTables, arrayOf: ArrayOf): void {
+/** x [B, H, rows, D] (at its strides) turned in place by the opposite angles of the tables: RoPE's transpose. */
+function turnBack(x: Float32Array, at: HeadStrides, batch: number, heads: number, rows: number, headDim: number, rope: AttentionRope, tables: RopeTables, arrayOf: ArrayOf): void {
   const cos = arrayOf(tables.cos);
   const sin = arrayOf(tables.sin).map((s) => -s);
   const half = rope.dims / 2;
-  const at: HeadStrides = packed(heads, rows, headDim);
   for (let b = 0; b < batch; b++) {
     for (let h = 0; h < heads; h++) {
       const start = b * at.batch + h * at.head;
-      rotateRows(x, start, headDim, x, start, headDim, rows, headDim, rope.dims, cos, sin, b * tables.batchStride * half, rope.interleaved);
+      rotateRows(x, start, at.row, x, start, at.row, rows, headDim, rope.dims, cos, sin, b * tables.batchStride * half, rope.interleaved);
     }
   }
 }

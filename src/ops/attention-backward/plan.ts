@@ -36,10 +36,12 @@ export const ATTENTION_BACKWARD_OPTION_KEYS = ['scale', 'softcap', 'causal', 'ma
 export interface AttentionBackwardPlan extends OpPlan {
   /** The forward call (layout, scalars, mask, window, rope), nothing returned besides its output. */
   readonly forward: AttentionPlan;
-  /** The forward's output, [B, Hq, Sq, Dv] packed. */
+  /** The forward's output, at the forward's output strides (forward.strides.out). */
   readonly output: Operand<Float32Array>;
-  /** Its gradient, the same shape. */
+  /** Its gradient, the same layout. */
   readonly gradOutput: Operand<Float32Array>;
+  /** dq, dk and dv come out in the layout (strides) and dims of q, k and v. */
+  readonly gradDims: { readonly q: number[]; readonly k: number[]; readonly v: number[] };
   /** [B, Hq, Sq]; undefined until the engine computed it (when the caller left it out). */
   readonly logSumExp: Operand<Float32Array> | undefined;
 }
@@ -72,6 +74,15 @@ export function planAttentionBackward(q: unknown, k: unknown, v: unknown, out: u
   checkResultSize(sizeOf([batch, qHeads, seqQ, headDim]), `dq [${batch}, ${qHeads}, ${seqQ}, ${headDim}]`, 'q.dims');
   checkResultSize(sizeOf([batch, kvHeads, seqKV, Math.max(headDim, valueDim)]), `dk and dv [${batch}, ${kvHeads}, ${seqKV}, ${headDim} / ${valueDim}]`, 'k.dims');
   // five products of a row and a key (the scores again, dOut·v, P·dOut, dS·k, dSᵀ·q) against the forward's two
+  return backwardPlanOf(forward, output, gradOutput, logSumExp, { q: [batch, qHeads, seqQ, headDim], k: [batch, kvHeads, seqKV, headDim], v: [batch, kvHeads, seqKV, valueDim] });
+}
+
+/** The plan of a backward call over a checked forward plan (any strides: the layer's [B, S, H·D] too). */
+export function backwardPlanOf(
+  forward: AttentionPlan, output: Operand<Float32Array>, gradOutput: Operand<Float32Array>, logSumExp: Operand<Float32Array> | undefined, gradDims: AttentionBackwardPlan['gradDims'],
+): AttentionBackwardPlan {
+  const { batch, qHeads, seqQ, seqKV, headDim, valueDim } = forward;
+  // five products of a row and a key (the scores again, dOut·v, P·dOut, dS·k, dSᵀ·q) against the forward's two
   const flops = 2 * batch * qHeads * seqQ * seqKV * (3 * headDim + 2 * valueDim);
-  return { flops, forward, output, gradOutput, logSumExp };
+  return { flops, forward, output, gradOutput, logSumExp, gradDims };
 }

@@ -6,7 +6,7 @@
 import { type Encoded, type WasmCall, type WasmOp, operandArray } from '../../backend.js';
 import { MASK_KIND } from '../../backends/kernels.js';
 import { HEADER } from '../../job.js';
-import { type RopeTables, packed } from '../attention/plan.js';
+import { type HeadStrides, type RopeTables, packed } from '../attention/plan.js';
 import { rotatedCopy } from '../attention/wasm.js';
 import { BACKWARD_JOB } from './job.js';
 import type { AttentionBackwardPlan, AttentionGradients } from './plan.js';
@@ -26,8 +26,15 @@ function zeros(call: WasmCall, elements: number): number {
   return ptr;
 }
 
-/** Packed x [B, H, rows, D] at `ptr` turned in place by the opposite angles of `tables`. */
-function turnBack(call: WasmCall, ptr: number, batch: number, heads: number, rows: number, headDim: number, dims: number, interleaved: boolean, tables: RopeTables, name: string): void {
+/** Each tensor's strides sit in three consecutive job fields: batch, head, row. */
+function putStrides(job: Float64Array, at: number, strides: HeadStrides): void {
+  job[at] = strides.batch;
+  job[at + 1] = strides.head;
+  job[at + 2] = strides.row;
+}
+
+/** x [B, H, rows, D] at `ptr` (its strides `at`) turned in place by the opposite angles of `tables`. */
+function turnBack(call: WasmCall, ptr: number, at: HeadStrides, batch: number, heads: number, rows: number, headDim: number, dims: number, interleaved: boolean, tables: RopeTables, name: string): void {
   const half = dims / 2;
   const cos = call.stage(tables.cos, `${name} rope cos`);
   const sin = call.alloc(4 * tables.sin.length);
@@ -37,8 +44,8 @@ function turnBack(call: WasmCall, ptr: number, batch: number, heads: number, row
   for (let b = 0; b < batch; b++) {
     const table = 4 * b * tables.batchStride * half;
     for (let h = 0; h < heads; h++) {
-      const at = ptr + 4 * (b * heads + h) * rows * headDim;
-      call.kernels.f32_rope_rows(at, headDim, at, headDim, rows, headDim, dims, cos + table, sin + table, half, interleaved ? 1 : 0);
+      const x = ptr + 4 * (b * at.batch + h * at.head);
+      call.kernels.f32_rope_rows(x, at.row, x, at.row, rows, headDim, dims, cos + table, sin + table, half, interleaved ? 1 : 0);
     }
   }
 }
@@ -66,15 +73,14 @@ export const attentionBackwardWasm: WasmOp<AttentionBackwardPlan, AttentionGradi
     job[J.out] = call.stage(plan.output, 'out.data');
     job[J.dOut] = call.stage(plan.gradOutput, 'dOut.data');
     job[J.mask] = mask ? call.stage(mask.operand, 'options.mask.data') : 0;
-    job[J.qB] = qStrides.batch;
-    job[J.qH] = qStrides.head;
-    job[J.qRow] = qStrides.row;
-    job[J.kB] = kStrides.batch;
-    job[J.kH] = kStrides.head;
-    job[J.kRow] = kStrides.row;
-    job[J.vB] = f.strides.v.batch;
-    job[J.vH] = f.strides.v.head;
-    job[J.vRow] = f.strides.v.row;
+    putStrides(job, J.qB, qStrides);
+    putStrides(job, J.kB, kStrides);
+    putStrides(job, J.vB, f.strides.v);
+    putStrides(job, J.oB, f.strides.out);
+    // the gradients in the layout of q, k and v as given
+    putStrides(job, J.dqB, f.strides.q);
+    putStrides(job, J.dkB, f.strides.k);
+    putStrides(job, J.dvB, f.strides.v);
     const rows = batch * qHeads * seqQ;
     job[J.stats] = call.alloc(8 * rows);
     if (plan.logSumExp) {
@@ -126,14 +132,16 @@ export const attentionBackwardWasm: WasmOp<AttentionBackwardPlan, AttentionGradi
   finish(plan: AttentionBackwardPlan, call: WasmCall, encoded: Encoded): AttentionGradients {
     const { dq, dk, dv } = encoded as BackwardEncoded;
     const { batch, qHeads, kvHeads, seqQ, seqKV, headDim, valueDim, rope } = plan.forward;
+    const { strides } = plan.forward;
     if (rope) {
-      turnBack(call, dq, batch, qHeads, seqQ, headDim, rope.dims, rope.interleaved, rope.q, 'q');
-      if (rope.k) turnBack(call, dk, batch, kvHeads, seqKV, headDim, rope.dims, rope.interleaved, rope.k, 'k');
+      turnBack(call, dq, strides.q, batch, qHeads, seqQ, headDim, rope.dims, rope.interleaved, rope.q, 'q');
+      if (rope.k) turnBack(call, dk, strides.k, batch, kvHeads, seqKV, headDim, rope.dims, rope.interleaved, rope.k, 'k');
     }
+    const { gradDims } = plan;
     return {
-      dq: { data: call.collect(dq, batch * qHeads * seqQ * headDim, undefined), dims: [batch, qHeads, seqQ, headDim] },
-      dk: { data: call.collect(dk, batch * kvHeads * seqKV * headDim, undefined), dims: [batch, kvHeads, seqKV, headDim] },
-      dv: { data: call.collect(dv, batch * kvHeads * seqKV * valueDim, undefined), dims: [batch, kvHeads, seqKV, valueDim] },
+      dq: { data: call.collect(dq, batch * qHeads * seqQ * headDim, undefined), dims: gradDims.q },
+      dk: { data: call.collect(dk, batch * kvHeads * seqKV * headDim, undefined), dims: gradDims.k },
+      dv: { data: call.collect(dv, batch * kvHeads * seqKV * valueDim, undefined), dims: gradDims.v },
     };
   },
 };
