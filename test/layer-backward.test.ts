@@ -128,6 +128,6 @@ describe.each(BACKENDS)('multiHeadAttentionBackward on %s', (backend) => {
       other.dispose();
     }
     expect(engine.stats().usedBytes).toBe(used);
-    cache.free();
+    cache.dispose();
   });
 });
