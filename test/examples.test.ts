@@ -16,6 +16,21 @@ describe('examples', () => {
     expect(await main()).toBeLessThan(1e-5);
   });
 
+  it('train: a small transformer learns to copy; the loss halves within 150 steps (seeded), the SVG curve is drawn', async () => {
+    const { train, lossCurve } = await import('../examples/train/index.js');
+    const engine = createEngineSync({ backend: 'wasm-simd' });
+    try {
+      const { losses, accuracy } = train({ steps: 150, seed: 1, engine });
+      const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
+      expect(mean(losses.slice(-10))).toBeLessThan(mean(losses.slice(0, 10)) / 2);
+      // chance is 1 in 16: the copies are being fetched by attention
+      expect(accuracy).toBeGreaterThan(0.3);
+      expect(lossCurve(losses)).toMatch(/^<svg[^]*<polyline[^]*<\/svg>$/);
+    } finally {
+      engine.dispose();
+    }
+  });
+
   it('ort-interop round-trips onnxruntime tensors', async () => {
     const { main } = await import('../examples/ort-interop/index.js');
     const { yTensor, yHalf } = await main();
