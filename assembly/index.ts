@@ -7,6 +7,7 @@ export { f32_ceiling_probe, f32_ceiling_flops_per_iteration } from './ceiling-pr
 export { gemm_packed as f32_gemm_tile_packed, gemm_rows as f32_gemm_tile_rows } from './f32-gemm-tile';
 export { f32_gemm_packed, f32_gemm_packed_scratch_bytes } from './f32-gemm-simd';
 export { f32_softmax_rows } from './f32-softmax-scale-mask-simd';
+export { f32_softmax_backward_rows } from './f32-softmax-backward-simd';
 export { f32_attention, f32_attention_block_rows, f32_attention_scratch_bytes } from './f32-attention-flash-simd';
 export { f32_rope_rows } from './f32-rope-simd';
 export { f32_attention_backward, f32_attention_backward_scratch_bytes, f32_rows_dot } from './f32-attention-backward-simd';

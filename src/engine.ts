@@ -24,6 +24,8 @@ import { rotaryOp } from './ops/rope/index.js';
 import { type RotaryOptions, planRotary } from './ops/rope/plan.js';
 import { softmaxOp } from './ops/softmax/index.js';
 import { type SoftmaxOptions, planSoftmax } from './ops/softmax/plan.js';
+import { softmaxBackwardOp } from './ops/softmax-backward/index.js';
+import { type SoftmaxBackwardOptions, planSoftmaxBackward } from './ops/softmax-backward/plan.js';
 import { cores } from './platform.js';
 import { type Tensor, type TensorLike, checkDims, describe, readOptions } from './tensor.js';
 
@@ -202,6 +204,15 @@ export class Engine {
   softmax(x: TensorLike<Float32Array>, options?: SoftmaxOptions): Tensor {
     const backend = this.live();
     return backend.run(softmaxOp, planSoftmax(x, options, backend));
+  }
+
+  /**
+   * Softmax's backward: from y = softmax(...) (this engine's softmax output) and dy, its gradient,
+   * dx = scale · y ∘ (dy - rowsum(dy ∘ y)) along the last axis. Masked columns (y = 0) get 0.
+   */
+  softmaxBackward(y: TensorLike<Float32Array>, dy: TensorLike<Float32Array>, options?: SoftmaxBackwardOptions): Tensor {
+    const backend = this.live();
+    return backend.run(softmaxBackwardOp, planSoftmaxBackward(y, dy, options, backend));
   }
 
   /** softmax() on the worker threads; see attentionAsync. */

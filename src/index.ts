@@ -11,6 +11,7 @@ export type { AttentionBackwardOptions, AttentionGradients } from './ops/attenti
 export type { Activation, MatmulOptions } from './ops/matmul/plan.js';
 export { PackedWeights, type PackWeightsOptions } from './ops/matmul/packed.js';
 export type { SoftmaxOptions } from './ops/softmax/plan.js';
+export type { SoftmaxBackwardOptions } from './ops/softmax-backward/plan.js';
 export type { RotaryOptions } from './ops/rope/plan.js';
 export type { RopeOptions } from './ops/rope/options.js';
 export type { Tensor, TensorLike } from './tensor.js';

@@ -9,6 +9,7 @@ export { referenceMultiHeadAttention, referenceMultiHeadAttentionBackward } from
 export type { ReferenceLayerGradients, ReferenceLayerOptions, ReferenceLayerWeights } from './features/layer-reference.js';
 export { referenceMatmul } from './ops/matmul/reference.js';
 export { referenceSoftmax } from './ops/softmax/reference.js';
+export { referenceSoftmaxBackward } from './ops/softmax-backward/reference.js';
 export { referenceRotary } from './ops/rope/reference.js';
 export type { ReferenceRotaryOptions } from './ops/rope/reference.js';
 export { quantizeKV } from './ops/paged-attention/reference.js';

@@ -1,8 +1,8 @@
 // engine.softmax on every backend against the float64 reference: row lengths around the 4-lane
 // vectors, scale, masks of both kinds and broadcast shapes, causal, fully masked rows, big inputs.
 import { describe, expect, it } from 'vitest';
-import { referenceSoftmax } from '../src/reference.js';
-import { BACKENDS, EPS32, engineFor, maxAbs, maxError, randomTensor, rng, tolerance } from './helpers.js';
+import { referenceSoftmax, referenceSoftmaxBackward } from '../src/reference.js';
+import { BACKENDS, EPS32, engineFor, maxAbs, maxError, randomTensor, refused, rng, tolerance } from './helpers.js';
 
 describe.each(BACKENDS)('softmax on %s', (backend) => {
   const cases: Array<[string, number[], { scale?: number; causal?: boolean; mask?: 'bool' | 'float'; maskDims?: number[]; magnitude?: number }]> = [];
@@ -71,5 +71,47 @@ describe.each(BACKENDS)('softmax on %s', (backend) => {
     expect(Array.from(y.data.subarray(8, 16))).toEqual(new Array(8).fill(0));
     expect(y.data[16]).toBe(1);
     expect(Math.abs(y.data.subarray(0, 8).reduce((a, b) => a + b, 0) - 1)).toBeLessThan(1e-6);
+  });
+});
+
+describe.each(BACKENDS)('softmaxBackward on %s', (backend) => {
+  it('matches the float64 reference and central differences of the float64 softmax, with scale, mask and causal rows', () => {
+    const engine = engineFor(backend);
+    const random = rng(31);
+    for (const [rows, cols] of [[1, 1], [3, 5], [17, 64], [9, 130]]) {
+      const x = randomTensor(random, [2, rows, cols], 3);
+      const dy = randomTensor(random, [2, rows, cols]);
+      const mask = { data: Uint8Array.from({ length: cols }, (_, j) => (j % 5 === 3 ? 0 : 1)), dims: [cols] };
+      const options = { scale: 0.7, mask, causal: true };
+      const y = engine.softmax(x, options);
+      const dx = engine.softmaxBackward(y, dy, { scale: 0.7 });
+      expect(dx.dims).toEqual(x.dims);
+      const expected = referenceSoftmaxBackward(y, dy, { scale: 0.7 });
+      expect(maxError(dx.data, expected.data)).toBeLessThanOrEqual(tolerance.reduction(cols) * (1 + maxAbs(expected.data)));
+      // against finite differences of the float64 softmax: the whole chain rule, masked columns 0
+      const x64 = { data: Float64Array.from(x.data), dims: x.dims };
+      const loss = () => referenceSoftmax(x64, options).data.reduce((s, v, i) => s + v * dy.data[i], 0);
+      for (let i = 0; i < x64.data.length; i += Math.max(1, Math.floor(x64.data.length / 40))) {
+        const keep = x64.data[i];
+        x64.data[i] = keep + 1e-5;
+        const up = loss();
+        x64.data[i] = keep - 1e-5;
+        const down = loss();
+        x64.data[i] = keep;
+        expect(Math.abs(dx.data[i] - (up - down) / 2e-5)).toBeLessThanOrEqual(1e-5 + tolerance.reduction(cols));
+      }
+    }
+  });
+
+  it('writes into dy when asked (out: dy), and refuses mismatched dims and an out that overlaps y', () => {
+    const engine = engineFor(backend);
+    const y = engine.softmax(randomTensor(rng(2), [4, 8]));
+    const dy = randomTensor(rng(3), [4, 8]);
+    const want = engine.softmaxBackward(y, dy).data;
+    const inPlace = engine.softmaxBackward(y, dy, { out: dy.data });
+    expect(inPlace.data).toBe(dy.data);
+    expect(Array.from(inPlace.data)).toEqual(Array.from(want));
+    refused(() => engine.softmaxBackward(y, { data: new Float32Array(32), dims: [8, 4] }), 'SHAPE_MISMATCH', 'dy.dims');
+    refused(() => engine.softmaxBackward(y, dy, { out: y.data }), 'INVALID_OPTION', 'options.out');
   });
 });

@@ -18,9 +18,10 @@
 //   other in a footnote.
 // Before timing, every tfjs graph's dq, dk and dv are checked against ours: max |tfjs - ours| ÷
 // max |ours| per tensor, the worst of the three; a graph above --tolerance is reported and not timed.
-// The calls are timed in interleaved rounds (each round runs every contender once, in a rotated order),
-// at least 3 rounds and at least --time ms per contender; the median of each is reported, and the ratio
-// tfjs ms ÷ ours ms from those medians (goal: >= 3x against the backward alone).
+// The calls are timed in interleaved rounds, at least --rounds (3) and at least --time ms per shape: in
+// each round every contender, in a rotated order, makes as many calls as fit in --block ms (at least one,
+// so a slow tfjs call is one, and ours makes several). The median of each contender's calls is reported,
+// and the ratio tfjs ms ÷ ours ms from those medians (goal: >= 3x against the backward alone).
 import { cpus } from 'node:os';
 import { parseArgs } from 'node:util';
 import { relaunchWithRelaxedSimd } from '../relaxed-flag.js';
@@ -46,6 +47,7 @@ const { values } = parseArgs({
     mask: { type: 'string', default: '-inf' },
     time: { type: 'string', default: '2000' },
     rounds: { type: 'string', default: '3' },
+    block: { type: 'string', default: '250' },
     tolerance: { type: 'string', default: '1e-3' },
     json: { type: 'boolean', default: false },
   },
@@ -242,9 +244,15 @@ for (const name of shapeNames) {
   };
   const expected = ours();
   oursBoth();
+  /** ms of one call, the best of two (a call's length sets how many calls it makes per round). */
+  const estimate = (fn) => Math.min(...[0, 1].map(() => {
+    const t = performance.now();
+    fn();
+    return performance.now() - t;
+  }));
   const contenders = [
-    { id: 'ours', run: ours },
-    { id: 'ours-both', run: oursBoth },
+    { id: 'ours', run: ours, callMs: estimate(ours) },
+    { id: 'ours-both', run: oursBoth, callMs: estimate(oursBoth) },
   ];
 
   const scale = tf.scalar(1 / Math.sqrt(s.headDim));
@@ -261,7 +269,7 @@ for (const name of shapeNames) {
       const entry = { graph, errors, maxError: Number.isNaN(errors.dq + errors.dk + errors.dv) ? NaN : maxError, checkMs: performance.now() - t0 };
       tfjs.push(entry);
       log(` ${(entry.checkMs / 1000).toFixed(1)}s, max rel. error ${entry.maxError.toExponential(1)};`);
-      if (entry.maxError <= tolerance) contenders.push({ id: graph, run, entry });
+      if (entry.maxError <= tolerance) contenders.push({ id: graph, run, entry, callMs: entry.checkMs });
       else entry.error = `gradients disagree with ours: max rel. error ${entry.maxError} > ${tolerance}; not timed`;
     } catch (err) {
       log(` failed (${oneLine(err)});`);
@@ -272,12 +280,18 @@ for (const name of shapeNames) {
   log(' timing');
   const samples = new Map(contenders.map((c) => [c.id, []]));
   const t0 = performance.now();
-  for (let round = 0; round < Number(values.rounds) || performance.now() - t0 < Number(values.time); round++) {
+  let rounds = 0;
+  for (let round = 0; round < Number(values.rounds) || performance.now() - t0 < Number(values.time); round++, rounds++) {
     for (let i = 0; i < contenders.length; i++) {
       const c = contenders[(round + i) % contenders.length];
-      const t = performance.now();
-      c.run();
-      samples.get(c.id).push(performance.now() - t);
+      // a block of calls per round, as many as fit in --block ms (at least one)
+      const done = samples.get(c.id);
+      const calls = Math.max(1, Math.floor(Number(values.block) / (done.length ? median(done) : c.callMs)));
+      for (let n = 0; n < calls; n++) {
+        const t = performance.now();
+        c.run();
+        samples.get(c.id).push(performance.now() - t);
+      }
     }
     log('.');
   }
@@ -291,7 +305,8 @@ for (const name of shapeNames) {
   const best = timed[0];
   rows.push({
     shape: name,
-    rounds: samples.get('ours').length,
+    rounds,
+    samples: Object.fromEntries([...samples].map(([id, xs]) => [id, xs.length])),
     oursMs,
     oursGflops: backwardFlops / oursMs / 1e6,
     oursBothMs,
@@ -323,12 +338,12 @@ if (values.json) {
 const fmt = (x, digits = 2) => (x === undefined || Number.isNaN(x) ? '-' : x.toFixed(digits));
 const err = (x) => (x === undefined ? '-' : Number.isNaN(x) ? 'NaN' : x.toExponential(1));
 console.log(`\nnode ${header.node}, ${header.cpu}; ours: ${backend}, 1 thread; tfjs-core + tfjs-backend-wasm ${tf.version_core}, ${tfThreads} thread`);
-console.log(`interleaved rounds (>= ${values.rounds}, >= ${values.time} ms per shape), medians; run took ${totalSeconds.toFixed(0)} s\n`);
-console.log('| shape | ours: backward ms | ours: backward GFLOP/s | ours: forward + backward ms | tfjs: tf.grads ms | tfjs graph | tfjs ÷ ours backward | tfjs ÷ ours forward + backward | max rel. error, tfjs vs ours | rounds |');
-console.log('|---|---:|---:|---:|---:|---|---:|---:|---:|---:|');
+console.log(`interleaved rounds (>= ${values.rounds}, >= ${values.time} ms per shape; in each round every contender makes as many calls as fit in ${values.block} ms, at least one), median of each contender's calls; run took ${totalSeconds.toFixed(0)} s\n`);
+console.log('| shape | ours: backward ms | ours: backward GFLOP/s | ours: forward + backward ms | tfjs: tf.grads ms | tfjs graph | tfjs ÷ ours backward | tfjs ÷ ours forward + backward | max rel. error, tfjs vs ours | rounds | calls timed: ours / ours f+b / tfjs |');
+console.log('|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---|');
 for (const r of rows) {
   console.log(
-    `| ${r.shape} | ${fmt(r.oursMs)} | ${fmt(r.oursGflops, 1)} | ${fmt(r.oursBothMs)} | ${r.tfjs ? fmt(r.tfjs.ms) : 'failed'} | ${r.tfjs?.graph ?? '-'} | ${r.tfjs ? fmt(r.tfjsOverOurs) + 'x' : '-'} | ${r.tfjs ? fmt(r.tfjsOverOursBoth) + 'x' : '-'} | ${err(r.tfjs?.maxError)} | ${r.rounds} |`,
+    `| ${r.shape} | ${fmt(r.oursMs)} | ${fmt(r.oursGflops, 1)} | ${fmt(r.oursBothMs)} | ${r.tfjs ? fmt(r.tfjs.ms) : 'failed'} | ${r.tfjs?.graph ?? '-'} | ${r.tfjs ? fmt(r.tfjsOverOurs) + 'x' : '-'} | ${r.tfjs ? fmt(r.tfjsOverOursBoth) + 'x' : '-'} | ${err(r.tfjs?.maxError)} | ${r.rounds} | ${r.samples.ours} / ${r.samples['ours-both']} / ${r.tfjs ? r.samples[r.tfjs.graph] : '-'} |`,
   );
 }
 const footnotes = [

@@ -33,6 +33,7 @@ export interface Kernels {
     mask: number, maskKind: number, maskRow: number, maskHead: number, offset: number, left: number, right: number, scratch: number,
   ): void;
   f32_attention_backward_scratch_bytes(headDim: number, valueDim: number): number;
+  f32_softmax_backward_rows(y: number, dy: number, dx: number, rows: number, cols: number, scale: number): void;
   f32_rows_dot(a: number, lda: number, b: number, ldb: number, rows: number, n: number, delta: number): void;
   /** Query rows per block of f32_attention (ATT_BR). */
   f32_attention_block_rows(): number;

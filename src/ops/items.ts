@@ -8,6 +8,7 @@ import { PACK_JOB, runPackItem } from './matmul/packed.js';
 import { PAGED_JOB, runPagedItem } from './paged-attention/job.js';
 import { ROPE_JOB, runRopeItem } from './rope/job.js';
 import { SOFTMAX_JOB, runSoftmaxItem } from './softmax/job.js';
+import { SOFTMAX_BACKWARD_JOB, runSoftmaxBackwardItem } from './softmax-backward/job.js';
 
 export const ITEM_RUNNERS: ReadonlyMap<number, ItemRunner> = new Map([
   [ATTENTION_JOB.op, runAttentionItem],
@@ -17,4 +18,5 @@ export const ITEM_RUNNERS: ReadonlyMap<number, ItemRunner> = new Map([
   [PAGED_JOB.op, runPagedItem],
   [PACK_JOB.op, runPackItem],
   [BACKWARD_JOB.op, runBackwardItem],
+  [SOFTMAX_BACKWARD_JOB.op, runSoftmaxBackwardItem],
 ]);
