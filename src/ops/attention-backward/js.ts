@@ -11,26 +11,15 @@
 // q and k are rotated as in the forward and dq, dk turned back by the opposite angles. out and dOut
 // are read, and dq, dk, dv written, at the strides of the forward's output and of q, k, v.
 import { type ArrayOf } from '../../backend.js';
-import { rotatedCopy } from '../attention/js.js';
-import { type AttentionRope, type HeadStrides, type RopeTables, packed } from '../attention/plan.js';
+import { scoredInputs } from '../attention/js.js';
+import type { AttentionRope, HeadStrides, RopeTables } from '../attention/plan.js';
 import { rotateRows } from '../rope/js.js';
 import type { AttentionBackwardPlan, AttentionGradients } from './plan.js';
 
 export function attentionBackwardJs(plan: AttentionBackwardPlan, arrayOf: ArrayOf): AttentionGradients {
   const f = plan.forward;
   const { batch, qHeads, kvHeads, seqQ, seqKV, headDim, valueDim, scale, softcap, offset, left, right, mask, strides, rope } = f;
-  let q = arrayOf(f.q);
-  let k = arrayOf(f.k);
-  let qStrides = strides.q;
-  let kStrides = strides.k;
-  if (rope) {
-    q = rotatedCopy(q, qStrides, batch, qHeads, seqQ, headDim, rope, rope.q, arrayOf);
-    qStrides = packed(qHeads, seqQ, headDim);
-    if (rope.k) {
-      k = rotatedCopy(k, kStrides, batch, kvHeads, seqKV, headDim, rope, rope.k, arrayOf);
-      kStrides = packed(kvHeads, seqKV, headDim);
-    }
-  }
+  const { q, k, qStrides, kStrides } = scoredInputs(f, arrayOf);
   const v = arrayOf(f.v);
   const out = arrayOf(plan.output);
   const dOut = arrayOf(plan.gradOutput);

@@ -6,8 +6,8 @@
 import { type Encoded, type WasmCall, type WasmOp, operandArray } from '../../backend.js';
 import { MASK_KIND } from '../../backends/kernels.js';
 import { HEADER } from '../../job.js';
-import { type HeadStrides, type RopeTables, packed } from '../attention/plan.js';
-import { rotatedCopy } from '../attention/wasm.js';
+import type { HeadStrides, RopeTables } from '../attention/plan.js';
+import { putStrides, stageScored } from '../attention/wasm.js';
 import { BACKWARD_JOB } from './job.js';
 import type { AttentionBackwardPlan, AttentionGradients } from './plan.js';
 
@@ -24,13 +24,6 @@ function zeros(call: WasmCall, elements: number): number {
   const ptr = call.alloc(4 * elements);
   call.u8.fill(0, ptr, ptr + 4 * elements);
   return ptr;
-}
-
-/** Each tensor's strides sit in three consecutive job fields: batch, head, row. */
-function putStrides(job: Float64Array, at: number, strides: HeadStrides): void {
-  job[at] = strides.batch;
-  job[at + 1] = strides.head;
-  job[at + 2] = strides.row;
 }
 
 /** x [B, H, rows, D] at `ptr` (its strides `at`) turned in place by the opposite angles of `tables`. */
@@ -55,20 +48,11 @@ export const attentionBackwardWasm: WasmOp<AttentionBackwardPlan, AttentionGradi
 
   encode(plan: AttentionBackwardPlan, call: WasmCall): BackwardEncoded {
     const f = plan.forward;
-    const { batch, qHeads, kvHeads, seqQ, seqKV, headDim, valueDim, mask, rope } = f;
+    const { batch, qHeads, kvHeads, seqQ, seqKV, headDim, valueDim, mask } = f;
     const job = BACKWARD_JOB.create();
-    job[J.q] = call.stage(f.q, 'q.data');
-    job[J.k] = call.stage(f.k, 'k.data');
-    let qStrides = f.strides.q;
-    let kStrides = f.strides.k;
-    if (rope) {
-      job[J.q] = rotatedCopy(call, job[J.q], qStrides, batch, qHeads, seqQ, headDim, rope, rope.q, 'q');
-      qStrides = packed(qHeads, seqQ, headDim);
-      if (rope.k) {
-        job[J.k] = rotatedCopy(call, job[J.k], kStrides, batch, kvHeads, seqKV, headDim, rope, rope.k, 'k');
-        kStrides = packed(kvHeads, seqKV, headDim);
-      }
-    }
+    const { q, k, qStrides, kStrides } = stageScored(f, call);
+    job[J.q] = q;
+    job[J.k] = k;
     job[J.v] = call.stage(f.v, 'v.data');
     job[J.out] = call.stage(plan.output, 'out.data');
     job[J.dOut] = call.stage(plan.gradOutput, 'dOut.data');

@@ -14,20 +14,19 @@ import { type AttentionOutput, type AttentionPlan, type AttentionRope, type Head
 /** Keys per block of the online softmax. */
 const BLOCK = 64;
 
+/** q and k as the scores read them: the plan's, or with rope rotated packed copies (and their strides). */
+export function scoredInputs(plan: AttentionPlan, arrayOf: ArrayOf): { q: Float32Array; k: Float32Array; qStrides: HeadStrides; kStrides: HeadStrides } {
+  const { batch, qHeads, kvHeads, seqQ, seqKV, headDim, strides, rope } = plan;
+  if (!rope) return { q: arrayOf(plan.q), k: arrayOf(plan.k), qStrides: strides.q, kStrides: strides.k };
+  const q = rotatedCopy(arrayOf(plan.q), strides.q, batch, qHeads, seqQ, headDim, rope, rope.q, arrayOf);
+  if (!rope.k) return { q, k: arrayOf(plan.k), qStrides: packed(qHeads, seqQ, headDim), kStrides: strides.k };
+  const k = rotatedCopy(arrayOf(plan.k), strides.k, batch, kvHeads, seqKV, headDim, rope, rope.k, arrayOf);
+  return { q, k, qStrides: packed(qHeads, seqQ, headDim), kStrides: packed(kvHeads, seqKV, headDim) };
+}
+
 export function attentionJs(plan: AttentionPlan, arrayOf: ArrayOf): AttentionOutput {
-  const { batch, qHeads, kvHeads, seqQ, seqKV, headDim, valueDim, scale, softcap, offset, left, right, mask, strides, rope } = plan;
-  let q = arrayOf(plan.q);
-  let k = arrayOf(plan.k);
-  let qStrides = strides.q;
-  let kStrides = strides.k;
-  if (rope) {
-    q = rotatedCopy(q, qStrides, batch, qHeads, seqQ, headDim, rope, rope.q, arrayOf);
-    qStrides = packed(qHeads, seqQ, headDim);
-    if (rope.k) {
-      k = rotatedCopy(k, kStrides, batch, kvHeads, seqKV, headDim, rope, rope.k, arrayOf);
-      kStrides = packed(kvHeads, seqKV, headDim);
-    }
-  }
+  const { batch, qHeads, kvHeads, seqQ, seqKV, headDim, valueDim, scale, softcap, offset, left, right, mask, strides } = plan;
+  const { q, k, qStrides, kStrides } = scoredInputs(plan, arrayOf);
   const v = arrayOf(plan.v);
   const out = plan.out ? arrayOf(plan.out) : new Float32Array(batch * qHeads * seqQ * valueDim);
   const logSumExp = plan.returnLogSumExp ? new Float32Array(batch * qHeads * seqQ) : undefined;
@@ -114,7 +113,7 @@ export function attentionJs(plan: AttentionPlan, arrayOf: ArrayOf): AttentionOut
 }
 
 /** x [B, H, rows, D] (at its strides) rotated into a packed copy with the tables of its tokens. */
-export function rotatedCopy(
+function rotatedCopy(
   x: Float32Array, strides: HeadStrides, batch: number, heads: number, rows: number, headDim: number,
   rope: AttentionRope, tables: RopeTables, arrayOf: ArrayOf,
 ): Float32Array {

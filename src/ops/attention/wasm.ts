@@ -12,7 +12,7 @@ import { type AttentionOutput, type AttentionPlan, type AttentionRope, type Head
 const J = ATTENTION_JOB.at;
 
 /** Each tensor's strides sit in three consecutive job fields: batch, head, row. */
-function putStrides(job: Float64Array, at: number, strides: HeadStrides): void {
+export function putStrides(job: Float64Array, at: number, strides: HeadStrides): void {
   job[at] = strides.batch;
   job[at + 1] = strides.head;
   job[at + 2] = strides.row;
@@ -27,7 +27,7 @@ interface AttentionEncoded extends Encoded {
  * The staged x [B, H, rows, D] at `at` (its strides) rotated by the kernel, head by head, into a new
  * packed block; returns the block's address.
  */
-export function rotatedCopy(
+function rotatedCopy(
   call: WasmCall, at: number, strides: HeadStrides, batch: number, heads: number, rows: number, headDim: number,
   rope: AttentionRope, tables: RopeTables, name: string,
 ): number {
@@ -47,6 +47,18 @@ export function rotatedCopy(
   return copy;
 }
 
+/** q and k staged as the scores read them: in place, or with rope rotated into packed blocks (and their strides). */
+export function stageScored(plan: AttentionPlan, call: WasmCall): { q: number; k: number; qStrides: HeadStrides; kStrides: HeadStrides } {
+  const { batch, qHeads, kvHeads, seqQ, seqKV, headDim, strides, rope } = plan;
+  const q = call.stage(plan.q, 'q.data');
+  const k = call.stage(plan.k, 'k.data');
+  if (!rope) return { q, k, qStrides: strides.q, kStrides: strides.k };
+  const qRotated = rotatedCopy(call, q, strides.q, batch, qHeads, seqQ, headDim, rope, rope.q, 'q');
+  if (!rope.k) return { q: qRotated, k, qStrides: packed(qHeads, seqQ, headDim), kStrides: strides.k };
+  const kRotated = rotatedCopy(call, k, strides.k, batch, kvHeads, seqKV, headDim, rope, rope.k, 'k');
+  return { q: qRotated, k: kRotated, qStrides: packed(qHeads, seqQ, headDim), kStrides: packed(kvHeads, seqKV, headDim) };
+}
+
 export const attentionWasm: WasmOp<AttentionPlan, AttentionOutput> = {
   layout: ATTENTION_JOB,
 
@@ -54,19 +66,9 @@ export const attentionWasm: WasmOp<AttentionPlan, AttentionOutput> = {
     const job = ATTENTION_JOB.create();
     const size = plan.batch * plan.qHeads * plan.seqQ * plan.valueDim;
     const mask = plan.mask;
-    const rope = plan.rope;
-    job[J.q] = call.stage(plan.q, 'q.data');
-    job[J.k] = call.stage(plan.k, 'k.data');
-    let qStrides = plan.strides.q;
-    let kStrides = plan.strides.k;
-    if (rope) {
-      job[J.q] = rotatedCopy(call, job[J.q], qStrides, plan.batch, plan.qHeads, plan.seqQ, plan.headDim, rope, rope.q, 'q');
-      qStrides = packed(plan.qHeads, plan.seqQ, plan.headDim);
-      if (rope.k) {
-        job[J.k] = rotatedCopy(call, job[J.k], kStrides, plan.batch, plan.kvHeads, plan.seqKV, plan.headDim, rope, rope.k, 'k');
-        kStrides = packed(plan.kvHeads, plan.seqKV, plan.headDim);
-      }
-    }
+    const { q, k, qStrides, kStrides } = stageScored(plan, call);
+    job[J.q] = q;
+    job[J.k] = k;
     job[J.v] = call.stage(plan.v, 'v.data');
     job[J.mask] = mask ? call.stage(mask.operand, 'options.mask.data') : 0;
     const outPtr = call.output(plan.out, size);
