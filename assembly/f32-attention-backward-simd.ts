@@ -3,8 +3,10 @@
 //
 //   z = scale * (q_i·k_j),  t = softcap(z) + mask (-inf where key j is hidden from row i, as in
 //   f32_attention), P_ij = exp(t - m_i) / l_i,  D_i = dOut_i·out_i (precomputed: f32_rows_dot)
-//   dv_j += P_ij dOut_i,   dS_ij = P_ij (dOut_i·v_j - D_i) * softcap'(z) * scale
-//   dq_i += dS_ij k_j,     dk_j += dS_ij q_i
+//   dv_j += P_ij dOut_i,   dS_ij = P_ij (dOut_i·v_j - D_i) * softcap'(z)
+//   dq_i += scale * dS_ij k_j,     dk_j += scale * dS_ij q_i
+// (the sums of dS k and dS q are taken first and multiplied by scale once at the end: a tiny scale
+// with large q and k then never makes dS subnormal)
 // [m_i, l_i] are the forward's row stats (f32_attention's rowStats: the max and the sum of exp(t - m),
 // so log-sum-exp = m + log(l); [lse, 1] does as well). A row with l_i = 0 saw no key: it takes and
 // gives nothing. dq, dk and dv are accumulated into
@@ -25,7 +27,8 @@
 import { gemm_packed, gemm_rows, GEMM_MR, GEMM_ROW_STRIDE, GEMM_TILE_BYTES } from './f32-gemm-tile';
 import { f32_pack_cols, f32_pack_panels, f32_pack_rows } from './f32-pack-panels-simd';
 import { daz4, expv, softcapv } from './f32-vmath-simd';
-import { roundUp8 } from './f32-attention-flash-simd';
+import { scaleRow } from './f32-softmax-scale-mask-simd';
+import { copyScaled, roundUp8 } from './f32-attention-flash-simd';
 
 // @ts-ignore: decorator
 @inline const MASK_BOOL: i32 = 1;
@@ -43,7 +46,7 @@ export function f32_attention_backward_scratch_bytes(headDim: i32, valueDim: i32
   return 4 * (
     BWD_BC * dPad * 2 + BWD_BC * dvPad       // Kᵀ and K panels, Vᵀ panels
     + 2 * BWD_BR * GEMM_ROW_STRIDE           // S then P, dP then dS
-    + BWD_BR * (headDim + valueDim + dPad + dvPad) // Q and dOut packed as rows and as panels
+    + BWD_BR * (2 * headDim + valueDim + dPad + dvPad) // Q scaled, Q and dOut packed as rows and as panels
     + GEMM_MR * BWD_BR                       // Pᵀ or dSᵀ packed as rows
   ) + GEMM_TILE_BYTES;
 }
@@ -61,9 +64,9 @@ export function f32_rows_dot(a: usize, lda: i32, b: usize, ldb: i32, rows: i32, 
   }
 }
 
-/** One row of a tile: sRow (raw q·k) becomes P, dRow (dOut·v) becomes dS, for columns < n (a multiple of
- * 4 at least bc; columns outside [lo, hi) and past bc give 0). */
-function gradRow(sRow: usize, dRow: usize, n: i32, lo: i32, hi: i32, scale: f32, cap: f32, mask: usize, maskKind: i32, m: f32, l: f32, delta: f32): void {
+/** One row of a tile: sRow (q·k times scoreScale: the score z) becomes P, dRow (dOut·v) becomes dS, for
+ * columns < n (a multiple of 4 at least bc; columns outside [lo, hi) and past bc give 0). */
+function gradRow(sRow: usize, dRow: usize, n: i32, lo: i32, hi: i32, scoreScale: f32, cap: f32, mask: usize, maskKind: i32, m: f32, l: f32, delta: f32): void {
   lo = max(0, lo);
   hi = max(lo, hi);
   if (!(l > 0 || l != l) || lo >= hi) {
@@ -73,16 +76,16 @@ function gradRow(sRow: usize, dRow: usize, n: i32, lo: i32, hi: i32, scale: f32,
   }
   const invCap: f32 = cap > 0 ? 1.0 / cap : 0;
   const maskShift: usize = maskKind == MASK_BOOL ? 0 : 2;
-  const vScale = f32x4.splat(scale), vMax = f32x4.splat(m), vInvSum = f32x4.splat(1.0 / l), vDelta = f32x4.splat(delta), vInvCap = f32x4.splat(invCap);
+  const vScoreScale = f32x4.splat(scoreScale), vMax = f32x4.splat(m), vInvSum = f32x4.splat(1.0 / l), vDelta = f32x4.splat(delta), vInvCap = f32x4.splat(invCap);
   const vLo = i32x4.splat(lo), vHi = i32x4.splat(hi);
   for (let j = 0; j < n; j += 4) {
     const off = (<usize>j) << 2;
-    let t = f32x4.mul(daz4(v128.load(sRow + off)), vScale);
-    let slope = vScale;
+    let t = f32x4.mul(daz4(v128.load(sRow + off)), vScoreScale);
+    let slope = f32x4.splat(1);
     if (cap > 0) {
       t = softcapv(t, cap, invCap);
       const th = f32x4.mul(t, vInvCap);
-      slope = f32x4.mul(f32x4.sub(f32x4.splat(1), f32x4.mul(th, th)), vScale);
+      slope = f32x4.sub(f32x4.splat(1), f32x4.mul(th, th));
     }
     const at = i32x4.add(i32x4.splat(j), i32x4(0, 1, 2, 3));
     let hidden = v128.or(i32x4.lt_s(at, vLo), i32x4.ge_s(at, vHi));
@@ -137,7 +140,8 @@ export function f32_attention_backward(
   const vT = kP + ((<usize>BWD_BC * dPad) << 2);                // Vᵀ panels: ceil(bc/8) x valueDim x 8
   const sTile = vT + ((<usize>BWD_BC * dvPad) << 2);            // S, then P: BWD_BR rows, GEMM_ROW_STRIDE apart
   const dTile = sTile + ((<usize>BWD_BR * GEMM_ROW_STRIDE) << 2); // dP, then dS
-  const qRows = dTile + ((<usize>BWD_BR * GEMM_ROW_STRIDE) << 2); // Q packed as rows (GEMM_MR interleaved)
+  const qScaled = dTile + ((<usize>BWD_BR * GEMM_ROW_STRIDE) << 2); // the tile's q rows times scale, contiguous
+  const qRows = qScaled + ((<usize>BWD_BR * headDim) << 2);      // those packed as rows (GEMM_MR interleaved)
   const oRows = qRows + ((<usize>BWD_BR * headDim) << 2);       // dOut packed as rows
   const qP = oRows + ((<usize>BWD_BR * valueDim) << 2);         // Q as panels: ceil(headDim/8) x br x 8
   const oP = qP + ((<usize>BWD_BR * dPad) << 2);                // dOut as panels
@@ -162,11 +166,17 @@ export function f32_attention_backward(
         const br = min(BWD_BR, ihi - i0);
         const qAt = q + ((<usize>h * qHead + <usize>i0 * ldq) << 2);
         const oAt = ((<usize>h * oHead + <usize>i0 * ldo) << 2);
+        // q scaled as the forward scales it (so the scores round the same way), unless scale*q
+        // overflows somewhere in the tile: then the scores are scaled instead
+        let qOverflow = false;
+        for (let i = 0; i < br; i++) qOverflow = copyScaled(qAt + ((<usize>i * ldq) << 2), qScaled + ((<usize>i * headDim) << 2), headDim, scale) || qOverflow;
+        if (qOverflow) for (let i = 0; i < br; i++) copyScaled(qAt + ((<usize>i * ldq) << 2), qScaled + ((<usize>i * headDim) << 2), headDim, 1);
+        const scoreScale: f32 = qOverflow ? scale : 1;
         // S = Q·Kᵀ and dP = dOut·Vᵀ
         for (let g = 0; g < br; g += GEMM_MR) {
           const mr = min(GEMM_MR, br - g);
           const qg = qRows + ((<usize>g * headDim) << 2), og = oRows + ((<usize>g * valueDim) << 2);
-          f32_pack_rows(qAt + ((<usize>g * ldq) << 2), ldq, mr, headDim, qg, GEMM_MR);
+          f32_pack_rows(qScaled + ((<usize>g * headDim) << 2), headDim, mr, headDim, qg, GEMM_MR);
           f32_pack_rows(dOut + oAt + ((<usize>g * ldo) << 2), ldo, mr, valueDim, og, GEMM_MR);
           for (let p = 0; p < bcPad; p += 8) {
             const c = (<usize>g * GEMM_ROW_STRIDE + p) << 2;
@@ -181,7 +191,7 @@ export function f32_attention_backward(
           const at = (<usize>i * GEMM_ROW_STRIDE) << 2;
           const lo = left < 0 ? 0 : r + offset - left - j0;
           const hi = right < 0 ? bc : min(bc, r + offset + right + 1 - j0);
-          gradRow(sTile + at, dTile + at, bcPad, lo, hi, scale, cap,
+          gradRow(sTile + at, dTile + at, bcPad, lo, hi, scoreScale, cap,
             mask + ((<usize>h * maskHead + <usize>r * maskRow + j0) << maskShift), maskKind,
             load<f32>(stats + (row << 3)), load<f32>(stats + (row << 3) + 4), load<f32>(delta + (row << 2)));
         }
@@ -216,4 +226,9 @@ export function f32_attention_backward(
       }
     }
   }
+  // dq and dk times scale, once
+  for (let h = 0; h < heads; h++) {
+    for (let i = 0; i < rows; i++) scaleRow(dq + ((<usize>h * dqHead + <usize>i * lddq) << 2), headDim, scale);
+  }
+  for (let j = 0; j < seqKV; j++) scaleRow(dk + ((<usize>j * lddk) << 2), headDim, scale);
 }

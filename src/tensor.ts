@@ -91,7 +91,12 @@ export function checkDims(dims: unknown, name: string): number[] {
     throw new AttentionError('INVALID_DIMS', `${name}.dims must be an array of integers, got ${describe(dims)}`, `${name}.dims`);
   }
   // a plain snapshot first: each element is read once, even from a Proxy
-  const list: unknown[] = array ? Array.from(dims as unknown[]) : Array.from(dims as ArrayLike<number>);
+  let list: unknown[];
+  try {
+    list = array ? Array.from(dims as unknown[]) : Array.from(dims as ArrayLike<number>);
+  } catch (cause) {
+    throw new AttentionError('INVALID_DIMS', `${name}.dims: reading its elements threw (${String(cause)})`, `${name}.dims`);
+  }
   const out: number[] = [];
   for (let i = 0; i < list.length; i++) {
     const d = list[i];

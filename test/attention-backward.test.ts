@@ -140,6 +140,40 @@ describe.each(BACKENDS)('attentionBackward on %s against the float64 reference',
     }
   });
 
+  it('a row hidden by a huge finite mask (-1e9, float32 lowest): a given log-sum-exp that lost log(sum) is not trusted', () => {
+    const engine = engineFor(backend);
+    const { q, k, v, dOut } = inputs({ qHeads: 1, kvHeads: 1, seqQ: 2, seqKV: 3, headDim: 2 }, 21);
+    for (const hidden of [-1e9, -3.4028234663852886e38]) {
+      const mask = { data: Float32Array.from([0, 0, 0, hidden, hidden, hidden]), dims: [2, 3] };
+      const out = engine.attention(q, k, v, { mask, returnLogSumExp: true });
+      const given = engine.attentionBackward(q, k, v, out, dOut, { mask, logSumExp: out.logSumExp });
+      const computed = engine.attentionBackward(q, k, v, out, dOut, { mask });
+      // row 1's weights sum to 1 (uniform in float32): its dOut row spreads over dv, never 3 times over
+      for (const name of ['dq', 'dk', 'dv'] as const) expect(relativeError(given[name].data, computed[name].data), name).toBeLessThanOrEqual(1e-6);
+      let spread = 0;
+      for (let j = 0; j < 3; j++) spread += given.dv.data[j * 2];
+      const p0 = engine.attention(q, k, v, { mask, returnWeights: true }).weights!.data;
+      const expected = p0[0] * dOut.data[0] + p0[1] * dOut.data[0] + p0[2] * dOut.data[0] + dOut.data[2];
+      expect(spread).toBeCloseTo(expected, 5);
+    }
+  });
+
+  it('q and k far from 1 with a scale that brings the scores back (as the forward takes them)', () => {
+    const engine = engineFor(backend);
+    for (const [magnitude, scale] of [[2e19, 2e-38], [1e-19, 3e38]]) {
+      const random = rng(9);
+      const q = randomTensor(random, [1, 2, 7, 8], magnitude);
+      const k = randomTensor(random, [1, 1, 9, 8], magnitude);
+      const v = randomTensor(random, [1, 1, 9, 8]);
+      const dOut = randomTensor(random, [1, 2, 7, 8]);
+      const out = engine.attention(q, k, v, { scale, returnLogSumExp: true });
+      const grads = engine.attentionBackward(q, k, v, out, dOut, { scale, logSumExp: out.logSumExp });
+      const expected = referenceAttentionBackward(q, k, v, dOut, { scale });
+      const maxScore = scale * maxAbs(q.data) * maxAbs(k.data) * 8;
+      for (const name of ['dq', 'dk', 'dv'] as const) expect(relativeError(grads[name].data, expected[name].data), `${name} at |q| ${magnitude}`).toBeLessThanOrEqual(tolerance.attentionBackward(8, 8, 14, 9, maxScore));
+    }
+  });
+
   it('refuses bad calls with typed errors, before anything runs, and leaves no trace', () => {
     const engine = engineFor(backend);
     const { q, k, v, dOut } = inputs({ qHeads: 2, kvHeads: 1, seqQ: 3, seqKV: 5, headDim: 4 }, 1);
@@ -151,6 +185,8 @@ describe.each(BACKENDS)('attentionBackward on %s against the float64 reference',
     refused(() => engine.attentionBackward(q, k, v, out, dOut, { logSumExp: { data: new Float32Array(6), dims: [1, 3, 2] } }), 'SHAPE_MISMATCH', 'options.logSumExp.dims[1]');
     refused(() => engine.attentionBackward(q, k, v, out, dOut, { returnWeights: true } as AttentionBackwardOptions), 'INVALID_OPTION', 'options.returnWeights');
     refused(() => engine.attentionBackward(q, { data: k.data.subarray(0, 15), dims: [1, 1, 5, 3] }, v, out, dOut), 'SHAPE_MISMATCH', 'k.dims[3]');
+    const throwing = new Proxy([1, 2, 3, 4], { get: (t, key) => (key === '0' ? (() => { throw new Error('boom'); })() : Reflect.get(t, key)) });
+    refused(() => engine.attentionBackward(q, k, v, out, { data: dOut.data, dims: throwing }), 'INVALID_DIMS', 'dOut.dims', /reading its elements threw/);
     expect(engine.stats().usedBytes).toBe(before);
   });
 });

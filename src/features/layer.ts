@@ -20,6 +20,7 @@
 import { type Backend, operandArray } from '../backend.js';
 import { AttentionError } from '../errors.js';
 import { KVCache } from './kv-cache.js';
+import { ResidentTensor } from '../memory/resident.js';
 import { attentionOp } from '../ops/attention/index.js';
 import { type AttentionLayout, type AttentionOutput, type AttentionPlan, type AttentionRopeOptions, finishAttentionPlan, readAttentionOptions } from '../ops/attention/plan.js';
 import { attentionBackwardOp } from '../ops/attention-backward/index.js';
@@ -243,6 +244,9 @@ export function multiHeadAttentionBackward(backend: Backend, dy: TensorLike<Floa
   if (!(saved instanceof MultiHeadSaved)) throw new AttentionError('INVALID_OPTION', `saved must be the saved of a multiHeadAttention call with train: true, got ${describe(saved)}`, 'saved');
   if (saved.backend !== backend) throw new AttentionError('INVALID_OPTION', "saved comes from another engine's multiHeadAttention", 'saved');
   const { plan, embed, outWidth } = saved;
+  for (const [name, weight] of Object.entries(saved.weights)) {
+    if (ResidentTensor.is(weight) && weight.released) throw new AttentionError('INVALID_TENSOR', `weights.${name} was released after the forward; the backward reads it`, `weights.${name}`);
+  }
   const { batch, seqQ, seqKV, qHeads, kvHeads, headDim, valueDim } = plan;
   const dyc = floatTensor(dyRead, backend, 3);
   const want = [batch, seqQ, outWidth];

@@ -14,7 +14,7 @@ import { type ArrayOf } from '../../backend.js';
 import { scoredInputs } from '../attention/js.js';
 import type { AttentionRope, HeadStrides, RopeTables } from '../attention/plan.js';
 import { rotateRows } from '../rope/js.js';
-import type { AttentionBackwardPlan, AttentionGradients } from './plan.js';
+import { type AttentionBackwardPlan, type AttentionGradients, trustedLogSumExp } from './plan.js';
 
 export function attentionBackwardJs(plan: AttentionBackwardPlan, arrayOf: ArrayOf): AttentionGradients {
   const f = plan.forward;
@@ -23,7 +23,9 @@ export function attentionBackwardJs(plan: AttentionBackwardPlan, arrayOf: ArrayO
   const v = arrayOf(f.v);
   const out = arrayOf(plan.output);
   const dOut = arrayOf(plan.gradOutput);
-  const lse = plan.logSumExp && arrayOf(plan.logSumExp);
+  const given = plan.logSumExp && arrayOf(plan.logSumExp);
+  const lse = given && trustedLogSumExp(given) ? given : undefined;
+  const stats = new Float64Array(2);
   const maskData = mask ? arrayOf(mask.operand) : undefined;
   const boolMask = mask?.kind === 'bool';
   const dq = new Float32Array(batch * qHeads * seqQ * headDim);
@@ -49,10 +51,17 @@ export function attentionBackwardJs(plan: AttentionBackwardPlan, arrayOf: ArrayO
           const maskRow = mask ? b * mask.at.batch + h * mask.at.head + i * mask.at.row : 0;
           const lo = left < 0 ? 0 : Math.max(0, i + offset - left);
           const hi = right < 0 ? seqKV : Math.min(seqKV, i + offset + right + 1);
-          const rowLse = lse ? lse[row] : logSumExpOf(q, qRow, k, kBase, kStrides.row, lo, hi, headDim, scale, softcap, maskData, boolMask, maskRow);
+          // P = exp(t - m) / l: [L, 1] from the given log-sum-exp, or the row's own max and sum
+          if (lse) {
+            stats[0] = lse[row];
+            stats[1] = lse[row] === -Infinity ? 0 : 1;
+          } else {
+            rowStats(q, qRow, k, kBase, kStrides.row, lo, hi, headDim, scale, softcap, maskData, boolMask, maskRow, stats);
+          }
+          const [rowMax, rowSum] = stats;
           dqRow.fill(0);
-          // a row that saw no key (L = -inf) had P = 0: no gradient
-          if (rowLse !== -Infinity) {
+          // a row that saw no key (sum 0) had P = 0: no gradient
+          if (rowSum > 0 || Number.isNaN(rowSum)) {
             let rowDot = 0;
             for (let d = 0; d < valueDim; d++) rowDot += dOut[oRow + d] * out[oRow + d];
             for (let j = lo; j < hi; j++) {
@@ -75,7 +84,7 @@ export function attentionBackwardJs(plan: AttentionBackwardPlan, arrayOf: ArrayO
                   t += mv;
                 }
               }
-              const p = Math.exp(t - rowLse);
+              const p = Math.exp(t - rowMax) / rowSum;
               if (p === 0) continue;
               const vRow = vBase + j * strides.v.row;
               let dp = 0;
@@ -108,11 +117,11 @@ export function attentionBackwardJs(plan: AttentionBackwardPlan, arrayOf: ArrayO
   return { dq: { data: dq, dims: gradDims.q }, dk: { data: dk, dims: gradDims.k }, dv: { data: dv, dims: gradDims.v } };
 }
 
-/** log(sum_j exp(t_j)) over keys lo..hi of one row, as the forward computes its scores (-inf: none seen). */
-function logSumExpOf(
+/** [max_j t_j, sum_j exp(t_j - max)] over keys lo..hi of one row, into `stats`, as the forward computes its scores ([-inf, 0]: none seen). */
+function rowStats(
   q: Float32Array, qRow: number, k: Float32Array, kBase: number, kStride: number, lo: number, hi: number, headDim: number,
-  scale: number, softcap: number, maskData: Float32Array | Uint8Array | undefined, boolMask: boolean, maskRow: number,
-): number {
+  scale: number, softcap: number, maskData: Float32Array | Uint8Array | undefined, boolMask: boolean, maskRow: number, stats: Float64Array,
+): void {
   const t = new Float64Array(Math.max(hi - lo, 0));
   let max = -Infinity;
   for (let j = lo; j < hi; j++) {
@@ -124,10 +133,10 @@ function logSumExpOf(
     t[j - lo] = s;
     if (!(s <= max)) max = s;
   }
-  if (max === -Infinity) return -Infinity;
   let sum = 0;
-  for (const s of t) sum += Math.exp(s - max);
-  return max + Math.log(sum);
+  if (max !== -Infinity) for (const s of t) sum += Math.exp(s - max);
+  stats[0] = max;
+  stats[1] = sum;
 }
 
 /** x [B, H, rows, D] (at its strides) turned in place by the opposite angles of the tables: RoPE's transpose. */

@@ -46,6 +46,23 @@ export interface AttentionBackwardPlan extends OpPlan {
   readonly logSumExp: Operand<Float32Array> | undefined;
 }
 
+/**
+ * A given log-sum-exp L is used as it is only where |L| < this (or L = -inf, a row that saw no key):
+ * there float32 keeps log(sum) to 2^-11 or better. Past it (a row whose scores a huge additive mask such
+ * as -1e9 or float32's lowest pushed down, where L rounds to the max and loses log(sum) entirely, or a
+ * NaN or infinite L) the call computes every row's softmax stats itself, as when L is left out.
+ */
+export const TRUSTED_LOG_SUM_EXP = 4096;
+
+/** Whether every value of a given log-sum-exp can be used as it is (see TRUSTED_LOG_SUM_EXP). */
+export function trustedLogSumExp(lse: ArrayLike<number>): boolean {
+  for (let i = 0; i < lse.length; i++) {
+    const x = lse[i];
+    if (!(Math.abs(x) < TRUSTED_LOG_SUM_EXP) && x !== -Infinity) return false;
+  }
+  return true;
+}
+
 /** One more tensor of the backward call, checked against the dims it must have. */
 function exactly(read: TensorRead, dims: readonly number[], resolver: OperandResolver, meaning: string): Operand<Float32Array> {
   const checked = floatTensor(read, resolver, dims.length);

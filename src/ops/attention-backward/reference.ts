@@ -33,7 +33,7 @@ export function referenceAttentionBackward(q: Numbers, k: Numbers, v: Numbers, d
   const [, Hkv, Skv] = k.dims;
   const Dv = v.dims[3];
   const group = Hq / Hkv;
-  const scale = options.scale ?? 1 / Math.sqrt(D);
+  const scale = options.scale ?? (D > 0 ? 1 / Math.sqrt(D) : 1);
   const softcap = options.softcap ?? 0;
   // the forward on rotated q and k, so that P and out are those the products saw
   const positions = (given: Numbers | undefined, start: number, count: number): Numbers => given ?? { data: Array.from({ length: count }, (_, i) => start + i), dims: [count] };

@@ -1,6 +1,7 @@
 // Attention backward on the wasm kernels: stages the forward's inputs (q and k rotated into packed
 // copies when rope is on, as the forward does), out, dOut and each row's softmax stats [max, sum]
-// (from the log-sum-exp L as [L, 1], or left for the items to compute), zeroes the gradients,
+// (from the log-sum-exp L as [L, 1] where it can be trusted, see TRUSTED_LOG_SUM_EXP, else left for
+// the items to compute with the forward kernel), zeroes the gradients,
 // runs one item per (batch, kv head) (job.ts), and with rope turns dq and dk back by the opposite
 // angles (f32_rope_rows with the sine negated) before reading them out.
 import { type Encoded, type WasmCall, type WasmOp, operandArray } from '../../backend.js';
@@ -9,7 +10,7 @@ import { HEADER } from '../../job.js';
 import type { HeadStrides, RopeTables } from '../attention/plan.js';
 import { putStrides, stageScored } from '../attention/wasm.js';
 import { BACKWARD_JOB } from './job.js';
-import type { AttentionBackwardPlan, AttentionGradients } from './plan.js';
+import { type AttentionBackwardPlan, type AttentionGradients, trustedLogSumExp } from './plan.js';
 
 const J = BACKWARD_JOB.at;
 
@@ -67,9 +68,10 @@ export const attentionBackwardWasm: WasmOp<AttentionBackwardPlan, AttentionGradi
     putStrides(job, J.dvB, f.strides.v);
     const rows = batch * qHeads * seqQ;
     job[J.stats] = call.alloc(8 * rows);
-    if (plan.logSumExp) {
+    const lsePtr = plan.logSumExp && call.stage(plan.logSumExp, 'options.logSumExp.data') >>> 2;
+    if (lsePtr !== undefined && trustedLogSumExp(call.f32.subarray(lsePtr, lsePtr + rows))) {
       // [L, 1] per row: exp(t - L) / 1 is the weight; a row with L = -inf saw no key: [-inf, 0]
-      const from = call.stage(plan.logSumExp, 'options.logSumExp.data') >>> 2;
+      const from = lsePtr;
       const f32 = call.f32;
       const at = job[J.stats] >>> 2;
       for (let r = 0; r < rows; r++) {
@@ -108,7 +110,7 @@ export const attentionBackwardWasm: WasmOp<AttentionBackwardPlan, AttentionGradi
     job[HEADER.items] = batch * kvHeads;
     const scratchBytes = Math.max(
       call.kernels.f32_attention_backward_scratch_bytes(headDim, valueDim),
-      plan.logSumExp ? 0 : call.kernels.f32_attention_scratch_bytes(headDim, valueDim),
+      job[J.forwardOut] === 0 ? 0 : call.kernels.f32_attention_scratch_bytes(headDim, valueDim),
     );
     return { job, scratchBytes, outPtr: dq, size: rows * headDim, dq, dk, dv };
   },

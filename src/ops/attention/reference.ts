@@ -47,7 +47,7 @@ export function referenceAttention(q: TensorLike<ArrayLike<number>>, k: TensorLi
     k = referenceRotary(k, { positions: kPositions ?? range(0, Skv), base, dims, interleaved });
   }
   const Dv = v.dims[3];
-  const scale = options.scale ?? 1 / Math.sqrt(D);
+  const scale = options.scale ?? (D > 0 ? 1 / Math.sqrt(D) : 1);
   const offset = options.offset ?? 0;
   const out = new Float64Array(B * Hq * Sq * Dv);
   const weights = new Float64Array(B * Hq * Sq * Skv);
