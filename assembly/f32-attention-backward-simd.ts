@@ -9,8 +9,7 @@
 // with large q and k then never makes dS subnormal)
 // [m_i, l_i] are the forward's row stats (f32_attention's rowStats: the max and the sum of exp(t - m),
 // so log-sum-exp = m + log(l); [lse, 1] does as well). A row with l_i = 0 saw no key: it takes and
-// gives nothing. dq, dk and dv are accumulated into
-// (the caller zeroes them first).
+// gives nothing. dq, dk and dv are zeroed here, then accumulated into.
 //
 // Layout: row-major, strides in elements. Head h's row i of q at q + h*qHead + i*ldq (headDim
 // floats); of out and dOut at out/dOut + h*oHead + i*ldo (valueDim); of dq at dq + h*dqHead + i*lddq;
@@ -148,6 +147,13 @@ export function f32_attention_backward(
   const tRows = oP + ((<usize>BWD_BR * dvPad) << 2);            // Pᵀ or dSᵀ packed as rows
   const tile = tRows + ((<usize>GEMM_MR * BWD_BR) << 2);
   const maskShift: usize = maskKind == MASK_BOOL ? 0 : 2;
+  for (let h = 0; h < heads; h++) {
+    for (let i = 0; i < rows; i++) memory.fill(dq + ((<usize>h * dqHead + <usize>i * lddq) << 2), 0, (<usize>headDim) << 2);
+  }
+  for (let j = 0; j < seqKV; j++) {
+    memory.fill(dk + ((<usize>j * lddk) << 2), 0, (<usize>headDim) << 2);
+    memory.fill(dv + ((<usize>j * lddv) << 2), 0, (<usize>valueDim) << 2);
+  }
 
   for (let j0 = 0; j0 < seqKV; j0 += BWD_BC) {
     const bc = min(BWD_BC, seqKV - j0);

@@ -296,7 +296,7 @@ function extent(operand: Operand): [unknown, number, number] {
  * overwritten), by address ranges. `exactAliasOk`: an out that is exactly the input is fine
  * (softmax in place).
  */
-export function checkNoOverlap(out: Operand | undefined, inputs: ReadonlyArray<readonly [Operand | undefined, string]>, exactAliasOk = false): void {
+export function checkNoOverlap(out: Operand | undefined, inputs: ReadonlyArray<readonly [Operand | undefined, string]>, exactAliasOk = false, outName = 'options.out'): void {
   if (!out) return;
   const [space, start, end] = extent(out);
   for (const [input, name] of inputs) {
@@ -304,7 +304,7 @@ export function checkNoOverlap(out: Operand | undefined, inputs: ReadonlyArray<r
     const [inSpace, inStart, inEnd] = extent(input);
     if (inSpace !== space || inEnd <= start || end <= inStart) continue;
     if (exactAliasOk && inStart === start && inEnd === end) continue;
-    throw new AttentionError('INVALID_OPTION', `options.out shares memory with ${name}; give a separate output buffer`, 'options.out');
+    throw new AttentionError('INVALID_OPTION', `${outName} shares memory with ${name}; give a separate output buffer`, outName);
   }
 }
 

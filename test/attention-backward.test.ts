@@ -174,6 +174,29 @@ describe.each(BACKENDS)('attentionBackward on %s against the float64 reference',
     }
   });
 
+  it('options.grads: the gradients written into the caller\'s arrays, the same bits; overlaps and wrong sizes refused', () => {
+    const engine = engineFor(backend);
+    const { q, k, v, dOut } = inputs({ batch: 2, qHeads: 4, kvHeads: 2, seqQ: 30, seqKV: 40, headDim: 8, valueDim: 5 }, 12);
+    const out = engine.attention(q, k, v, { causal: true });
+    const fresh = engine.attentionBackward(q, k, v, out, dOut, { causal: true });
+    const grads = { dq: new Float32Array(q.data.length).fill(7), dk: new Float32Array(k.data.length).fill(7), dv: new Float32Array(v.data.length).fill(7) };
+    const into = engine.attentionBackward(q, k, v, out, dOut, { causal: true, grads });
+    for (const name of ['dq', 'dk', 'dv'] as const) {
+      expect(into[name].data).toBe(grads[name]);
+      expect(into[name].data).toEqual(fresh[name].data);
+    }
+    const onlyDk = engine.attentionBackward(q, k, v, out, dOut, { causal: true, grads: { dk: new Float32Array(k.data.length) } });
+    expect(onlyDk.dk.data).toEqual(fresh.dk.data);
+    expect(onlyDk.dq.data).toEqual(fresh.dq.data);
+    const used = engine.stats().usedBytes;
+    refused(() => engine.attentionBackward(q, k, v, out, dOut, { grads: { dq: q.data } }), 'INVALID_OPTION', 'options.grads.dq');
+    refused(() => engine.attentionBackward(q, k, v, out, dOut, { grads: { dk: grads.dk, dv: new Float32Array(grads.dk.buffer, 0, v.data.length) } }), 'INVALID_OPTION', 'options.grads.dv');
+    refused(() => engine.attentionBackward(q, k, v, out, dOut, { grads: { dv: new Float32Array(3) } }), 'SHAPE_MISMATCH', 'options.grads.dv');
+    refused(() => engine.attentionBackward(q, k, v, out, dOut, { grads: { dq: new Float64Array(q.data.length) as never } }), 'INVALID_DTYPE', 'options.grads.dq');
+    refused(() => engine.attentionBackward(q, k, v, out, dOut, { grads: { dx: grads.dq } as never }), 'INVALID_OPTION', 'options.grads.dx');
+    expect(engine.stats().usedBytes).toBe(used);
+  });
+
   it('refuses bad calls with typed errors, before anything runs, and leaves no trace', () => {
     const engine = engineFor(backend);
     const { q, k, v, dOut } = inputs({ qHeads: 2, kvHeads: 1, seqQ: 3, seqKV: 5, headDim: 4 }, 1);

@@ -10,7 +10,7 @@
 // dk and dv gather a whole kv head in float64 before they are written, in a fixed order. With rope,
 // q and k are rotated as in the forward and dq, dk turned back by the opposite angles. out and dOut
 // are read, and dq, dk, dv written, at the strides of the forward's output and of q, k, v.
-import { type ArrayOf } from '../../backend.js';
+import { type ArrayOf, resultArray } from '../../backend.js';
 import { scoredInputs } from '../attention/js.js';
 import type { AttentionRope, HeadStrides, RopeTables } from '../attention/plan.js';
 import { rotateRows } from '../rope/js.js';
@@ -28,9 +28,11 @@ export function attentionBackwardJs(plan: AttentionBackwardPlan, arrayOf: ArrayO
   const stats = new Float64Array(2);
   const maskData = mask ? arrayOf(mask.operand) : undefined;
   const boolMask = mask?.kind === 'bool';
-  const dq = new Float32Array(batch * qHeads * seqQ * headDim);
-  const dk = new Float32Array(batch * kvHeads * seqKV * headDim);
-  const dv = new Float32Array(batch * kvHeads * seqKV * valueDim);
+  // every row of each is written below, so a given array needs no clearing
+  const { into } = plan;
+  const dq = into.dq ? arrayOf(into.dq) : new Float32Array(batch * qHeads * seqQ * headDim);
+  const dk = into.dk ? arrayOf(into.dk) : new Float32Array(batch * kvHeads * seqKV * headDim);
+  const dv = into.dv ? arrayOf(into.dv) : new Float32Array(batch * kvHeads * seqKV * valueDim);
   const at = { o: strides.out, dq: strides.q, dk: strides.k, dv: strides.v };
   const group = kvHeads === 0 ? 1 : qHeads / kvHeads;
   const dkSum = new Float64Array(seqKV * headDim);
@@ -114,7 +116,11 @@ export function attentionBackwardJs(plan: AttentionBackwardPlan, arrayOf: ArrayO
     if (rope.k) turnBack(dk, at.dk, batch, kvHeads, seqKV, headDim, rope, rope.k, arrayOf);
   }
   const { gradDims } = plan;
-  return { dq: { data: dq, dims: gradDims.q }, dk: { data: dk, dims: gradDims.k }, dv: { data: dv, dims: gradDims.v } };
+  return {
+    dq: { data: resultArray(into.dq, dq), dims: gradDims.q },
+    dk: { data: resultArray(into.dk, dk), dims: gradDims.k },
+    dv: { data: resultArray(into.dv, dv), dims: gradDims.v },
+  };
 }
 
 /** [max_j t_j, sum_j exp(t_j - max)] over keys lo..hi of one row, into `stats`, as the forward computes its scores ([-inf, 0]: none seen). */

@@ -8,7 +8,7 @@
 // Nothing here touches a kernel: a refused call leaves no trace.
 import type { Operand, OperandResolver, OpPlan } from '../../backend.js';
 import { AttentionError } from '../../errors.js';
-import { type Tensor, type TensorLike, type TensorRead, checkResultSize, floatTensor, readTensor, sizeOf } from '../../tensor.js';
+import { type Tensor, type TensorLike, type TensorRead, checkNoOverlap, checkOut, checkResultSize, describe, floatTensor, readTensor, sizeOf, typedArrayName } from '../../tensor.js';
 import { type AttentionOptions, type AttentionPlan, attentionLayout, finishAttentionPlan, readAttentionOptions } from '../attention/plan.js';
 
 /** Options of `engine.attentionBackward`: the forward call's, and the log-sum-exp it returned. */
@@ -18,6 +18,11 @@ export interface AttentionBackwardOptions extends Omit<AttentionOptions, 'return
    * out, the backward call computes it with one more forward pass.
    */
   logSumExp?: TensorLike<Float32Array>;
+  /**
+   * Write the gradients into these Float32Arrays (any of them) instead of new ones: a training loop
+   * that keeps its gradient buffers saves the allocation (and, on a fresh array, the page faults).
+   */
+  grads?: { dq?: Float32Array; dk?: Float32Array; dv?: Float32Array };
 }
 
 /** What attentionBackward returns: the gradient of each input. */
@@ -30,7 +35,14 @@ export interface AttentionGradients {
   dv: Tensor;
 }
 
-export const ATTENTION_BACKWARD_OPTION_KEYS = ['scale', 'softcap', 'causal', 'mask', 'window', 'rope', 'logSumExp'] as const;
+export const ATTENTION_BACKWARD_OPTION_KEYS = ['scale', 'softcap', 'causal', 'mask', 'window', 'rope', 'logSumExp', 'grads'] as const;
+
+/** Where the caller asked each gradient to go (undefined: a new array). */
+export interface GradientOutputs {
+  readonly dq?: Operand<Float32Array>;
+  readonly dk?: Operand<Float32Array>;
+  readonly dv?: Operand<Float32Array>;
+}
 
 /** A checked backward call. */
 export interface AttentionBackwardPlan extends OpPlan {
@@ -42,6 +54,8 @@ export interface AttentionBackwardPlan extends OpPlan {
   readonly gradOutput: Operand<Float32Array>;
   /** dq, dk and dv come out in the layout (strides) and dims of q, k and v. */
   readonly gradDims: { readonly q: number[]; readonly k: number[]; readonly v: number[] };
+  /** options.grads, checked. */
+  readonly into: GradientOutputs;
   /** [B, Hq, Sq]; undefined until the engine computed it (when the caller left it out). */
   readonly logSumExp: Operand<Float32Array> | undefined;
 }
@@ -90,8 +104,32 @@ export function planAttentionBackward(q: unknown, k: unknown, v: unknown, out: u
   const logSumExp = opts.logSumExp && exactly(opts.logSumExp, [batch, qHeads, seqQ], resolver, 'one per query row [B, Hq, Sq]');
   checkResultSize(sizeOf([batch, qHeads, seqQ, headDim]), `dq [${batch}, ${qHeads}, ${seqQ}, ${headDim}]`, 'q.dims');
   checkResultSize(sizeOf([batch, kvHeads, seqKV, Math.max(headDim, valueDim)]), `dk and dv [${batch}, ${kvHeads}, ${seqKV}, ${headDim} / ${valueDim}]`, 'k.dims');
-  // five products of a row and a key (the scores again, dOut·v, P·dOut, dS·k, dSᵀ·q) against the forward's two
-  return backwardPlanOf(forward, output, gradOutput, logSumExp, { q: [batch, qHeads, seqQ, headDim], k: [batch, kvHeads, seqKV, headDim], v: [batch, kvHeads, seqKV, valueDim] });
+  const into = checkGradientOutputs(opts.grads as Record<string, unknown> | undefined, { dq: sizeOf([batch, qHeads, seqQ, headDim]), dk: sizeOf([batch, kvHeads, seqKV, headDim]), dv: sizeOf([batch, kvHeads, seqKV, valueDim]) }, [
+    [forward.q, 'q.data'], [forward.k, 'k.data'], [forward.v, 'v.data'], [forward.mask?.operand, 'options.mask.data'], [output, 'out.data'], [gradOutput, 'dOut.data'], [logSumExp, 'options.logSumExp.data'],
+  ], resolver);
+  const plan = backwardPlanOf(forward, output, gradOutput, logSumExp, { q: [batch, qHeads, seqQ, headDim], k: [batch, kvHeads, seqKV, headDim], v: [batch, kvHeads, seqKV, valueDim] });
+  return { ...plan, into };
+}
+
+/** options.grads as read: each a Float32Array of its gradient's size, apart from every input and from each other. */
+function checkGradientOutputs(
+  given: Record<string, unknown> | undefined, sizes: Record<'dq' | 'dk' | 'dv', number>, inputs: ReadonlyArray<readonly [Operand | undefined, string]>, resolver: OperandResolver,
+): GradientOutputs {
+  if (!given) return {};
+  const into: Record<string, Operand<Float32Array>> = {};
+  const taken: Array<readonly [Operand | undefined, string]> = [...inputs];
+  for (const name of ['dq', 'dk', 'dv'] as const) {
+    const value = given[name];
+    if (value === undefined) continue;
+    if (typedArrayName(value) !== 'Float32Array') {
+      throw new AttentionError('INVALID_DTYPE', `options.grads.${name} must be a Float32Array, got ${describe(value)}`, `options.grads.${name}`);
+    }
+    const operand = checkOut(value, sizes[name], resolver, `options.grads.${name}`)!;
+    checkNoOverlap(operand, taken, false, `options.grads.${name}`);
+    taken.push([operand, `options.grads.${name}`]);
+    into[name] = operand;
+  }
+  return into;
 }
 
 /** The plan of a backward call over a checked forward plan (any strides: the layer's [B, S, H·D] too). */
@@ -101,5 +139,5 @@ export function backwardPlanOf(
   const { batch, qHeads, seqQ, seqKV, headDim, valueDim } = forward;
   // five products of a row and a key (the scores again, dOut·v, P·dOut, dS·k, dSᵀ·q) against the forward's two
   const flops = 2 * batch * qHeads * seqQ * seqKV * (3 * headDim + 2 * valueDim);
-  return { flops, forward, output, gradOutput, logSumExp, gradDims };
+  return { flops, forward, output, gradOutput, logSumExp, gradDims, into: {} };
 }

@@ -1,7 +1,7 @@
 // Attention backward on the wasm kernels: stages the forward's inputs (q and k rotated into packed
 // copies when rope is on, as the forward does), out, dOut and each row's softmax stats [max, sum]
 // (from the log-sum-exp L as [L, 1] where it can be trusted, see TRUSTED_LOG_SUM_EXP, else left for
-// the items to compute with the forward kernel), zeroes the gradients,
+// the items to compute with the forward kernel),
 // runs one item per (batch, kv head) (job.ts), and with rope turns dq and dk back by the opposite
 // angles (f32_rope_rows with the sine negated) before reading them out.
 import { type Encoded, type WasmCall, type WasmOp, operandArray } from '../../backend.js';
@@ -18,13 +18,6 @@ interface BackwardEncoded extends Encoded {
   dq: number;
   dk: number;
   dv: number;
-}
-
-/** A zero-filled block of `elements` floats. */
-function zeros(call: WasmCall, elements: number): number {
-  const ptr = call.alloc(4 * elements);
-  call.u8.fill(0, ptr, ptr + 4 * elements);
-  return ptr;
 }
 
 /** x [B, H, rows, D] at `ptr` (its strides `at`) turned in place by the opposite angles of `tables`. */
@@ -83,9 +76,10 @@ export const attentionBackwardWasm: WasmOp<AttentionBackwardPlan, AttentionGradi
       job[J.forwardOut] = call.alloc(4 * rows * valueDim);
     }
     job[J.delta] = call.alloc(4 * rows);
-    const dq = zeros(call, rows * headDim);
-    const dk = zeros(call, batch * kvHeads * seqKV * headDim);
-    const dv = zeros(call, batch * kvHeads * seqKV * valueDim);
+    // the items zero their own parts of the gradients
+    const dq = call.alloc(4 * rows * headDim);
+    const dk = call.alloc(4 * batch * kvHeads * seqKV * headDim);
+    const dv = call.alloc(4 * batch * kvHeads * seqKV * valueDim);
     job[J.dq] = dq;
     job[J.dk] = dk;
     job[J.dv] = dv;
@@ -123,11 +117,11 @@ export const attentionBackwardWasm: WasmOp<AttentionBackwardPlan, AttentionGradi
       turnBack(call, dq, strides.q, batch, qHeads, seqQ, headDim, rope.dims, rope.interleaved, rope.q, 'q');
       if (rope.k) turnBack(call, dk, strides.k, batch, kvHeads, seqKV, headDim, rope.dims, rope.interleaved, rope.k, 'k');
     }
-    const { gradDims } = plan;
+    const { gradDims, into } = plan;
     return {
-      dq: { data: call.collect(dq, batch * qHeads * seqQ * headDim, undefined), dims: gradDims.q },
-      dk: { data: call.collect(dk, batch * kvHeads * seqKV * headDim, undefined), dims: gradDims.k },
-      dv: { data: call.collect(dv, batch * kvHeads * seqKV * valueDim, undefined), dims: gradDims.v },
+      dq: { data: call.collect(dq, batch * qHeads * seqQ * headDim, into.dq), dims: gradDims.q },
+      dk: { data: call.collect(dk, batch * kvHeads * seqKV * headDim, into.dk), dims: gradDims.k },
+      dv: { data: call.collect(dv, batch * kvHeads * seqKV * valueDim, into.dv), dims: gradDims.v },
     };
   },
 };

@@ -164,6 +164,8 @@ export interface AttentionOptionsRead {
   rope?: RopeRead;
   /** The backward call's log-sum-exp from the forward one (read only where `keys` has it). */
   logSumExp?: TensorRead;
+  /** The backward call's output arrays, as given (read only where `keys` has it). */
+  grads?: unknown;
 }
 
 /** Reads attention options once (getters run here and nowhere else); unknown keys are refused. */
@@ -177,6 +179,7 @@ export function readAttentionOptions(options: unknown, name = 'options', keys: r
   if (raw.mask !== undefined) read.mask = readTensor(raw.mask, `${name}.mask`, '{ data: Uint8Array | Float32Array, dims }');
   if (raw.rope !== undefined) read.rope = readRopeOption(raw.rope, `${name}.rope`);
   if (raw.logSumExp !== undefined) read.logSumExp = readTensor(raw.logSumExp, `${name}.logSumExp`);
+  if (raw.grads !== undefined) read.grads = readOptions(raw.grads, `${name}.grads`, ['dq', 'dk', 'dv']);
   return read;
 }
 
