@@ -25,7 +25,7 @@
 
 import { gemm_packed, gemm_rows, GEMM_MR, GEMM_ROW_STRIDE, GEMM_TILE_BYTES } from './f32-gemm-tile';
 import { f32_pack_cols, f32_pack_panels, f32_pack_rows } from './f32-pack-panels-simd';
-import { daz4, expv, softcapv } from './f32-vmath-simd';
+import { daz4, expNegv, softcapv } from './f32-vmath-simd';
 import { scaleRow } from './f32-softmax-scale-mask-simd';
 import { copyScaled, roundUp8 } from './f32-attention-flash-simd';
 
@@ -76,6 +76,16 @@ function gradRow(sRow: usize, dRow: usize, n: i32, lo: i32, hi: i32, scoreScale:
   const invCap: f32 = cap > 0 ? 1.0 / cap : 0;
   const maskShift: usize = maskKind == MASK_BOOL ? 0 : 2;
   const vScoreScale = f32x4.splat(scoreScale), vMax = f32x4.splat(m), vInvSum = f32x4.splat(1.0 / l), vDelta = f32x4.splat(delta), vInvCap = f32x4.splat(invCap);
+  if (cap == 0 && maskKind == 0 && lo == 0 && hi == n) {
+    // the common tile: every column seen, nothing to transform but the scale
+    for (let j = 0; j < n; j += 4) {
+      const off = (<usize>j) << 2;
+      const p = f32x4.mul(expNegv(f32x4.sub(f32x4.mul(v128.load(sRow + off), vScoreScale), vMax)), vInvSum);
+      v128.store(sRow + off, p);
+      v128.store(dRow + off, f32x4.mul(p, f32x4.sub(v128.load(dRow + off), vDelta)));
+    }
+    return;
+  }
   const vLo = i32x4.splat(lo), vHi = i32x4.splat(hi);
   for (let j = 0; j < n; j += 4) {
     const off = (<usize>j) << 2;
@@ -94,7 +104,8 @@ function gradRow(sRow: usize, dRow: usize, n: i32, lo: i32, hi: i32, scoreScale:
     } else if (maskKind == MASK_BOOL) {
       hidden = v128.or(hidden, boolHidden(mask, j, hi));
     }
-    const p = v128.bitselect(f32x4.splat(0), f32x4.mul(expv(f32x4.sub(t, vMax)), vInvSum), hidden);
+    // t <= m: m is the row's max, or its log-sum-exp (TRUSTED_LOG_SUM_EXP keeps it from garbage)
+    const p = v128.bitselect(f32x4.splat(0), f32x4.mul(expNegv(f32x4.sub(t, vMax)), vInvSum), hidden);
     const dp = v128.load(dRow + off);
     v128.store(sRow + off, p);
     v128.store(dRow + off, f32x4.mul(f32x4.mul(p, f32x4.sub(dp, vDelta)), slope));

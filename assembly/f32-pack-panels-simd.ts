@@ -9,7 +9,25 @@ import { daz1, daz4 } from './f32-vmath-simd';
  * i < mr, k < kc, and 0 for mr <= i < width. A(i, k) = src[i*ld + k]. */
 export function f32_pack_rows(src: usize, ld: i32, mr: i32, kc: i32, dst: usize, width: i32): void {
   const ldBytes = (<usize>ld) << 2, step = (<usize>width) << 2;
-  for (let i = 0; i < width; i++) {
+  // four rows at a time, four k at a time: 4x4 transposes (each k's four values contiguous)
+  let i0 = 0;
+  for (; i0 + 4 <= mr; i0 += 4) {
+    const r0 = src + <usize>i0 * ldBytes, r1 = r0 + ldBytes, r2 = r1 + ldBytes, r3 = r2 + ldBytes;
+    const d = dst + ((<usize>i0) << 2);
+    let k = 0;
+    for (; k + 4 <= kc; k += 4) {
+      const off = (<usize>k) << 2;
+      transpose4Strided(d + <usize>k * step, step, v128.load(r0 + off), v128.load(r1 + off), v128.load(r2 + off), v128.load(r3 + off));
+    }
+    for (; k < kc; k++) {
+      const off = (<usize>k) << 2, at = d + <usize>k * step;
+      store<f32>(at, daz1(load<f32>(r0 + off)));
+      store<f32>(at, daz1(load<f32>(r1 + off)), 4);
+      store<f32>(at, daz1(load<f32>(r2 + off)), 8);
+      store<f32>(at, daz1(load<f32>(r3 + off)), 12);
+    }
+  }
+  for (let i = i0; i < width; i++) {
     const row = src + <usize>i * ldBytes;
     let d = dst + ((<usize>i) << 2);
     if (i < mr) {
@@ -83,6 +101,19 @@ export function f32_pack_panels(src: usize, ld: i32, transposed: bool, kc: i32, 
       }
     }
   }
+}
+
+/** Writes the transpose of the 4x4 block with rows r0..r3 as four rows `stride` bytes apart. */
+// @ts-ignore: decorator
+@inline function transpose4Strided(dst: usize, stride: usize, r0: v128, r1: v128, r2: v128, r3: v128): void {
+  const t0 = v128.shuffle<f32>(r0, r1, 0, 4, 1, 5);
+  const t1 = v128.shuffle<f32>(r0, r1, 2, 6, 3, 7);
+  const t2 = v128.shuffle<f32>(r2, r3, 0, 4, 1, 5);
+  const t3 = v128.shuffle<f32>(r2, r3, 2, 6, 3, 7);
+  v128.store(dst, daz4(v128.shuffle<f32>(t0, t2, 0, 1, 4, 5)));
+  v128.store(dst + stride, daz4(v128.shuffle<f32>(t0, t2, 2, 3, 6, 7)));
+  v128.store(dst + 2 * stride, daz4(v128.shuffle<f32>(t1, t3, 0, 1, 4, 5)));
+  v128.store(dst + 3 * stride, daz4(v128.shuffle<f32>(t1, t3, 2, 3, 6, 7)));
 }
 
 /** Writes the transpose of the 4x4 block with rows r0..r3 as four rows 32 bytes apart. */
