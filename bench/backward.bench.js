@@ -1,6 +1,6 @@
 // Attention's backward pass against its forward pass, on the same engine, in one run.
 //   npm run bench:backward                     bert-512 and gpt-1024, each wasm build, threads 1 and 2, then
-//                                              the long section (about 1 minute on 2 cores)
+//                                              the long section (about 30 s on 2 cores)
 //   node bench/backward.bench.js --shapes bert-128 --threads 1 --no-long --json
 //   node bench/backward.bench.js --long false   (or --no-long) skips the long section; --long-seq 4096 shrinks it
 // For each shape, wasm build and thread count: the forward, engine.attention(q, k, v, { causal,

@@ -1,8 +1,8 @@
 // Peer benchmark of attention's backward pass: wasm-attention's engine.attentionBackward against
 // tfjs-backend-wasm's automatic differentiation of the unfused attention graph, one thread, in one run.
-//   npm run bench:peers:backward                          (in the repo root, after `npm run build`)
+//   npm run bench:peers:backward       (in the repo root, after `npm run build`; about 50 s on 2 cores)
 //   npm --prefix bench/peers ci && node bench/peers/backward-peers.bench.js
-//   node bench/peers/backward-peers.bench.js --shapes bert-128 --graphs batched-4d --time 300 --json
+//   node bench/peers/backward-peers.bench.js --shapes bert-128 --graphs per-head-2d --grads tfjs,flag-free --time 300 --json
 // What each call does, from Float32Arrays to Float32Arrays (every library pays for its copies):
 // - ours: engine.attentionBackward(q, k, v, out, dOut, { causal, logSumExp }) on the relaxed-SIMD build
 //   (the SIMD build where relaxed SIMD does not run), threads: 1, with the output and log-sum-exp of one
@@ -11,13 +11,19 @@
 // - tfjs: tf.grads((q, k, v) => softmax(q·kᵀ·scale + mask)·v)([q, k, v], dOut), i.e. the gradients of
 //   sum(dOut ∘ attention) with respect to q, k and v, inside tf.tidy, then dataSync() of dq, dk and dv.
 //   The mask (causal shapes only: an additive [Sq, Skv] tensor, -inf above the diagonal by default,
-//   --mask -1e9 for the finite one) and the scale are made once, outside the timed call. Two graphs:
-//   batched-4d, tf.matMul on the [B, H, S, D] tensors; per-head-2d, one tf.grads per head on rank-2
-//   tensors with kᵀ made by tf.transpose, so that the forward's matMuls carry no transpose flag and
-//   tfjs-backend-wasm hands them to XNNPACK (its rank-2, flag-free case). The faster is shown, the
-//   other in a footnote.
-// Before timing, every tfjs graph's dq, dk and dv are checked against ours: max |tfjs - ours| ÷
-// max |ours| per tensor, the worst of the three; a graph above --tolerance is reported and not timed.
+//   --mask -1e9 for the finite one) and the scale are made once, outside the timed call.
+//   Graphs (--graphs): per-head-2d, one tf.grads per head on rank-2 tensors with kᵀ made by
+//   tf.transpose, so that the forward's matMuls carry no transpose flag; batched-4d, tf.matMul on the
+//   [B, H, S, D] tensors. tfjs-backend-wasm 4.22 runs a matMul on XNNPACK only when it is rank-2 (batch
+//   1) with no transpose flag, every other one in its own scalar loop (src/cc/batch_mat_mul_impl.cc),
+//   and tfjs-core's gradient of a matMul is two matMuls with transpose flags. tfjs-core's Node bundle
+//   registers no gradients (see registerGradients below), so this bench registers them, with two forms
+//   of the matMul gradient (--grads): "tfjs", tfjs-core's own formulas, and "flag-free", the same
+//   products with the operands transposed by tf.transpose first, so that rank-2 ones reach XNNPACK.
+//   Every graph with every form is checked (below); one whose first call takes over --prune (3) times
+//   the fastest first call is not timed, and the fastest of those timed is shown, the others in footnotes.
+// Before timing, each combination's dq, dk and dv are checked against ours: max |tfjs - ours| ÷
+// max |ours| per tensor, the worst of the three; one above --tolerance (1e-3) is reported and not timed.
 // The calls are timed in interleaved rounds, at least --rounds (3) and at least --time ms per shape: in
 // each round every contender, in a rotated order, makes as many calls as fit in --block ms (at least one,
 // so a slow tfjs call is one, and ours makes several). The median of each contender's calls is reported,
@@ -38,16 +44,21 @@ const SHAPES = {
   'bert-512': { batch: 1, heads: 12, seqQ: 512, seqKV: 512, headDim: 64, causal: false },
   'gpt-1024': { batch: 1, heads: 12, seqQ: 1024, seqKV: 1024, headDim: 64, causal: true },
 };
-const GRAPHS = ['batched-4d', 'per-head-2d'];
+// in the order tried: the one expected fastest first, so that a shape's one-time costs (tfjs's heap
+// growing to the shape's size) fall on it, and the pruning below can only be the more cautious for it
+const GRAPHS = ['per-head-2d', 'batched-4d'];
+const GRAD_FORMS = ['flag-free', 'tfjs'];
 
 const { values } = parseArgs({
   options: {
     shapes: { type: 'string', default: Object.keys(SHAPES).join(',') },
     graphs: { type: 'string', default: GRAPHS.join(',') },
+    grads: { type: 'string', default: GRAD_FORMS.join(',') },
+    prune: { type: 'string', default: '3' },
     mask: { type: 'string', default: '-inf' },
     time: { type: 'string', default: '2000' },
     rounds: { type: 'string', default: '3' },
-    block: { type: 'string', default: '250' },
+    block: { type: 'string', default: '500' },
     tolerance: { type: 'string', default: '1e-3' },
     json: { type: 'boolean', default: false },
   },
@@ -56,6 +67,8 @@ const shapeNames = values.shapes.split(',');
 for (const n of shapeNames) if (!SHAPES[n]) throw new Error(`unknown shape ${n}; known: ${Object.keys(SHAPES).join(', ')}`);
 const graphs = values.graphs.split(',');
 for (const g of graphs) if (!GRAPHS.includes(g)) throw new Error(`unknown graph ${g}; known: ${GRAPHS.join(', ')}`);
+const gradForms = values.grads.split(',');
+for (const g of gradForms) if (!GRAD_FORMS.includes(g)) throw new Error(`unknown gradient form ${g}; known: ${GRAD_FORMS.join(', ')}`);
 const maskValue = /^-inf(inity)?$/i.test(values.mask) ? -Infinity : Number(values.mask);
 if (!(maskValue < -1e6)) throw new Error(`--mask must be -inf or a large negative number, got ${values.mask}`);
 const tolerance = Number(values.tolerance);
@@ -106,21 +119,34 @@ const tfThreads = tfWasm.getThreadsCount();
 
 // tfjs-core's Node bundle (dist/tf-core.node.js) registers no gradients: they come with the
 // @tensorflow/tfjs union package (tfjs-core/dist/register_all_gradients.js, an ES module tree with
-// extensionless imports that Node cannot load as it is). So the five this graph needs are registered
-// here, through tfjs's own registerGradient, with the formulas of tfjs-core 4.22's
-// dist/gradients/{BatchMatMul,Multiply,Add,Softmax,Transpose}_grad.js (a gradient already registered,
-// by the union package for example, is left as it is). tf.grads, its tape and every kernel are tfjs's.
-function registerMissingGradients() {
+// extensionless imports that Node does not load as it is). So the five this graph needs are registered
+// here through tfjs's own registerGradient, with the formulas of tfjs-core 4.22's
+// dist/gradients/{BatchMatMul,Multiply,Add,Softmax,Transpose}_grad.js; BatchMatMul's also in the
+// flag-free form, picked by `matMulGradForm` at each call. A gradient already registered (by the union
+// package, say) is left as it is, and then only the "tfjs" form is measured. tf.grads, its tape and
+// every kernel are tfjs's.
+let matMulGradForm = 'tfjs';
+/** x with its last two axes swapped, by tf.transpose (a Transpose kernel, then a flag-free matMul). */
+const swapLast = (x) => tf.transpose(x, [...x.shape.keys()].map((i, _, all) => (i < all.length - 2 ? i : i === all.length - 2 ? all.length - 1 : all.length - 2)));
+function registerGradients() {
   const { assertAndGetBroadcastShape, getReductionAxes } = tf.broadcast_util;
   const reduceTo = (res, shape, outShape) => {
     const axes = getReductionAxes(shape, outShape);
     return tf.reshape(axes.length > 0 ? tf.sum(res, axes) : res, shape);
   };
+  const T = swapLast;
   const configs = [
     {
       kernelName: 'BatchMatMul',
       inputsToSave: ['a', 'b'],
       gradFunc: (dy, [a, b], { transposeA, transposeB }) => {
+        if (matMulGradForm === 'flag-free') {
+          // y = op(a)·op(b): the same products as below, every operand laid out first, no flag
+          if (!transposeA && !transposeB) return { a: () => tf.matMul(dy, T(b)), b: () => tf.matMul(T(a), dy) };
+          if (!transposeA && transposeB) return { a: () => tf.matMul(dy, b), b: () => tf.matMul(T(dy), a) };
+          if (transposeA && !transposeB) return { a: () => tf.matMul(b, T(dy)), b: () => tf.matMul(a, dy) };
+          return { a: () => tf.matMul(T(b), T(dy)), b: () => tf.matMul(T(dy), T(a)) };
+        }
         if (!transposeA && !transposeB) return { a: () => tf.matMul(dy, b, false, true), b: () => tf.matMul(a, dy, true, false) };
         if (!transposeA && transposeB) return { a: () => tf.matMul(dy, b, false, false), b: () => tf.matMul(dy, a, true, false) };
         if (transposeA && !transposeB) return { a: () => tf.matMul(b, dy, false, true), b: () => tf.matMul(a, dy, false, false) };
@@ -167,10 +193,12 @@ function registerMissingGradients() {
   }
   return registered;
 }
-const registeredGradients = registerMissingGradients();
+const registeredGradients = registerGradients();
 if (registeredGradients.length) {
-  notes.push(`tfjs-core ${tf.version_core}'s Node bundle registers no gradients (they come with the @tensorflow/tfjs package); this bench registered ${registeredGradients.join(', ')} with tf.registerGradient, the formulas of tfjs-core's dist/gradients/*_grad.js.`);
+  notes.push(`tfjs-core ${tf.version_core}'s Node bundle registers no gradients (they come with the @tensorflow/tfjs package); this bench registered ${registeredGradients.join(', ')} with tf.registerGradient: tfjs-core's formulas (dist/gradients/*_grad.js), and for BatchMatMul also the flag-free form.`);
 }
+const forms = registeredGradients.includes('BatchMatMul') ? gradForms : gradForms.filter((f) => f === 'tfjs');
+if (forms.length < gradForms.length) notes.push('BatchMatMul\'s gradient was registered already (not by this bench), so the flag-free form was not measured.');
 
 /** The tfjs call of one graph: Float32Arrays in, { dq, dk, dv } Float32Arrays out. */
 function tfjsCall(graph, s, x, scale, mask) {
@@ -225,6 +253,23 @@ function tfjsCall(graph, s, x, scale, mask) {
 // ---------------------------------------------------------------------------------------------
 // Measurement.
 
+// one call of every combination on a small shape first, so that tfjs's and V8's one-time costs do not
+// fall on the first combination checked
+{
+  const s = { batch: 1, heads: 2, seqQ: 64, seqKV: 64, headDim: 64, causal: true };
+  const n = 2 * 64 * 64;
+  const x = { q: filled(n), k: filled(n), v: filled(n), dOut: filled(n) };
+  const scale = tf.scalar(0.125);
+  const mask = tf.tensor2d(causalMask(64, 64).map((m) => (m === 0 ? 0 : maskValue)), [64, 64]);
+  for (const form of forms) {
+    for (const graph of graphs) {
+      matMulGradForm = form;
+      tfjsCall(graph, s, x, scale, mask)();
+    }
+  }
+  tf.dispose([scale, mask]);
+}
+
 const started = performance.now();
 const rows = [];
 for (const name of shapeNames) {
@@ -258,23 +303,34 @@ for (const name of shapeNames) {
   const scale = tf.scalar(1 / Math.sqrt(s.headDim));
   const mask = s.causal ? tf.tensor2d(causalMask(s.seqQ, s.seqKV).map((m) => (m === 0 ? 0 : maskValue)), [s.seqQ, s.seqKV]) : undefined;
   const tfjs = [];
-  for (const graph of graphs) {
-    log(` tfjs ${graph}: check...`);
+  const variants = forms.flatMap((form) => graphs.map((graph) => ({ graph, form, label: `${graph}, ${form} grads` })));
+  for (const { graph, form, label } of variants) {
+    log(` tfjs ${label}: check...`);
     const t0 = performance.now();
     try {
-      const run = tfjsCall(graph, s, x, scale, mask);
+      const call = tfjsCall(graph, s, x, scale, mask);
+      const run = () => {
+        matMulGradForm = form;
+        return call();
+      };
       const got = run(); // untimed: warms up and is the output checked
       const errors = { dq: relativeError(got.dq, expected.dq.data), dk: relativeError(got.dk, expected.dk.data), dv: relativeError(got.dv, expected.dv.data) };
       const maxError = Math.max(errors.dq, errors.dk, errors.dv);
-      const entry = { graph, errors, maxError: Number.isNaN(errors.dq + errors.dk + errors.dv) ? NaN : maxError, checkMs: performance.now() - t0 };
+      const entry = { graph: label, errors, maxError: Number.isNaN(errors.dq + errors.dk + errors.dv) ? NaN : maxError, checkMs: performance.now() - t0 };
       tfjs.push(entry);
       log(` ${(entry.checkMs / 1000).toFixed(1)}s, max rel. error ${entry.maxError.toExponential(1)};`);
-      if (entry.maxError <= tolerance) contenders.push({ id: graph, run, entry, callMs: entry.checkMs });
+      if (entry.maxError <= tolerance) contenders.push({ id: label, run, entry, callMs: entry.checkMs });
       else entry.error = `gradients disagree with ours: max rel. error ${entry.maxError} > ${tolerance}; not timed`;
     } catch (err) {
       log(` failed (${oneLine(err)});`);
-      tfjs.push({ graph, error: oneLine(err) });
+      tfjs.push({ graph: label, error: oneLine(err) });
     }
+  }
+  // a combination whose first call took over --prune times the fastest first call is not timed
+  const fastestFirst = Math.min(...contenders.filter((c) => c.entry).map((c) => c.entry.checkMs));
+  for (const c of contenders.filter((c) => c.entry && c.entry.checkMs > Number(values.prune) * fastestFirst)) {
+    c.entry.error = `not timed: its first (untimed) call took ${c.entry.checkMs.toFixed(0)} ms, over ${values.prune}x the fastest combination's ${fastestFirst.toFixed(0)} ms`;
+    contenders.splice(contenders.indexOf(c), 1);
   }
 
   log(' timing');
@@ -351,12 +407,12 @@ const footnotes = [
   'GFLOP/s: 2.5 · 4·B·H·Sq·Skv·D / time, half for causal (gpt-1024).',
   `causal (gpt-1024): tfjs adds a [Sq, Skv] mask of ${values.mask} above the diagonal and computes every score; ours skips the masked blocks.`,
   'max rel. error: max |tfjs - ours| ÷ max |ours| for dq, dk and dv, the worst of the three.',
-  'tfjs graph: the faster of the graphs tried; per-head-2d = one tf.grads per head on rank-2 tensors (the forward\'s matMuls flag-free, for XNNPACK), batched-4d = tf.matMul on the 4-D tensors. The gradients of a matMul are matMuls with a transpose flag in either graph.',
+  'tfjs graph: the fastest combination timed. batched-4d = tf.matMul on the 4-D tensors; per-head-2d = one tf.grads per head on rank-2 tensors, kᵀ by tf.transpose. tfjs grads = tfjs-core\'s matMul gradient (matMuls with a transpose flag, which tfjs-backend-wasm runs in its scalar loop); flag-free grads = the same products with tf.transpose\'d operands (rank-2 ones run on XNNPACK).',
 ];
 for (const r of rows) {
   for (const o of r.otherGraphs) {
     if (o.ms !== undefined) footnotes.push(`${r.shape}: tfjs ${o.graph} took ${fmt(o.ms)} ms (max rel. error vs ours ${err(o.maxError)}).`);
-    else footnotes.push(`${r.shape}: tfjs ${o.graph}: ${o.error}${o.maxError !== undefined ? '' : ''}.`);
+    else footnotes.push(`${r.shape}: tfjs ${o.graph}: ${o.error}${o.maxError !== undefined ? ` (max rel. error vs ours ${err(o.maxError)})` : ''}.`);
   }
 }
 console.log('');
