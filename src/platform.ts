@@ -10,21 +10,6 @@ export const nodeFs: typeof Fs | undefined = isNode ? await import('node:fs') : 
 export const nodeOs: typeof Os | undefined = isNode ? await import('node:os') : undefined;
 export const nodeWorkers: typeof WorkerThreads | undefined = isNode ? await import('node:worker_threads') : undefined;
 
-/** Results of at least this many floats are allocated uninitialized on Node (they are written in full at once). */
-const LARGE_RESULT = 16384;
-const nodeBuffer = isNode ? (globalThis as { Buffer?: { allocUnsafeSlow(bytes: number): Uint8Array } }).Buffer : undefined;
-
-/**
- * A new Float32Array of `length` elements for a result the caller fills in full at once. Large ones come
- * from Buffer.allocUnsafeSlow on Node (an ArrayBuffer of their own, not zeroed): `new Float32Array(n)`
- * zeroes fresh pages first, which measured 1-6 ms for 1.5 MB here against 0.2-0.5 ms (Node 20 and 24).
- */
-export function resultFloats(length: number): Float32Array {
-  if (!nodeBuffer || length < LARGE_RESULT) return new Float32Array(length);
-  const bytes = nodeBuffer.allocUnsafeSlow(4 * length);
-  return new Float32Array(bytes.buffer, bytes.byteOffset, length);
-}
-
 /** Cores this process may use: os.availableParallelism on Node, navigator.hardwareConcurrency elsewhere. */
 export function cores(): number {
   if (nodeOs) return nodeOs.availableParallelism();

@@ -8,7 +8,7 @@ import { type Backend, type MemoryStats, type Op, type OpPlan, type Operand, typ
 import { AttentionError } from '../errors.js';
 import { WasmHeap } from '../memory/heap.js';
 import { type ResidentOwner, ResidentTensor, type ResidentType } from '../memory/resident.js';
-import { cores, resultFloats } from '../platform.js';
+import { cores } from '../platform.js';
 import { lengthOf } from '../tensor.js';
 import { type Settled, WorkerPool } from '../pool/pool.js';
 import { runJob, runJobAsync } from '../pool/schedule.js';
@@ -87,9 +87,7 @@ class Call implements WasmCall {
       out.array.set(view);
       return out.user && lengthOf(out.user) === out.length ? out.user : out.array;
     }
-    const result = resultFloats(elements);
-    result.set(view);
-    return result;
+    return view.slice();
   }
 
   /** Frees the call's blocks and unpins its tensors, now or once `settled` resolves. */

@@ -128,19 +128,24 @@ function rowStats(
   q: Float32Array, qRow: number, k: Float32Array, kBase: number, kStride: number, lo: number, hi: number, headDim: number,
   scale: number, softcap: number, maskData: Float32Array | Uint8Array | undefined, boolMask: boolean, maskRow: number, stats: Float64Array,
 ): void {
-  const t = new Float64Array(Math.max(hi - lo, 0));
+  // one pass: the running max, and the sum rescaled whenever the max grows
   let max = -Infinity;
+  let sum = 0;
   for (let j = lo; j < hi; j++) {
     let dot = 0;
     for (let d = 0; d < headDim; d++) dot += q[qRow + d] * k[kBase + j * kStride + d];
     let s = dot * scale;
     if (softcap > 0) s = softcap * Math.tanh(s / softcap);
     if (maskData) s = boolMask ? (maskData[maskRow + j] === 0 ? -Infinity : s) : s + maskData[maskRow + j];
-    t[j - lo] = s;
-    if (!(s <= max)) max = s;
+    if (s === -Infinity) continue;
+    if (s <= max) {
+      sum += Math.exp(s - max);
+    } else {
+      // a new max (or NaN, which then stays)
+      sum = (max === -Infinity ? 0 : sum * Math.exp(max - s)) + 1;
+      max = s;
+    }
   }
-  let sum = 0;
-  if (max !== -Infinity) for (const s of t) sum += Math.exp(s - max);
   stats[0] = max;
   stats[1] = sum;
 }

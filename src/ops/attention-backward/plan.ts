@@ -56,7 +56,7 @@ export interface AttentionBackwardPlan extends OpPlan {
   readonly gradDims: { readonly q: number[]; readonly k: number[]; readonly v: number[] };
   /** options.grads, checked. */
   readonly into: GradientOutputs;
-  /** [B, Hq, Sq]; undefined until the engine computed it (when the caller left it out). */
+  /** [B, Hq, Sq] as given; undefined (or not trusted, see TRUSTED_LOG_SUM_EXP): the call computes each row's stats. */
   readonly logSumExp: Operand<Float32Array> | undefined;
 }
 
@@ -107,8 +107,7 @@ export function planAttentionBackward(q: unknown, k: unknown, v: unknown, out: u
   const into = checkGradientOutputs(opts.grads as Record<string, unknown> | undefined, { dq: sizeOf([batch, qHeads, seqQ, headDim]), dk: sizeOf([batch, kvHeads, seqKV, headDim]), dv: sizeOf([batch, kvHeads, seqKV, valueDim]) }, [
     [forward.q, 'q.data'], [forward.k, 'k.data'], [forward.v, 'v.data'], [forward.mask?.operand, 'options.mask.data'], [output, 'out.data'], [gradOutput, 'dOut.data'], [logSumExp, 'options.logSumExp.data'],
   ], resolver);
-  const plan = backwardPlanOf(forward, output, gradOutput, logSumExp, { q: [batch, qHeads, seqQ, headDim], k: [batch, kvHeads, seqKV, headDim], v: [batch, kvHeads, seqKV, valueDim] });
-  return { ...plan, into };
+  return backwardPlanOf(forward, output, gradOutput, logSumExp, { q: [batch, qHeads, seqQ, headDim], k: [batch, kvHeads, seqKV, headDim], v: [batch, kvHeads, seqKV, valueDim] }, into);
 }
 
 /** options.grads as read: each a Float32Array of its gradient's size, apart from every input and from each other. */
@@ -135,9 +134,10 @@ function checkGradientOutputs(
 /** The plan of a backward call over a checked forward plan (any strides: the layer's [B, S, H·D] too). */
 export function backwardPlanOf(
   forward: AttentionPlan, output: Operand<Float32Array>, gradOutput: Operand<Float32Array>, logSumExp: Operand<Float32Array> | undefined, gradDims: AttentionBackwardPlan['gradDims'],
+  into: GradientOutputs = {},
 ): AttentionBackwardPlan {
   const { batch, qHeads, seqQ, seqKV, headDim, valueDim } = forward;
   // five products of a row and a key (the scores again, dOut·v, P·dOut, dS·k, dSᵀ·q) against the forward's two
   const flops = 2 * batch * qHeads * seqQ * seqKV * (3 * headDim + 2 * valueDim);
-  return { flops, forward, output, gradOutput, logSumExp, gradDims, into: {} };
+  return { flops, forward, output, gradOutput, logSumExp, gradDims, into };
 }

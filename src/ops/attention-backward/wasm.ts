@@ -64,11 +64,10 @@ export const attentionBackwardWasm: WasmOp<AttentionBackwardPlan, AttentionGradi
     const lsePtr = plan.logSumExp && call.stage(plan.logSumExp, 'options.logSumExp.data') >>> 2;
     if (lsePtr !== undefined && trustedLogSumExp(call.f32.subarray(lsePtr, lsePtr + rows))) {
       // [L, 1] per row: exp(t - L) / 1 is the weight; a row with L = -inf saw no key: [-inf, 0]
-      const from = lsePtr;
       const f32 = call.f32;
       const at = job[J.stats] >>> 2;
       for (let r = 0; r < rows; r++) {
-        const lse = f32[from + r];
+        const lse = f32[lsePtr + r];
         f32[at + 2 * r] = lse;
         f32[at + 2 * r + 1] = lse === -Infinity ? 0 : 1;
       }
