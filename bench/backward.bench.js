@@ -3,11 +3,14 @@
 //                                              the long section (about 30 s on 2 cores)
 //   node bench/backward.bench.js --shapes bert-128 --threads 1 --no-long --json
 //   node bench/backward.bench.js --long false   (or --no-long) skips the long section; --long-seq 4096 shrinks it
+//   node bench/backward.bench.js --outputs fresh  new output arrays every call instead of options.out / options.grads
 // For each shape, wasm build and thread count: the forward, engine.attention(q, k, v, { causal,
 // returnLogSumExp: true }), and the backward, engine.attentionBackward(q, k, v, out, dOut, { causal,
 // logSumExp }) with the forward's output and log-sum-exp, timed in alternation (forward then backward
 // in one round, backward then forward in the next, so that a drift in the machine's speed reaches both
-// alike); median ms of each over the rounds (inputs copied in, gradients copied out), GFLOP/s (forward:
+// alike); median ms of each over the rounds (inputs copied in; by default the output and the gradients
+// written into the same caller arrays every call, options.out and options.grads, as a training loop
+// does: a fresh 1.5 MB array costs ms of page faults here, three times as many for the backward), GFLOP/s (forward:
 // 4·B·H·Sq·Skv·D, half for causal; backward: 2.5 times that), and backward ms ÷ forward ms, measured in
 // the same rounds (goal: <= 2.5). Before timing, head 0's dq, dk and dv are checked against the float64
 // reference (max |error| ÷ max |reference| over the three).
@@ -58,6 +61,7 @@ const { values } = parseArgs({
     time: { type: 'string', default: '2000' },
     long: { type: 'string', default: 'true' },
     'long-seq': { type: 'string', default: '16384' },
+    outputs: { type: 'string', default: 'reused' },
     'long-only': { type: 'boolean', default: false }, // internal: the child process of the long section
     json: { type: 'boolean', default: false },
   },
@@ -68,6 +72,8 @@ for (const t of threadCounts) if (!Number.isInteger(t) || t < 1) throw new Error
 const builds = values.builds?.split(',') ?? BUILDS.filter((b) => buildSupported(b));
 for (const b of builds) if (!BUILDS.includes(b)) throw new Error(`unknown build ${b}; known: ${BUILDS.join(', ')}`);
 const longSeq = Number(values['long-seq']);
+if (values.outputs !== 'reused' && values.outputs !== 'fresh') throw new Error(`--outputs: reused or fresh, got ${values.outputs}`);
+const reuse = values.outputs === 'reused';
 const log = (text) => {
   if (!values.json) process.stderr.write(text);
 };
@@ -164,10 +170,14 @@ for (const name of values.shapes.split(',')) {
     for (const threads of threadCounts) {
       log(` ${backend}/${threads}...`);
       const engine = createEngineSync({ backend, threads });
-      const forward = () => engine.attention(q, k, v, { causal: s.causal, returnLogSumExp: true });
-      const fwd = forward();
+      const fwd = engine.attention(q, k, v, { causal: s.causal, returnLogSumExp: true });
       const out = { data: fwd.data, dims: fwd.dims };
-      const backward = () => engine.attentionBackward(q, k, v, out, dOut, { causal: s.causal, logSumExp: fwd.logSumExp });
+      // reused: each call writes into the same caller arrays (options.out, options.grads), as a training loop does
+      const outInto = new Float32Array(fwd.data.length);
+      const grads = { dq: new Float32Array(q.data.length), dk: new Float32Array(k.data.length), dv: new Float32Array(v.data.length) };
+      const forward = () => engine.attention(q, k, v, { causal: s.causal, returnLogSumExp: true, ...(reuse ? { out: outInto } : {}) });
+      const backward = () => engine.attentionBackward(q, k, v, out, dOut, { causal: s.causal, logSumExp: fwd.logSumExp, ...(reuse ? { grads } : {}) });
+      forward();
       const g = backward(); // also the warm-up of the backward
       const maxError = Math.max(relativeError(head0(g.dq).data, ref.dq.data), relativeError(head0(g.dk).data, ref.dk.data), relativeError(head0(g.dv).data, ref.dv.data));
       const fwdMs = [];
@@ -230,7 +240,7 @@ if (values.json) {
 }
 
 const fmtMB = (bytes) => (bytes / MB).toFixed(1);
-console.log(`\nnode ${process.version}, ${availableParallelism()} cores; forward and backward timed in alternation, median of >= ${values.rounds} rounds (>= ${values.time} ms per cell); run took ${totalSeconds.toFixed(0)} s`);
+console.log(`\nnode ${process.version}, ${availableParallelism()} cores; forward and backward timed in alternation, median of >= ${values.rounds} rounds (>= ${values.time} ms per cell); outputs ${reuse ? 'reused (options.out, options.grads)' : 'fresh arrays every call'}; run took ${totalSeconds.toFixed(0)} s`);
 console.log('forward: attention(returnLogSumExp), 4·B·H·Sq·Skv·D flops (half for causal); backward: attentionBackward(logSumExp given), 2.5x the forward\'s flops\n');
 console.log('| shape | build | threads | rounds | forward ms | forward GFLOP/s | backward ms | backward GFLOP/s | backward ÷ forward | per round: median (min–max) | max rel. error, head 0 |');
 console.log('|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|');
