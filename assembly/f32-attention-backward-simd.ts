@@ -16,13 +16,13 @@
 // stats at stats + 8*(h*rows + i), delta at delta + 4*(h*rows + i); key j of k, v, dk, dv at k + j*ldk, v + j*ldv, dk + j*lddk,
 // dv + j*lddv; the mask row of (h, i) at mask + h*maskHead + i*maskRow (u8 or f32).
 //
-// Key blocks of BWD_BC keys, outer; for each, every head's blocks of BWD_BR rows that can see it
-// (causal and window skip the others): the score tile S = Q·Kᵀ and dP = dOut·Vᵀ by the GEMM
-// micro-kernel, P and dS in place row by row, then dq += dS·K (straight into dq), dv += Pᵀ·dOut and
-// dk += dSᵀ·Q (into dv and dk) by the micro-kernel again. The key block's K and V are packed once per
-// block, the rows' Q and dOut once per tile. Extra memory: the scratch, O(BWD_BR*BWD_BC + BWD_BC*(headDim
-// + valueDim) + BWD_BR*(headDim + valueDim)); the order of every sum depends on the shape only.
-
+// For each query head, chunks of BWD_CHUNK rows: the chunk's q (scaled) and dOut packed once, as rows
+// and as panels; then key blocks of BWD_BC keys, each packed (K, Kᵀ, Vᵀ), and for each, the chunk's
+// tiles of BWD_BR rows that can see it (causal and window skip the others): the score tile S = Q·Kᵀ and
+// dP = dOut·Vᵀ by the GEMM micro-kernel, P and dS in place row by row, then dq += dS·K (straight into
+// dq), dv += Pᵀ·dOut and dk += dSᵀ·Q (into dv and dk) by the micro-kernel again. Extra memory: the
+// scratch, O(BWD_BC*(headDim + valueDim) + BWD_BR*BWD_BC + BWD_CHUNK*(headDim + valueDim)); the order
+// of every sum depends on the shape only (dk and dv: heads, then row tiles, in order).
 import { gemm_packed, gemm_rows, GEMM_MR, GEMM_ROW_STRIDE, GEMM_TILE_BYTES } from './f32-gemm-tile';
 import { f32_pack_cols, f32_pack_panels, f32_pack_rows } from './f32-pack-panels-simd';
 import { daz4, expNegv, softcapv } from './f32-vmath-simd';
@@ -40,13 +40,18 @@ export const BWD_BC: i32 = 64;
  * (the Pᵀ·dOut and dSᵀ·q products run over the tile's rows: longer sums per stored tile). */
 export const BWD_BR: i32 = 8 * GEMM_MR;
 
+/** Query rows whose packed q and dOut are kept while the key blocks pass over them: 16 tiles. */
+export const BWD_CHUNK: i32 = 16 * BWD_BR;
+
 /** Scratch bytes f32_attention_backward needs for these head sizes. */
 export function f32_attention_backward_scratch_bytes(headDim: i32, valueDim: i32): i32 {
   const dPad = roundUp8(headDim), dvPad = roundUp8(valueDim);
   return 4 * (
     BWD_BC * dPad * 2 + BWD_BC * dvPad       // Kᵀ and K panels, Vᵀ panels
     + 2 * BWD_BR * GEMM_ROW_STRIDE           // S then P, dP then dS
-    + BWD_BR * (2 * headDim + valueDim + dPad + dvPad) // Q scaled, Q and dOut packed as rows and as panels
+    + BWD_BR * headDim                       // a tile's q rows scaled
+    + BWD_CHUNK * (headDim + valueDim + dPad + dvPad) // the chunk's Q and dOut packed as rows and as panels
+    + BWD_CHUNK / BWD_BR                     // the chunk's tiles' overflow flags
     + GEMM_MR * BWD_BR                       // Pᵀ or dSᵀ packed as rows
   ) + GEMM_TILE_BYTES;
 }
@@ -151,12 +156,14 @@ export function f32_attention_backward(
   const vT = kP + ((<usize>BWD_BC * dPad) << 2);                // Vᵀ panels: ceil(bc/8) x valueDim x 8
   const sTile = vT + ((<usize>BWD_BC * dvPad) << 2);            // S, then P: BWD_BR rows, GEMM_ROW_STRIDE apart
   const dTile = sTile + ((<usize>BWD_BR * GEMM_ROW_STRIDE) << 2); // dP, then dS
-  const qScaled = dTile + ((<usize>BWD_BR * GEMM_ROW_STRIDE) << 2); // the tile's q rows times scale, contiguous
-  const qRows = qScaled + ((<usize>BWD_BR * headDim) << 2);      // those packed as rows (GEMM_MR interleaved)
-  const oRows = qRows + ((<usize>BWD_BR * headDim) << 2);       // dOut packed as rows
-  const qP = oRows + ((<usize>BWD_BR * valueDim) << 2);         // Q as panels: ceil(headDim/8) x br x 8
-  const oP = qP + ((<usize>BWD_BR * dPad) << 2);                // dOut as panels
-  const tRows = oP + ((<usize>BWD_BR * dvPad) << 2);            // Pᵀ or dSᵀ packed as rows
+  const qScaled = dTile + ((<usize>BWD_BR * GEMM_ROW_STRIDE) << 2); // a tile's q rows times scale, contiguous
+  // the chunk's tiles, each BWD_BR rows: Q (scaled) and dOut packed as rows (GEMM_MR interleaved), Q and dOut as panels
+  const qRows = qScaled + ((<usize>BWD_BR * headDim) << 2);
+  const oRows = qRows + ((<usize>BWD_CHUNK * headDim) << 2);
+  const qP = oRows + ((<usize>BWD_CHUNK * valueDim) << 2);
+  const oP = qP + ((<usize>BWD_CHUNK * dPad) << 2);
+  const overflowed = oP + ((<usize>BWD_CHUNK * dvPad) << 2);    // per tile: q was scaled in the scores instead
+  const tRows = overflowed + ((<usize>(BWD_CHUNK / BWD_BR)) << 2); // Pᵀ or dSᵀ packed as rows
   const tile = tRows + ((<usize>GEMM_MR * BWD_BR) << 2);
   const maskShift: usize = maskKind == MASK_BOOL ? 0 : 2;
   for (let h = 0; h < heads; h++) {
@@ -167,78 +174,95 @@ export function f32_attention_backward(
     memory.fill(dv + ((<usize>j * lddv) << 2), 0, (<usize>valueDim) << 2);
   }
 
-  for (let j0 = 0; j0 < seqKV; j0 += BWD_BC) {
-    const bc = min(BWD_BC, seqKV - j0);
-    const bcPad = roundUp8(bc);
-    // rows that can see some key of the block: i + offset - left <= j0 + bc - 1 and i + offset + right >= j0
-    const ilo = right < 0 ? 0 : max(0, j0 - offset - right);
-    const ihi = left < 0 ? rows : min(rows, j0 + bc - 1 - offset + left + 1);
-    if (ilo >= ihi) continue;
-    const kBlock = k + ((<usize>j0 * ldk) << 2), vBlock = v + ((<usize>j0 * ldv) << 2);
-    f32_pack_panels(kBlock, ldk, true, headDim, bc, kT);
-    f32_pack_panels(kBlock, ldk, false, bc, headDim, kP);
-    f32_pack_panels(vBlock, ldv, true, valueDim, bc, vT);
-    const dkBlock = dk + ((<usize>j0 * lddk) << 2), dvBlock = dv + ((<usize>j0 * lddv) << 2);
-    for (let h = 0; h < heads; h++) {
-      for (let i0 = ilo; i0 < ihi; i0 += BWD_BR) {
-        const br = min(BWD_BR, ihi - i0);
-        const qAt = q + ((<usize>h * qHead + <usize>i0 * ldq) << 2);
-        const oAt = ((<usize>h * oHead + <usize>i0 * ldo) << 2);
+  for (let h = 0; h < heads; h++) {
+    const qHeadAt = q + ((<usize>h * qHead) << 2), oHeadAt = dOut + ((<usize>h * oHead) << 2);
+    const dqHeadAt = dq + ((<usize>h * dqHead) << 2);
+    for (let c0 = 0; c0 < rows; c0 += BWD_CHUNK) {
+      const c1 = min(rows, c0 + BWD_CHUNK);
+      // the chunk's rows packed once for all the key blocks
+      for (let i0 = c0; i0 < c1; i0 += BWD_BR) {
+        const br = min(BWD_BR, c1 - i0);
+        const at = <usize>(i0 - c0);
+        const qAt = qHeadAt + ((<usize>i0 * ldq) << 2), oAt = oHeadAt + ((<usize>i0 * ldo) << 2);
         // q scaled as the forward scales it (so the scores round the same way), unless scale*q
         // overflows somewhere in the tile: then the scores are scaled instead
         let qOverflow = false;
         for (let i = 0; i < br; i++) qOverflow = copyScaled(qAt + ((<usize>i * ldq) << 2), qScaled + ((<usize>i * headDim) << 2), headDim, scale) || qOverflow;
         if (qOverflow) for (let i = 0; i < br; i++) copyScaled(qAt + ((<usize>i * ldq) << 2), qScaled + ((<usize>i * headDim) << 2), headDim, 1);
-        const scoreScale: f32 = qOverflow ? scale : 1;
-        // S = Q·Kᵀ and dP = dOut·Vᵀ
+        store<i32>(overflowed + ((at / BWD_BR) << 2), qOverflow ? 1 : 0);
         for (let g = 0; g < br; g += GEMM_MR) {
           const mr = min(GEMM_MR, br - g);
-          const qg = qRows + ((<usize>g * headDim) << 2), og = oRows + ((<usize>g * valueDim) << 2);
-          f32_pack_rows(qScaled + ((<usize>g * headDim) << 2), headDim, mr, headDim, qg, GEMM_MR);
-          f32_pack_rows(dOut + oAt + ((<usize>g * ldo) << 2), ldo, mr, valueDim, og, GEMM_MR);
-          for (let p = 0; p < bcPad; p += 8) {
-            const c = (<usize>g * GEMM_ROW_STRIDE + p) << 2;
-            gemm_packed(mr, 8, headDim, qg, kT + ((<usize>p * headDim) << 2), sTile + c, GEMM_ROW_STRIDE, false, tile);
-            gemm_packed(mr, 8, valueDim, og, vT + ((<usize>p * valueDim) << 2), dTile + c, GEMM_ROW_STRIDE, false, tile);
+          f32_pack_rows(qScaled + ((<usize>g * headDim) << 2), headDim, mr, headDim, qRows + (((at + g) * headDim) << 2), GEMM_MR);
+          f32_pack_rows(oAt + ((<usize>g * ldo) << 2), ldo, mr, valueDim, oRows + (((at + g) * valueDim) << 2), GEMM_MR);
+        }
+        f32_pack_panels(qAt, ldq, false, br, headDim, qP + ((at * dPad) << 2));
+        f32_pack_panels(oAt, ldo, false, br, valueDim, oP + ((at * dvPad) << 2));
+      }
+      for (let j0 = 0; j0 < seqKV; j0 += BWD_BC) {
+        const bc = min(BWD_BC, seqKV - j0);
+        const bcPad = roundUp8(bc);
+        // rows that can see some key of the block: i + offset - left <= j0 + bc - 1 and i + offset + right >= j0
+        const ilo = right < 0 ? c0 : max(c0, j0 - offset - right);
+        const ihi = left < 0 ? c1 : min(c1, j0 + bc - 1 - offset + left + 1);
+        if (ilo >= ihi) continue;
+        const kBlock = k + ((<usize>j0 * ldk) << 2), vBlock = v + ((<usize>j0 * ldv) << 2);
+        f32_pack_panels(kBlock, ldk, true, headDim, bc, kT);
+        f32_pack_panels(kBlock, ldk, false, bc, headDim, kP);
+        f32_pack_panels(vBlock, ldv, true, valueDim, bc, vT);
+        const dkBlock = dk + ((<usize>j0 * lddk) << 2), dvBlock = dv + ((<usize>j0 * lddv) << 2);
+        // the chunk's tiles that hold a row in [ilo, ihi) (their other rows see nothing of the block: P = dS = 0)
+        for (let i0 = c0 + (ilo - c0) / BWD_BR * BWD_BR; i0 < ihi; i0 += BWD_BR) {
+          const br = min(BWD_BR, c1 - i0);
+          const at = <usize>(i0 - c0);
+          const scoreScale: f32 = load<i32>(overflowed + ((at / BWD_BR) << 2)) ? scale : 1;
+          const qTile = qRows + ((at * headDim) << 2), oTile = oRows + ((at * valueDim) << 2);
+          // S = Q·Kᵀ and dP = dOut·Vᵀ
+          for (let g = 0; g < br; g += GEMM_MR) {
+            const mr = min(GEMM_MR, br - g);
+            const qg = qTile + ((<usize>g * headDim) << 2), og = oTile + ((<usize>g * valueDim) << 2);
+            for (let p = 0; p < bcPad; p += 8) {
+              const c = (<usize>g * GEMM_ROW_STRIDE + p) << 2;
+              gemm_packed(mr, 8, headDim, qg, kT + ((<usize>p * headDim) << 2), sTile + c, GEMM_ROW_STRIDE, false, tile);
+              gemm_packed(mr, 8, valueDim, og, vT + ((<usize>p * valueDim) << 2), dTile + c, GEMM_ROW_STRIDE, false, tile);
+            }
           }
-        }
-        // P and dS in place, row by row; rows past br (up to the register tile) are zero for gemm_rows
-        for (let i = 0; i < br; i++) {
-          const r = i0 + i;
-          const row = <usize>h * rows + r;
-          const at = (<usize>i * GEMM_ROW_STRIDE) << 2;
-          const lo = left < 0 ? 0 : r + offset - left - j0;
-          const hi = right < 0 ? bc : min(bc, r + offset + right + 1 - j0);
-          gradRow(sTile + at, dTile + at, bcPad, lo, hi, scoreScale, cap,
-            mask + ((<usize>h * maskHead + <usize>r * maskRow + j0) << maskShift), maskKind,
-            load<f32>(stats + (row << 3)), load<f32>(stats + (row << 3) + 4), load<f32>(delta + (row << 2)));
-        }
-        const padded = (br + GEMM_MR - 1) / GEMM_MR * GEMM_MR;
-        for (let i = br; i < padded; i++) {
-          memory.fill(sTile + ((<usize>i * GEMM_ROW_STRIDE) << 2), 0, (<usize>bcPad) << 2);
-          memory.fill(dTile + ((<usize>i * GEMM_ROW_STRIDE) << 2), 0, (<usize>bcPad) << 2);
-        }
-        // dq += dS·K, straight into dq
-        const dqAt = dq + ((<usize>h * dqHead + <usize>i0 * lddq) << 2);
-        for (let g = 0; g < br; g += GEMM_MR) {
-          const mr = min(GEMM_MR, br - g);
-          for (let p = 0; p < headDim; p += 8) {
-            gemm_rows(mr, min(8, headDim - p), bc, dTile + ((<usize>g * GEMM_ROW_STRIDE) << 2), kP + ((<usize>p * bc) << 2),
-              dqAt + ((<usize>g * lddq + p) << 2), lddq, true, tile);
+          // P and dS in place, row by row; rows past br (up to the register tile) are zero for gemm_rows
+          for (let i = 0; i < br; i++) {
+            const r = i0 + i;
+            const row = <usize>h * rows + r;
+            const rowAt = (<usize>i * GEMM_ROW_STRIDE) << 2;
+            const lo = left < 0 ? 0 : r + offset - left - j0;
+            const hi = right < 0 ? bc : min(bc, r + offset + right + 1 - j0);
+            gradRow(sTile + rowAt, dTile + rowAt, bcPad, lo, hi, scoreScale, cap,
+              mask + ((<usize>h * maskHead + <usize>r * maskRow + j0) << maskShift), maskKind,
+              load<f32>(stats + (row << 3)), load<f32>(stats + (row << 3) + 4), load<f32>(delta + (row << 2)));
           }
-        }
-        // dv += Pᵀ·dOut and dk += dSᵀ·Q: the tiles' columns packed as rows, the rows' dOut and Q as panels
-        f32_pack_panels(dOut + oAt, ldo, false, br, valueDim, oP);
-        f32_pack_panels(qAt, ldq, false, br, headDim, qP);
-        for (let jg = 0; jg < bc; jg += GEMM_MR) {
-          const mr = min(GEMM_MR, bc - jg);
-          f32_pack_cols(sTile + ((<usize>jg) << 2), GEMM_ROW_STRIDE, mr, br, tRows, GEMM_MR);
-          for (let p = 0; p < valueDim; p += 8) {
-            gemm_packed(mr, min(8, valueDim - p), br, tRows, oP + ((<usize>p * br) << 2), dvBlock + ((<usize>jg * lddv + p) << 2), lddv, true, tile);
+          const padded = (br + GEMM_MR - 1) / GEMM_MR * GEMM_MR;
+          for (let i = br; i < padded; i++) {
+            memory.fill(sTile + ((<usize>i * GEMM_ROW_STRIDE) << 2), 0, (<usize>bcPad) << 2);
+            memory.fill(dTile + ((<usize>i * GEMM_ROW_STRIDE) << 2), 0, (<usize>bcPad) << 2);
           }
-          f32_pack_cols(dTile + ((<usize>jg) << 2), GEMM_ROW_STRIDE, mr, br, tRows, GEMM_MR);
-          for (let p = 0; p < headDim; p += 8) {
-            gemm_packed(mr, min(8, headDim - p), br, tRows, qP + ((<usize>p * br) << 2), dkBlock + ((<usize>jg * lddk + p) << 2), lddk, true, tile);
+          // dq += dS·K, straight into dq
+          const dqAt = dqHeadAt + ((<usize>i0 * lddq) << 2);
+          for (let g = 0; g < br; g += GEMM_MR) {
+            const mr = min(GEMM_MR, br - g);
+            for (let p = 0; p < headDim; p += 8) {
+              gemm_rows(mr, min(8, headDim - p), bc, dTile + ((<usize>g * GEMM_ROW_STRIDE) << 2), kP + ((<usize>p * bc) << 2),
+                dqAt + ((<usize>g * lddq + p) << 2), lddq, true, tile);
+            }
+          }
+          // dv += Pᵀ·dOut and dk += dSᵀ·Q: the tiles' columns packed as rows, the rows' dOut and Q as panels
+          const qPanels = qP + ((at * dPad) << 2), oPanels = oP + ((at * dvPad) << 2);
+          for (let jg = 0; jg < bc; jg += GEMM_MR) {
+            const mr = min(GEMM_MR, bc - jg);
+            f32_pack_cols(sTile + ((<usize>jg) << 2), GEMM_ROW_STRIDE, mr, br, tRows, GEMM_MR);
+            for (let p = 0; p < valueDim; p += 8) {
+              gemm_packed(mr, min(8, valueDim - p), br, tRows, oPanels + ((<usize>p * br) << 2), dvBlock + ((<usize>jg * lddv + p) << 2), lddv, true, tile);
+            }
+            f32_pack_cols(dTile + ((<usize>jg) << 2), GEMM_ROW_STRIDE, mr, br, tRows, GEMM_MR);
+            for (let p = 0; p < headDim; p += 8) {
+              gemm_packed(mr, min(8, headDim - p), br, tRows, qPanels + ((<usize>p * br) << 2), dkBlock + ((<usize>jg * lddk + p) << 2), lddk, true, tile);
+            }
           }
         }
       }

@@ -1,7 +1,7 @@
 // engine.attentionBackward on every backend against the float64 reference (referenceAttentionBackward,
 // itself checked against finite differences in attention-backward-reference.test.ts): named cases for
-// each option, the kernel's tile edges (rows around the register tile and its 4-tile blocks, keys around
-// the 64-key block), a seeded fuzz of mixed options, the log-sum-exp given or computed, the same bits
+// each option, the kernel's tile edges (rows around the register tile, its 8-tile blocks and its 16-block
+// chunks, keys around the 64-key block), a seeded fuzz of mixed options, the log-sum-exp given or computed, the same bits
 // for any thread count and sync or async, and refusals that leave no trace.
 import { describe, expect, it } from 'vitest';
 import { type AttentionBackwardOptions, createEngineSync } from '../src/index.js';
@@ -88,11 +88,20 @@ describe.each(BACKENDS)('attentionBackward on %s against the float64 reference',
   });
   it('causal with more query rows than keys (top-left: every row sees key 0)', () => check(backend, { qHeads: 2, kvHeads: 2, seqQ: 40, seqKV: 9, headDim: 8, options: { causal: true } }, 13));
 
-  it('tile edges: rows around the register tile and its blocks, keys around the 64-key block', () => {
+  it('tile edges: rows around the register tile and its 8-tile blocks, keys around the 64-key block', () => {
     let seed = 100;
-    for (const seqQ of [1, 4, 5, 6, 7, 19, 20, 21, 23, 24, 25, 51]) {
+    for (const seqQ of [1, 4, 5, 6, 7, 19, 20, 21, 23, 24, 25, 39, 40, 41, 47, 48, 49, 51, 97]) {
       for (const seqKV of [1, 63, 64, 65, 129]) {
         for (const causal of [false, true]) check(backend, { qHeads: 1, kvHeads: 1, seqQ, seqKV, headDim: seqQ % 2 ? 8 : 17, options: { causal } }, seed++);
+      }
+    }
+  });
+
+  it('chunk edges: rows around the kernel chunk of packed rows (16 row blocks: 640 simd, 768 relaxed)', () => {
+    let seed = 300;
+    for (const seqQ of [639, 640, 641, 767, 768, 769, 1539]) {
+      for (const options of [{}, { causal: true }, { window: { left: 70, right: 3 } }] as AttentionBackwardOptions[]) {
+        check(backend, { qHeads: 2, kvHeads: 1, seqQ, seqKV: 130, headDim: 5, valueDim: 3, options }, seed++);
       }
     }
   });
