@@ -23,8 +23,8 @@
 // dq), dv += Pᵀ·dOut and dk += dSᵀ·Q (into dv and dk) by the micro-kernel again. Extra memory: the
 // scratch, O(BWD_BC*(headDim + valueDim) + BWD_BR*BWD_BC + BWD_CHUNK*(headDim + valueDim)); the order
 // of every sum depends on the shape only (dk and dv: heads, then row tiles, in order).
-import { gemm_packed, gemm_rows, GEMM_MR, GEMM_ROW_STRIDE, GEMM_TILE_BYTES } from './f32-gemm-tile';
-import { f32_pack_cols, f32_pack_panels, f32_pack_rows } from './f32-pack-panels-simd';
+import { gemm_cols, gemm_packed, gemm_rows, GEMM_MR, GEMM_ROW_STRIDE, GEMM_TILE_BYTES } from './f32-gemm-tile';
+import { f32_pack_panels, f32_pack_rows } from './f32-pack-panels-simd';
 import { daz4, expNegv, softcapv } from './f32-vmath-simd';
 import { scaleRow } from './f32-softmax-scale-mask-simd';
 import { copyScaled, roundUp8 } from './f32-attention-flash-simd';
@@ -52,7 +52,6 @@ export function f32_attention_backward_scratch_bytes(headDim: i32, valueDim: i32
     + BWD_BR * headDim                       // a tile's q rows scaled
     + BWD_CHUNK * (headDim + valueDim + dPad + dvPad) // the chunk's Q and dOut packed as rows and as panels
     + BWD_CHUNK / BWD_BR                     // the chunk's tiles' overflow flags
-    + GEMM_MR * BWD_BR                       // Pᵀ or dSᵀ packed as rows
   ) + GEMM_TILE_BYTES;
 }
 
@@ -86,9 +85,9 @@ function gradRow(sRow: usize, dRow: usize, n: i32, lo: i32, hi: i32, scoreScale:
     // the common tile: every column seen, nothing to transform but the scale
     for (let j = 0; j < n; j += 4) {
       const off = (<usize>j) << 2;
-      const p = f32x4.mul(expNegv(f32x4.sub(f32x4.mul(v128.load(sRow + off), vScoreScale), vMax)), vInvSum);
+      const p = daz4(f32x4.mul(expNegv(f32x4.sub(f32x4.mul(v128.load(sRow + off), vScoreScale), vMax)), vInvSum));
       v128.store(sRow + off, p);
-      v128.store(dRow + off, f32x4.mul(p, f32x4.sub(v128.load(dRow + off), vDelta)));
+      v128.store(dRow + off, daz4(f32x4.mul(p, f32x4.sub(v128.load(dRow + off), vDelta))));
     }
     return;
   }
@@ -111,10 +110,10 @@ function gradRow(sRow: usize, dRow: usize, n: i32, lo: i32, hi: i32, scoreScale:
       hidden = v128.or(hidden, boolHidden(mask, j, hi));
     }
     // t <= m: m is the row's max, or its log-sum-exp (TRUSTED_LOG_SUM_EXP keeps it from garbage)
-    const p = v128.bitselect(f32x4.splat(0), f32x4.mul(expNegv(f32x4.sub(t, vMax)), vInvSum), hidden);
+    const p = daz4(v128.bitselect(f32x4.splat(0), f32x4.mul(expNegv(f32x4.sub(t, vMax)), vInvSum), hidden));
     const dp = v128.load(dRow + off);
     v128.store(sRow + off, p);
-    v128.store(dRow + off, f32x4.mul(f32x4.mul(p, f32x4.sub(dp, vDelta)), slope));
+    v128.store(dRow + off, daz4(f32x4.mul(f32x4.mul(p, f32x4.sub(dp, vDelta)), slope)));
   }
 }
 
@@ -163,9 +162,10 @@ export function f32_attention_backward(
   const qP = oRows + ((<usize>BWD_CHUNK * valueDim) << 2);
   const oP = qP + ((<usize>BWD_CHUNK * dPad) << 2);
   const overflowed = oP + ((<usize>BWD_CHUNK * dvPad) << 2);    // per tile: q was scaled in the scores instead
-  const tRows = overflowed + ((<usize>(BWD_CHUNK / BWD_BR)) << 2); // Pᵀ or dSᵀ packed as rows
-  const tile = tRows + ((<usize>GEMM_MR * BWD_BR) << 2);
+  const tile = overflowed + ((<usize>(BWD_CHUNK / BWD_BR)) << 2);
   const maskShift: usize = maskKind == MASK_BOOL ? 0 : 2;
+  // gemm_cols reads GEMM_MR columns from the last ones of a block on: the columns no block writes stay 0
+  memory.fill(sTile, 0, (<usize>(2 * BWD_BR * GEMM_ROW_STRIDE)) << 2);
   for (let h = 0; h < heads; h++) {
     for (let i = 0; i < rows; i++) memory.fill(dq + ((<usize>h * dqHead + <usize>i * lddq) << 2), 0, (<usize>headDim) << 2);
   }
@@ -251,17 +251,15 @@ export function f32_attention_backward(
                 dqAt + ((<usize>g * lddq + p) << 2), lddq, true, tile);
             }
           }
-          // dv += Pᵀ·dOut and dk += dSᵀ·Q: the tiles' columns packed as rows, the rows' dOut and Q as panels
+          // dv += Pᵀ·dOut and dk += dSᵀ·Q: the tiles' columns read as rows, the rows' dOut and Q as panels
           const qPanels = qP + ((at * dPad) << 2), oPanels = oP + ((at * dvPad) << 2);
           for (let jg = 0; jg < bc; jg += GEMM_MR) {
             const mr = min(GEMM_MR, bc - jg);
-            f32_pack_cols(sTile + ((<usize>jg) << 2), GEMM_ROW_STRIDE, mr, br, tRows, GEMM_MR);
             for (let p = 0; p < valueDim; p += 8) {
-              gemm_packed(mr, min(8, valueDim - p), br, tRows, oPanels + ((<usize>p * br) << 2), dvBlock + ((<usize>jg * lddv + p) << 2), lddv, true, tile);
+              gemm_cols(mr, min(8, valueDim - p), br, sTile + ((<usize>jg) << 2), oPanels + ((<usize>p * br) << 2), dvBlock + ((<usize>jg * lddv + p) << 2), lddv, true, tile);
             }
-            f32_pack_cols(dTile + ((<usize>jg) << 2), GEMM_ROW_STRIDE, mr, br, tRows, GEMM_MR);
             for (let p = 0; p < headDim; p += 8) {
-              gemm_packed(mr, min(8, headDim - p), br, tRows, qPanels + ((<usize>p * br) << 2), dkBlock + ((<usize>jg * lddk + p) << 2), lddk, true, tile);
+              gemm_cols(mr, min(8, headDim - p), br, dTile + ((<usize>jg) << 2), qPanels + ((<usize>p * br) << 2), dkBlock + ((<usize>jg * lddk + p) << 2), lddk, true, tile);
             }
           }
         }

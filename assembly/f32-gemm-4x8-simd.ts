@@ -4,9 +4,10 @@
 // C[mr x nc] = C[mr x nc] + A[mr x kc] · B[kc x nc] (accumulate = true: the sums start from C)
 // with mr <= 4, nc <= 8. B is a packed panel (f32_pack_panels), row k at b + 8k; C row i at c + i*ldc
 // (strides in elements). A 4x8 register tile: per k, one splat of each A element and two loads of
-// B. A comes in one of two forms, each read through one pointer:
+// B. A comes in one of three forms, each read through one pointer:
 //   _packed: A(i, k) at a + k*4 + i (f32_pack_rows), 4 rows always (rows past mr zero or finite);
-//   _rows:   A(i, k) at a + i*128 + k, 4 rows always (rows past mr finite, in bounds).
+//   _rows:   A(i, k) at a + i*128 + k, 4 rows always (rows past mr finite, in bounds);
+//   _cols:   A(i, k) at a + k*128 + i, 4 rows always (rows past mr finite, in bounds).
 // Rows past mr are computed and not stored. t: 32 floats of scratch, 16-byte aligned.
 import { madd } from './f32-vmath-simd';
 import { loadTile, storeRow8 } from './f32-gemm-store-simd';
@@ -86,6 +87,48 @@ export function f32_gemm_4x8_rows(mr: i32, nc: i32, kc: i32, a: usize, b: usize,
       acc3h = madd(va3, bh, acc3h);
     }
     ap += 4; bp += 32;
+  }
+  v128.store(t, acc0l, 0); v128.store(t, acc0h, 16);
+  v128.store(t, acc1l, 32); v128.store(t, acc1h, 48);
+  v128.store(t, acc2l, 64); v128.store(t, acc2h, 80);
+  v128.store(t, acc3l, 96); v128.store(t, acc3h, 112);
+  const cStride = (<usize>ldc) << 2;
+  for (let i = 0; i < mr; i++) storeRow8(c + <usize>i * cStride, v128.load(t + ((<usize>i) << 5)), v128.load(t + ((<usize>i) << 5), 16), nc);
+}
+
+/** 4x8 register tile, A in the cols form; see the file header. */
+export function f32_gemm_4x8_cols(mr: i32, nc: i32, kc: i32, a: usize, b: usize, c: usize, ldc: i32, accumulate: bool, t: usize): void {
+  let acc0l = f32x4.splat(0.0), acc0h = f32x4.splat(0.0);
+  let acc1l = f32x4.splat(0.0), acc1h = f32x4.splat(0.0);
+  let acc2l = f32x4.splat(0.0), acc2h = f32x4.splat(0.0);
+  let acc3l = f32x4.splat(0.0), acc3h = f32x4.splat(0.0);
+  if (accumulate) {
+    loadTile(c, ldc, mr, nc, t);
+    acc0l = v128.load(t, 0); acc0h = v128.load(t, 16);
+    acc1l = v128.load(t, 32); acc1h = v128.load(t, 48);
+    acc2l = v128.load(t, 64); acc2h = v128.load(t, 80);
+    acc3l = v128.load(t, 96); acc3h = v128.load(t, 112);
+  }
+  let ap = a, bp = b;
+  const end = b + ((<usize>kc) << 5);
+  while (bp < end) {
+    {
+      const bl = v128.load(bp, 0);
+      const bh = v128.load(bp, 16);
+      const va0 = v128.load32_splat(ap, 0);
+      acc0l = madd(va0, bl, acc0l);
+      acc0h = madd(va0, bh, acc0h);
+      const va1 = v128.load32_splat(ap, 4);
+      acc1l = madd(va1, bl, acc1l);
+      acc1h = madd(va1, bh, acc1h);
+      const va2 = v128.load32_splat(ap, 8);
+      acc2l = madd(va2, bl, acc2l);
+      acc2h = madd(va2, bh, acc2h);
+      const va3 = v128.load32_splat(ap, 12);
+      acc3l = madd(va3, bl, acc3l);
+      acc3h = madd(va3, bh, acc3h);
+    }
+    ap += 512; bp += 32;
   }
   v128.store(t, acc0l, 0); v128.store(t, acc0h, 16);
   v128.store(t, acc1l, 32); v128.store(t, acc1h, 48);

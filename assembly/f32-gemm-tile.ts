@@ -4,8 +4,8 @@ import { f32_gemm_1x8_packed } from './f32-gemm-1x8-simd';
 import { f32_gemm_2x8_packed } from './f32-gemm-2x8-simd';
 import { f32_gemm_3x8_packed } from './f32-gemm-3x8-simd';
 import { f32_gemm_4x8_packed } from './f32-gemm-4x8-simd';
-import { f32_gemm_5x8_packed, f32_gemm_5x8_rows } from './f32-gemm-5x8-simd';
-import { f32_gemm_6x8_packed, f32_gemm_6x8_rows } from './f32-gemm-6x8-simd';
+import { f32_gemm_5x8_cols, f32_gemm_5x8_packed, f32_gemm_5x8_rows } from './f32-gemm-5x8-simd';
+import { f32_gemm_6x8_cols, f32_gemm_6x8_packed, f32_gemm_6x8_rows } from './f32-gemm-6x8-simd';
 
 /** Rows of the register tile: 6 with fused multiply-adds (12 accumulators, 2 B loads and a splat fill
  * 15 of V8's vector registers), 5 where each multiply and add needs a temporary. */
@@ -30,6 +30,13 @@ export function gemm_packed(mr: i32, nc: i32, kc: i32, a: usize, b: usize, c: us
 export function gemm_rows(mr: i32, nc: i32, kc: i32, a: usize, b: usize, c: usize, ldc: i32, accumulate: bool, t: usize): void {
   if (ASC_FEATURE_RELAXED_SIMD) f32_gemm_6x8_rows(mr, nc, kc, a, b, c, ldc, accumulate, t);
   else f32_gemm_5x8_rows(mr, nc, kc, a, b, c, ldc, accumulate, t);
+}
+
+/** The same with A given transposed: A(i, k) at a + k*GEMM_ROW_STRIDE + i (a score tile's columns as rows
+ * of A); GEMM_MR columns are read (finite) whatever mr is. */
+export function gemm_cols(mr: i32, nc: i32, kc: i32, a: usize, b: usize, c: usize, ldc: i32, accumulate: bool, t: usize): void {
+  if (ASC_FEATURE_RELAXED_SIMD) f32_gemm_6x8_cols(mr, nc, kc, a, b, c, ldc, accumulate, t);
+  else f32_gemm_5x8_cols(mr, nc, kc, a, b, c, ldc, accumulate, t);
 }
 
 /** gemm_packed with a tile of exactly mr rows (1 <= mr <= GEMM_MR), A packed mr wide (f32_pack_rows with

@@ -4,7 +4,7 @@
 
 export { f32_pack_panels } from './f32-pack-panels-simd';
 export { f32_ceiling_probe, f32_ceiling_flops_per_iteration } from './ceiling-probe';
-export { gemm_packed as f32_gemm_tile_packed, gemm_rows as f32_gemm_tile_rows } from './f32-gemm-tile';
+export { gemm_cols as f32_gemm_tile_cols, gemm_packed as f32_gemm_tile_packed, gemm_rows as f32_gemm_tile_rows } from './f32-gemm-tile';
 export { f32_gemm_packed, f32_gemm_packed_scratch_bytes } from './f32-gemm-simd';
 export { f32_softmax_rows } from './f32-softmax-scale-mask-simd';
 export { f32_softmax_backward_rows } from './f32-softmax-backward-simd';

@@ -20,10 +20,12 @@ const ROW_STRIDE = 128;
 // (V8 kept the unrolled loads live across steps and spilled).
 const DEFAULT_UNROLL = 1;
 
-// Two forms of A, both read through one pointer with immediate offsets (one row pointer per row, as the
+// Three forms of A, each read through one pointer with immediate offsets (one row pointer per row, as the
 // first kernels had, leaves V8 short of general registers at 5 and 6 rows: half the speed, measured):
 //   packed: A interleaved, a[k*MR + i] (f32_pack_rows writes it), the pointer steps MR floats per k;
-//   rows:   A row-major with rows ROW_STRIDE floats apart, the pointer steps one float per k.
+//   rows:   A row-major with rows ROW_STRIDE floats apart, the pointer steps one float per k;
+//   cols:   A given as Aᵀ, row-major with rows ROW_STRIDE floats apart (a[k*ROW_STRIDE + i]: a score
+//           tile's columns as A, Pᵀ·dOut in the attention backward), the pointer steps ROW_STRIDE floats per k.
 function kernel(mr, unroll) {
   const rows = [...Array(mr).keys()];
   const lines = [];
@@ -76,9 +78,10 @@ function kernel(mr, unroll) {
   emit(`// C[mr x nc] = C[mr x nc] + A[mr x kc] · B[kc x nc] (accumulate = true: the sums start from C)`);
   emit(`// with mr <= ${mr}, nc <= 8. B is a packed panel (f32_pack_panels), row k at b + 8k; C row i at c + i*ldc`);
   emit(`// (strides in elements). A ${mr}x8 register tile: per k, one splat of each A element and two loads of`);
-  emit(`// B${unroll > 1 ? `; k unrolled by ${unroll}, then one step at a time` : ''}. A comes in one of two forms, each read through one pointer:`);
+  emit(`// B${unroll > 1 ? `; k unrolled by ${unroll}, then one step at a time` : ''}. A comes in one of three forms, each read through one pointer:`);
   emit(`//   _packed: A(i, k) at a + k*${mr} + i (f32_pack_rows), ${mr} rows always (rows past mr zero or finite);`);
-  emit(`//   _rows:   A(i, k) at a + i*${ROW_STRIDE} + k, ${mr} rows always (rows past mr finite, in bounds).`);
+  emit(`//   _rows:   A(i, k) at a + i*${ROW_STRIDE} + k, ${mr} rows always (rows past mr finite, in bounds);`);
+  emit(`//   _cols:   A(i, k) at a + k*${ROW_STRIDE} + i, ${mr} rows always (rows past mr finite, in bounds).`);
   emit(`// Rows past mr are computed and not stored. t: ${mr * 8} floats of scratch, 16-byte aligned.`);
   emit(`import { madd } from './f32-vmath-simd';`);
   emit(`import { loadTile, storeRow8 } from './f32-gemm-store-simd';`);
@@ -86,6 +89,8 @@ function kernel(mr, unroll) {
   fn('packed', 4, mr * 4);
   emit();
   fn('rows', ROW_STRIDE * 4, 4);
+  emit();
+  fn('cols', 4, ROW_STRIDE * 4);
   return lines.join('\n') + '\n';
 }
 
