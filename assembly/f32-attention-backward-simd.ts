@@ -10,6 +10,11 @@
 // [m_i, l_i] are the forward's row stats (f32_attention's rowStats: the max and the sum of exp(t - m),
 // so log-sum-exp = m + log(l); [lse, 1] does as well). A row with l_i = 0 saw no key: it takes and
 // gives nothing. dq, dk and dv are zeroed here, then accumulated into.
+// A call may take a part of the work (its caller then runs the rest in other calls, on other threads):
+// parts & BWD_DQ: dq of rows [rowLo, rowHi) of each head; parts & BWD_DKV: dk and dv of keys [keyLo,
+// keyHi), from every row that sees them. rowLo is a multiple of BWD_CHUNK, keyLo of BWD_BC, rowHi and
+// keyHi are too or the end. Each gradient is summed in the same order whatever the parts: the bits of
+// a part are those of the whole call.
 //
 // Layout: row-major, strides in elements. Head h's row i of q at q + h*qHead + i*ldq (headDim
 // floats); of out and dOut at out/dOut + h*oHead + i*ldo (valueDim); of dq at dq + h*dqHead + i*lddq;
@@ -42,6 +47,15 @@ export const BWD_BR: i32 = 8 * GEMM_MR;
 
 /** Query rows whose packed q and dOut are kept while the key blocks pass over them: 16 tiles. */
 export const BWD_CHUNK: i32 = 16 * BWD_BR;
+
+/** parts: dq of rows [rowLo, rowHi); dk and dv of keys [keyLo, keyHi). */
+export const BWD_DQ: i32 = 1;
+export const BWD_DKV: i32 = 2;
+
+/** Row and key multiples a call's parts start at: BWD_CHUNK (low 16 bits) and BWD_BC (high 16). */
+export function f32_attention_backward_grain(): i32 {
+  return BWD_CHUNK | (BWD_BC << 16);
+}
 
 /** Scratch bytes f32_attention_backward needs for these head sizes. */
 export function f32_attention_backward_scratch_bytes(headDim: i32, valueDim: i32): i32 {
@@ -148,7 +162,9 @@ export function f32_attention_backward(
   dq: usize, lddq: i32, dqHead: i32, dk: usize, lddk: i32, dv: usize, lddv: i32,
   heads: i32, rows: i32, seqKV: i32, headDim: i32, valueDim: i32, scale: f32, cap: f32,
   mask: usize, maskKind: i32, maskRow: i32, maskHead: i32, offset: i32, left: i32, right: i32, scratch: usize,
+  parts: i32, rowLo: i32, rowHi: i32, keyLo: i32, keyHi: i32,
 ): void {
+  const doQ = (parts & BWD_DQ) != 0, doKV = (parts & BWD_DKV) != 0;
   const dPad = roundUp8(headDim), dvPad = roundUp8(valueDim);
   const kT = scratch;                                           // Kᵀ panels: ceil(bc/8) x headDim x 8
   const kP = kT + ((<usize>BWD_BC * dPad) << 2);                // K panels: ceil(headDim/8) x bc x 8
@@ -166,19 +182,23 @@ export function f32_attention_backward(
   const maskShift: usize = maskKind == MASK_BOOL ? 0 : 2;
   // gemm_cols reads GEMM_MR columns from the last ones of a block on: the columns no block writes stay 0
   memory.fill(sTile, 0, (<usize>(2 * BWD_BR * GEMM_ROW_STRIDE)) << 2);
-  for (let h = 0; h < heads; h++) {
-    for (let i = 0; i < rows; i++) memory.fill(dq + ((<usize>h * dqHead + <usize>i * lddq) << 2), 0, (<usize>headDim) << 2);
+  if (doQ) {
+    for (let h = 0; h < heads; h++) {
+      for (let i = rowLo; i < rowHi; i++) memory.fill(dq + ((<usize>h * dqHead + <usize>i * lddq) << 2), 0, (<usize>headDim) << 2);
+    }
   }
-  for (let j = 0; j < seqKV; j++) {
-    memory.fill(dk + ((<usize>j * lddk) << 2), 0, (<usize>headDim) << 2);
-    memory.fill(dv + ((<usize>j * lddv) << 2), 0, (<usize>valueDim) << 2);
+  if (doKV) {
+    for (let j = keyLo; j < keyHi; j++) {
+      memory.fill(dk + ((<usize>j * lddk) << 2), 0, (<usize>headDim) << 2);
+      memory.fill(dv + ((<usize>j * lddv) << 2), 0, (<usize>valueDim) << 2);
+    }
   }
 
   for (let h = 0; h < heads; h++) {
     const qHeadAt = q + ((<usize>h * qHead) << 2), oHeadAt = dOut + ((<usize>h * oHead) << 2);
     const dqHeadAt = dq + ((<usize>h * dqHead) << 2);
-    for (let c0 = 0; c0 < rows; c0 += BWD_CHUNK) {
-      const c1 = min(rows, c0 + BWD_CHUNK);
+    for (let c0 = rowLo; c0 < rowHi; c0 += BWD_CHUNK) {
+      const c1 = min(rowHi, c0 + BWD_CHUNK);
       // the chunk's rows packed once for all the key blocks
       for (let i0 = c0; i0 < c1; i0 += BWD_BR) {
         const br = min(BWD_BR, c1 - i0);
@@ -195,10 +215,12 @@ export function f32_attention_backward(
           f32_pack_rows(qScaled + ((<usize>g * headDim) << 2), headDim, mr, headDim, qRows + (((at + g) * headDim) << 2), GEMM_MR);
           f32_pack_rows(oAt + ((<usize>g * ldo) << 2), ldo, mr, valueDim, oRows + (((at + g) * valueDim) << 2), GEMM_MR);
         }
-        f32_pack_panels(qAt, ldq, false, br, headDim, qP + ((at * dPad) << 2));
-        f32_pack_panels(oAt, ldo, false, br, valueDim, oP + ((at * dvPad) << 2));
+        if (doKV) {
+          f32_pack_panels(qAt, ldq, false, br, headDim, qP + ((at * dPad) << 2));
+          f32_pack_panels(oAt, ldo, false, br, valueDim, oP + ((at * dvPad) << 2));
+        }
       }
-      for (let j0 = 0; j0 < seqKV; j0 += BWD_BC) {
+      for (let j0 = keyLo; j0 < keyHi; j0 += BWD_BC) {
         const bc = min(BWD_BC, seqKV - j0);
         const bcPad = roundUp8(bc);
         // rows that can see some key of the block: i + offset - left <= j0 + bc - 1 and i + offset + right >= j0
@@ -207,7 +229,7 @@ export function f32_attention_backward(
         if (ilo >= ihi) continue;
         const kBlock = k + ((<usize>j0 * ldk) << 2), vBlock = v + ((<usize>j0 * ldv) << 2);
         f32_pack_panels(kBlock, ldk, true, headDim, bc, kT);
-        f32_pack_panels(kBlock, ldk, false, bc, headDim, kP);
+        if (doQ) f32_pack_panels(kBlock, ldk, false, bc, headDim, kP);
         f32_pack_panels(vBlock, ldv, true, valueDim, bc, vT);
         const dkBlock = dk + ((<usize>j0 * lddk) << 2), dvBlock = dv + ((<usize>j0 * lddv) << 2);
         // the chunk's tiles that hold a row in [ilo, ihi) (their other rows see nothing of the block: P = dS = 0)
@@ -244,7 +266,7 @@ export function f32_attention_backward(
           }
           // dq += dS·K, straight into dq
           const dqAt = dqHeadAt + ((<usize>i0 * lddq) << 2);
-          for (let g = 0; g < br; g += GEMM_MR) {
+          for (let g = 0; doQ && g < br; g += GEMM_MR) {
             const mr = min(GEMM_MR, br - g);
             for (let p = 0; p < headDim; p += 8) {
               gemm_rows(mr, min(8, headDim - p), bc, dTile + ((<usize>g * GEMM_ROW_STRIDE) << 2), kP + ((<usize>p * bc) << 2),
@@ -253,7 +275,7 @@ export function f32_attention_backward(
           }
           // dv += Pᵀ·dOut and dk += dSᵀ·Q: the tiles' columns read as rows, the rows' dOut and Q as panels
           const qPanels = qP + ((at * dPad) << 2), oPanels = oP + ((at * dvPad) << 2);
-          for (let jg = 0; jg < bc; jg += GEMM_MR) {
+          for (let jg = 0; doKV && jg < bc; jg += GEMM_MR) {
             const mr = min(GEMM_MR, bc - jg);
             for (let p = 0; p < valueDim; p += 8) {
               gemm_cols(mr, min(8, valueDim - p), br, sTile + ((<usize>jg) << 2), oPanels + ((<usize>p * br) << 2), dvBlock + ((<usize>jg * lddv + p) << 2), lddv, true, tile);
@@ -267,8 +289,10 @@ export function f32_attention_backward(
     }
   }
   // dq and dk times scale, once
-  for (let h = 0; h < heads; h++) {
-    for (let i = 0; i < rows; i++) scaleRow(dq + ((<usize>h * dqHead + <usize>i * lddq) << 2), headDim, scale);
+  if (doQ) {
+    for (let h = 0; h < heads; h++) {
+      for (let i = rowLo; i < rowHi; i++) scaleRow(dq + ((<usize>h * dqHead + <usize>i * lddq) << 2), headDim, scale);
+    }
   }
-  for (let j = 0; j < seqKV; j++) scaleRow(dk + ((<usize>j * lddk) << 2), headDim, scale);
+  if (doKV) for (let j = keyLo; j < keyHi; j++) scaleRow(dk + ((<usize>j * lddk) << 2), headDim, scale);
 }

@@ -10,7 +10,7 @@ export { f32_softmax_rows } from './f32-softmax-scale-mask-simd';
 export { f32_softmax_backward_rows } from './f32-softmax-backward-simd';
 export { f32_attention, f32_attention_block_rows, f32_attention_scratch_bytes } from './f32-attention-flash-simd';
 export { f32_rope_rows } from './f32-rope-simd';
-export { f32_attention_backward, f32_attention_backward_scratch_bytes, f32_rows_dot } from './f32-attention-backward-simd';
+export { f32_attention_backward, f32_attention_backward_grain, f32_attention_backward_scratch_bytes, f32_rows_dot } from './f32-attention-backward-simd';
 export { f32_merge_chunks } from './f32-merge-chunks-simd';
 export { f32_attention_paged, f16_attention_paged, qs8_attention_paged, f32_attention_paged_scratch_bytes } from './attention-paged-simd';
 

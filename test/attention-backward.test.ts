@@ -34,8 +34,7 @@ function inputs(c: Case, seed: number): { q: Float32Tensor; k: Float32Tensor; v:
 }
 
 /** Runs the case on `backend` (with and without the forward's log-sum-exp) and compares with the reference. */
-function check(backend: (typeof BACKENDS)[number], c: Case, seed: number): void {
-  const engine = engineFor(backend);
+function check(backend: (typeof BACKENDS)[number], c: Case, seed: number, engine = engineFor(backend)): void {
   const { q, k, v, dOut } = inputs(c, seed);
   const options = c.options ?? {};
   const forward = engine.attention(q, k, v, { ...options, returnLogSumExp: true });
@@ -235,6 +234,31 @@ describe('attentionBackward: the same bits on any thread count, sync or async', 
         const first = engines[0].attentionBackward(q, k, v, out, dOut, options);
         const runs = [...engines.slice(1).map((e) => e.attentionBackward(q, k, v, out, dOut, options)), await engines[2].attentionBackwardAsync(q, k, v, out, dOut, options)];
         for (const grads of runs) for (const name of ['dq', 'dk', 'dv'] as const) expect(grads[name].data).toEqual(first[name].data);
+      } finally {
+        for (const engine of engines) engine.dispose();
+      }
+    });
+
+    it(`${backend}: fewer (batch, kv head) pairs than threads (items along keys and rows): the reference, and the bits of 1 thread`, async () => {
+      const engines = [1, 2, 3].map((threads) => createEngineSync({ backend, threads }));
+      try {
+        const random = rng(31);
+        const [seqQ, seqKV] = [800, 300];
+        const cases: AttentionBackwardOptions[] = [
+          { causal: true },
+          { window: { left: 500, right: 20 }, mask: { data: Uint8Array.from({ length: seqKV }, () => (random() < 0.8 ? 1 : 0)), dims: [seqKV] } },
+          { softcap: 3, mask: { data: Float32Array.from({ length: seqQ * seqKV }, () => random() * 2 - 1), dims: [1, 1, seqQ, seqKV] } },
+        ];
+        for (const [n, options] of cases.entries()) {
+          const c: Case = { qHeads: 3, kvHeads: 1, seqQ, seqKV, headDim: 24, valueDim: 9, options };
+          check(backend, c, 900 + n, engines[2]);
+          const { q, k, v, dOut } = inputs(c, 900 + n);
+          const out = engines[0].attention(q, k, v, { ...options, returnLogSumExp: true });
+          const given = { ...options, logSumExp: out.logSumExp };
+          const first = engines[0].attentionBackward(q, k, v, out, dOut, given);
+          const runs = [...engines.slice(1).map((e) => e.attentionBackward(q, k, v, out, dOut, given)), await engines[2].attentionBackwardAsync(q, k, v, out, dOut, given)];
+          for (const grads of runs) for (const name of ['dq', 'dk', 'dv'] as const) expect(grads[name].data, `${name}, case ${n}`).toEqual(first[name].data);
+        }
       } finally {
         for (const engine of engines) engine.dispose();
       }

@@ -31,7 +31,10 @@ export interface Kernels {
     dq: number, lddq: number, dqHead: number, dk: number, lddk: number, dv: number, lddv: number,
     heads: number, rows: number, seqKV: number, headDim: number, valueDim: number, scale: number, cap: number,
     mask: number, maskKind: number, maskRow: number, maskHead: number, offset: number, left: number, right: number, scratch: number,
+    parts: number, rowLo: number, rowHi: number, keyLo: number, keyHi: number,
   ): void;
+  /** The row multiple (low 16 bits) and key multiple (high 16) a backward call's parts start at. */
+  f32_attention_backward_grain(): number;
   f32_attention_backward_scratch_bytes(headDim: number, valueDim: number): number;
   f32_softmax_backward_rows(y: number, dy: number, dx: number, rows: number, cols: number, scale: number): void;
   f32_rows_dot(a: number, lda: number, b: number, ldb: number, rows: number, n: number, delta: number): void;

@@ -2,7 +2,8 @@
 // copies when rope is on, as the forward does), out, dOut and each row's softmax stats [max, sum]
 // (from the log-sum-exp L as [L, 1] where it can be trusted, see TRUSTED_LOG_SUM_EXP, else left for
 // the items to compute with the forward kernel),
-// runs one item per (batch, kv head) (job.ts), and with rope turns dq and dk back by the opposite
+// runs the job (job.ts: one item per (batch, kv head), or, with fewer of those than threads and the
+// stats given, items of dk, dv for key ranges and of dq for row ranges after D is computed here), and with rope turns dq and dk back by the opposite
 // angles (f32_rope_rows with the sine negated) before reading them out.
 import { type Encoded, type WasmCall, type WasmOp, operandArray } from '../../backend.js';
 import { MASK_KIND } from '../../backends/kernels.js';
@@ -100,10 +101,32 @@ export const attentionBackwardWasm: WasmOp<AttentionBackwardPlan, AttentionGradi
     job[J.offset] = f.offset;
     job[J.left] = f.left;
     job[J.right] = f.right;
-    job[HEADER.items] = batch * kvHeads;
+    const pairs = batch * kvHeads;
+    job[HEADER.items] = pairs;
+    const kernels = call.kernels;
+    const grain = kernels.f32_attention_backward_grain();
+    const [chunkRows, blockKeys] = [grain & 0xffff, grain >>> 16];
+    if (job[J.forwardOut] === 0 && pairs < call.threads && seqKV > blockKeys) {
+      // the split cut (job.ts): about 4 items of each kind per thread, in whole chunks and blocks
+      const want = Math.ceil((4 * call.threads) / pairs);
+      const keyBlocks = Math.ceil(seqKV / blockKeys);
+      const rowChunks = Math.ceil(seqQ / chunkRows);
+      job[J.keyStep] = blockKeys * Math.ceil(keyBlocks / Math.min(keyBlocks, want));
+      job[J.keyItems] = Math.ceil(seqKV / job[J.keyStep]);
+      job[J.rowStep] = chunkRows * Math.ceil(rowChunks / Math.min(rowChunks, want));
+      job[J.rowItems] = Math.ceil(seqQ / job[J.rowStep]);
+      job[HEADER.items] = pairs * (job[J.keyItems] + job[J.rowItems]);
+      // D = rowsum(dOut ∘ out) now: every item reads all of it
+      for (let b = 0; b < batch; b++) {
+        for (let h = 0; h < qHeads; h++) {
+          const at = 4 * (b * job[J.oB] + h * job[J.oH]);
+          kernels.f32_rows_dot(job[J.out] + at, job[J.oRow], job[J.dOut] + at, job[J.oRow], seqQ, valueDim, job[J.delta] + 4 * (b * qHeads + h) * seqQ);
+        }
+      }
+    }
     const scratchBytes = Math.max(
-      call.kernels.f32_attention_backward_scratch_bytes(headDim, valueDim),
-      job[J.forwardOut] === 0 ? 0 : call.kernels.f32_attention_scratch_bytes(headDim, valueDim),
+      kernels.f32_attention_backward_scratch_bytes(headDim, valueDim),
+      job[J.forwardOut] === 0 ? 0 : kernels.f32_attention_scratch_bytes(headDim, valueDim),
     );
     return { job, scratchBytes, outPtr: dq, size: rows * headDim, dq, dk, dv };
   },
