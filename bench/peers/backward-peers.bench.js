@@ -3,11 +3,15 @@
 //   npm run bench:peers:backward       (in the repo root, after `npm run build`; about 50 s on 2 cores)
 //   npm --prefix bench/peers ci && node bench/peers/backward-peers.bench.js
 //   node bench/peers/backward-peers.bench.js --shapes bert-128 --graphs per-head-2d --grads tfjs,flag-free --time 300 --json
+//   node bench/peers/backward-peers.bench.js --outputs fresh   ours writes new arrays every call (default: reused)
 // What each call does, from Float32Arrays to Float32Arrays (every library pays for its copies):
 // - ours: engine.attentionBackward(q, k, v, out, dOut, { causal, logSumExp }) on the relaxed-SIMD build
 //   (the SIMD build where relaxed SIMD does not run), threads: 1, with the output and log-sum-exp of one
 //   earlier engine.attention(q, k, v, { causal, returnLogSumExp: true }) call; and, as a second row,
 //   that forward call and the backward together, since tfjs cannot differentiate without its forward.
+//   By default (--outputs reused) ours writes into the same caller arrays every call (options.grads,
+//   and options.out for the forward), as a training loop does (bench/backward.bench.js does the same);
+//   tfjs reuses its own heap's memory from call to call. --outputs fresh: new arrays every call.
 // - tfjs: tf.grads((q, k, v) => softmax(q·kᵀ·scale + mask)·v)([q, k, v], dOut), i.e. the gradients of
 //   sum(dOut ∘ attention) with respect to q, k and v, inside tf.tidy, then dataSync() of dq, dk and dv.
 //   The mask (causal shapes only: an additive [Sq, Skv] tensor, -inf above the diagonal by default,
@@ -60,6 +64,7 @@ const { values } = parseArgs({
     rounds: { type: 'string', default: '3' },
     block: { type: 'string', default: '500' },
     tolerance: { type: 'string', default: '1e-3' },
+    outputs: { type: 'string', default: 'reused' },
     json: { type: 'boolean', default: false },
   },
 });
@@ -72,6 +77,8 @@ for (const g of gradForms) if (!GRAD_FORMS.includes(g)) throw new Error(`unknown
 const maskValue = /^-inf(inity)?$/i.test(values.mask) ? -Infinity : Number(values.mask);
 if (!(maskValue < -1e6)) throw new Error(`--mask must be -inf or a large negative number, got ${values.mask}`);
 const tolerance = Number(values.tolerance);
+if (values.outputs !== 'reused' && values.outputs !== 'fresh') throw new Error(`--outputs must be reused or fresh, got ${values.outputs}`);
+const reuse = values.outputs === 'reused';
 const log = (text) => process.stderr.write(text);
 const notes = [];
 
@@ -282,12 +289,16 @@ for (const name of shapeNames) {
   log(`${name}: ours...`);
   const fwd = engine.attention(q, k, v, { causal: s.causal, returnLogSumExp: true });
   const out = { data: fwd.data, dims: fwd.dims };
-  const ours = () => engine.attentionBackward(q, k, v, out, dOut, { causal: s.causal, logSumExp: fwd.logSumExp });
+  const grads = reuse ? { grads: { dq: new Float32Array(x.q.length), dk: new Float32Array(x.k.length), dv: new Float32Array(x.k.length) } } : {};
+  const fwdOut = reuse ? { out: new Float32Array(x.q.length) } : {};
+  const ours = () => engine.attentionBackward(q, k, v, out, dOut, { causal: s.causal, logSumExp: fwd.logSumExp, ...grads });
   const oursBoth = () => {
-    const f = engine.attention(q, k, v, { causal: s.causal, returnLogSumExp: true });
-    return engine.attentionBackward(q, k, v, { data: f.data, dims: f.dims }, dOut, { causal: s.causal, logSumExp: f.logSumExp });
+    const f = engine.attention(q, k, v, { causal: s.causal, returnLogSumExp: true, ...fwdOut });
+    return engine.attentionBackward(q, k, v, { data: f.data, dims: f.dims }, dOut, { causal: s.causal, logSumExp: f.logSumExp, ...grads });
   };
-  const expected = ours();
+  // the check's own arrays (ours() overwrites its outputs when they are reused)
+  const expected = engine.attentionBackward(q, k, v, out, dOut, { causal: s.causal, logSumExp: fwd.logSumExp });
+  ours();
   oursBoth();
   /** ms of one call, the best of two (a call's length sets how many calls it makes per round). */
   const estimate = (fn) => Math.min(...[0, 1].map(() => {
@@ -385,6 +396,7 @@ const header = {
   ours: backend,
   tfjs: { core: tf.version_core, threads: tfThreads },
   mask: values.mask,
+  outputs: values.outputs,
   totalSeconds,
 };
 if (values.json) {
@@ -403,7 +415,7 @@ for (const r of rows) {
   );
 }
 const footnotes = [
-  'ours: backward = engine.attentionBackward with the forward\'s output and logSumExp given (the forward not timed); forward + backward = engine.attention(returnLogSumExp) then engine.attentionBackward, in one timed call. tfjs: tf.grads runs its forward in every call, so "tfjs ÷ ours forward + backward" is the like-for-like ratio, "tfjs ÷ ours backward" the one the goal (>= 3x) names.',
+  `ours: backward = engine.attentionBackward with the forward's output and logSumExp given (the forward not timed); forward + backward = engine.attention(returnLogSumExp) then engine.attentionBackward, in one timed call; outputs ${reuse ? 'written into the same caller arrays every call (options.grads, options.out), as a training loop does' : 'in new arrays every call'} (--outputs). tfjs: tf.grads runs its forward in every call, so "tfjs ÷ ours forward + backward" is the like-for-like ratio, "tfjs ÷ ours backward" the one the goal (>= 3x) names.`,
   'GFLOP/s: 2.5 · 4·B·H·Sq·Skv·D / time, half for causal (gpt-1024).',
   `causal (gpt-1024): tfjs adds a [Sq, Skv] mask of ${values.mask} above the diagonal and computes every score; ours skips the masked blocks.`,
   'max rel. error: max |tfjs - ours| ÷ max |ours| for dq, dk and dv, the worst of the three.',
