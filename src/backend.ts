@@ -64,8 +64,8 @@ export interface WasmCall {
   stage(operand: Operand, name: string): number;
   /** A temporary block of `bytes`, freed when the call ends. */
   alloc(bytes: number): number;
-  /** Where the result goes: `out` in place when it is resident, else a temporary block. */
-  output(out: Operand<Float32Array> | undefined, elements: number): number;
+  /** Where the result goes: `out` in place when it is resident, else a temporary block (`name`, for errors: options.out unless said). */
+  output(out: Operand<Float32Array> | undefined, elements: number, name?: string): number;
   /** The `elements` floats at `ptr`, into `out` (when given) or a new array. */
   collect(ptr: number, elements: number, out: Operand<Float32Array> | undefined): Float32Array;
   /** Threads the call may run on (an op may cut work finer for several, where its bits do not depend on the cut). */

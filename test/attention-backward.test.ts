@@ -196,6 +196,17 @@ describe.each(BACKENDS)('attentionBackward on %s against the float64 reference',
     const onlyDk = engine.attentionBackward(q, k, v, out, dOut, { causal: true, grads: { dk: new Float32Array(k.data.length) } });
     expect(onlyDk.dk.data).toEqual(fresh.dk.data);
     expect(onlyDk.dq.data).toEqual(fresh.dq.data);
+    // the engine's own tensors as grads: written in place
+    const resident = { dq: engine.tensor(q.dims), dk: engine.tensor(k.dims), dv: engine.tensor(v.dims) };
+    try {
+      const inPlace = engine.attentionBackward(q, k, v, out, dOut, { causal: true, grads: { dq: resident.dq.data, dk: resident.dk.data, dv: resident.dv.data } });
+      for (const name of ['dq', 'dk', 'dv'] as const) {
+        expect(inPlace[name].data).toBe(resident[name].data);
+        expect(resident[name].data, `resident ${name}`).toEqual(fresh[name].data);
+      }
+    } finally {
+      for (const t of Object.values(resident)) t.release();
+    }
     const used = engine.stats().usedBytes;
     refused(() => engine.attentionBackward(q, k, v, out, dOut, { grads: { dq: q.data } }), 'INVALID_OPTION', 'options.grads.dq');
     refused(() => engine.attentionBackward(q, k, v, out, dOut, { grads: { dk: grads.dk, dv: new Float32Array(grads.dk.buffer, 0, v.data.length) } }), 'INVALID_OPTION', 'options.grads.dv');
@@ -258,6 +269,15 @@ describe('attentionBackward: the same bits on any thread count, sync or async', 
           const first = engines[0].attentionBackward(q, k, v, out, dOut, given);
           const runs = [...engines.slice(1).map((e) => e.attentionBackward(q, k, v, out, dOut, given)), await engines[2].attentionBackwardAsync(q, k, v, out, dOut, given)];
           for (const grads of runs) for (const name of ['dq', 'dk', 'dv'] as const) expect(grads[name].data, `${name}, case ${n}`).toEqual(first[name].data);
+        }
+        // no query rows (after a call that left gradients in memory): dk and dv are zero
+        const q0 = { data: new Float32Array(0), dims: [1, 3, 0, 24] };
+        const k0 = { data: Float32Array.from({ length: seqKV * 24 }, random), dims: [1, 1, seqKV, 24] };
+        const v0 = { data: Float32Array.from({ length: seqKV * 9 }, random), dims: [1, 1, seqKV, 9] };
+        const out0 = engines[2].attention(q0, k0, v0, { returnLogSumExp: true });
+        const none = { logSumExp: out0.logSumExp };
+        for (const grads of [engines[2].attentionBackward(q0, k0, v0, out0, out0, none), await engines[2].attentionBackwardAsync(q0, k0, v0, out0, out0, none)]) {
+          expect(grads.dk.data.every((x) => x === 0) && grads.dv.data.every((x) => x === 0), 'dk, dv with no query rows').toBe(true);
         }
       } finally {
         for (const engine of engines) engine.dispose();

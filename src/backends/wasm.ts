@@ -72,8 +72,8 @@ class Call implements WasmCall {
     return ptr;
   }
 
-  output(out: Operand<Float32Array> | undefined, elements: number): number {
-    return out?.resident ? this.residentAt(out, 'options.out') : this.alloc(elements * 4);
+  output(out: Operand<Float32Array> | undefined, elements: number, name = 'options.out'): number {
+    return out?.resident ? this.residentAt(out, name) : this.alloc(elements * 4);
   }
 
   collect(ptr: number, elements: number, out: Operand<Float32Array> | undefined): Float32Array {

@@ -76,10 +76,11 @@ export const attentionBackwardWasm: WasmOp<AttentionBackwardPlan, AttentionGradi
       job[J.forwardOut] = call.alloc(4 * rows * valueDim);
     }
     job[J.delta] = call.alloc(4 * rows);
-    // the items zero their own parts of the gradients
-    const dq = call.alloc(4 * rows * headDim);
-    const dk = call.alloc(4 * batch * kvHeads * seqKV * headDim);
-    const dv = call.alloc(4 * batch * kvHeads * seqKV * valueDim);
+    // the items zero their own parts of the gradients; resident options.grads are written in place
+    const { into } = plan;
+    const dq = call.output(into.dq, rows * headDim, 'options.grads.dq');
+    const dk = call.output(into.dk, batch * kvHeads * seqKV * headDim, 'options.grads.dk');
+    const dv = call.output(into.dv, batch * kvHeads * seqKV * valueDim, 'options.grads.dv');
     job[J.dq] = dq;
     job[J.dk] = dk;
     job[J.dv] = dv;
@@ -106,7 +107,7 @@ export const attentionBackwardWasm: WasmOp<AttentionBackwardPlan, AttentionGradi
     const kernels = call.kernels;
     const grain = kernels.f32_attention_backward_grain();
     const [chunkRows, blockKeys] = [grain & 0xffff, grain >>> 16];
-    if (job[J.forwardOut] === 0 && pairs < call.threads && seqKV > blockKeys) {
+    if (job[J.forwardOut] === 0 && pairs < call.threads && seqQ > 0 && seqKV > blockKeys) {
       // the split cut (job.ts): about 4 items of each kind per thread, in whole chunks and blocks
       const want = Math.ceil((4 * call.threads) / pairs);
       const keyBlocks = Math.ceil(seqKV / blockKeys);
