@@ -26,6 +26,17 @@ const DKV = 2;
 
 const J = BACKWARD_JOB.at;
 
+/** D = rowsum(dOut ∘ out) of the rows of the query heads of (batch b, kv head g), into the job's delta. */
+export function pairDelta(kernels: Kernels, job: Float64Array, b: number, g: number): void {
+  const [group, seqQ, oH, oRow] = [job[J.group], job[J.seqQ], job[J.oH], job[J.oRow]];
+  const h0 = g * group;
+  const delta = job[J.delta] + 4 * (b * job[J.kvHeads] * group + h0) * seqQ;
+  for (let h = 0; h < group; h++) {
+    const at = 4 * (b * job[J.oB] + (h0 + h) * oH);
+    kernels.f32_rows_dot(job[J.out] + at, oRow, job[J.dOut] + at, oRow, seqQ, job[J.valueDim], delta + 4 * h * seqQ);
+  }
+}
+
 /** Runs one backward item; see the file header. Every tensor at its strides; the row stats and D packed [B, Hq, Sq]. */
 export const runBackwardItem: ItemRunner = (kernels: Kernels, job: Float64Array, item: number, scratch: number): void => {
   const kvHeads = job[J.kvHeads];
@@ -57,13 +68,8 @@ export const runBackwardItem: ItemRunner = (kernels: Kernels, job: Float64Array,
   const h0 = g * group;
   const firstRow = (b * kvHeads * group + h0) * seqQ; // of the stats and D
   const oAt = 4 * (b * job[J.oB] + h0 * job[J.oH]);
-  const oH = job[J.oH];
-  const oRow = job[J.oRow];
-  const out = job[J.out] + oAt;
-  const dOut = job[J.dOut] + oAt;
-  const delta = job[J.delta] + 4 * firstRow;
   // split: D came before the job (every item reads all of it)
-  if (!split) for (let h = 0; h < group; h++) kernels.f32_rows_dot(out + 4 * h * oH, oRow, dOut + 4 * h * oH, oRow, seqQ, valueDim, delta + 4 * h * seqQ);
+  if (!split) pairDelta(kernels, job, b, g);
   const maskBytes = job[J.maskBytes];
   const mask = job[J.mask] === 0 ? 0 : job[J.mask] + maskBytes * (b * job[J.mB] + h0 * job[J.mH]);
   const stats = job[J.stats] + 8 * firstRow;
@@ -84,7 +90,7 @@ export const runBackwardItem: ItemRunner = (kernels: Kernels, job: Float64Array,
     job[J.q] + 4 * (b * job[J.qB] + h0 * job[J.qH]), job[J.qRow], job[J.qH],
     job[J.k] + 4 * (b * job[J.kB] + g * job[J.kH]), job[J.kRow],
     job[J.v] + 4 * (b * job[J.vB] + g * job[J.vH]), job[J.vRow],
-    out, dOut, oRow, oH, stats, delta,
+    job[J.out] + oAt, job[J.dOut] + oAt, job[J.oRow], job[J.oH], stats, job[J.delta] + 4 * firstRow,
     job[J.dq] + 4 * (b * job[J.dqB] + h0 * job[J.dqH]), job[J.dqRow], job[J.dqH],
     job[J.dk] + 4 * (b * job[J.dkB] + g * job[J.dkH]), job[J.dkRow], job[J.dv] + 4 * (b * job[J.dvB] + g * job[J.dvH]), job[J.dvRow],
     group, seqQ, seqKV, headDim, valueDim, job[J.scale], job[J.cap],

@@ -3,14 +3,15 @@
 // (from the log-sum-exp L as [L, 1] where it can be trusted, see TRUSTED_LOG_SUM_EXP, else left for
 // the items to compute with the forward kernel),
 // runs the job (job.ts: one item per (batch, kv head), or, with fewer of those than threads and the
-// stats given, items of dk, dv for key ranges and of dq for row ranges after D is computed here), and with rope turns dq and dk back by the opposite
-// angles (f32_rope_rows with the sine negated) before reading them out.
+// stats given, items of dk, dv for key ranges and of dq for row ranges after D is computed here), and
+// with rope turns dq and dk back by the opposite angles (f32_rope_rows with the sine negated) before
+// reading them out.
 import { type Encoded, type WasmCall, type WasmOp, operandArray } from '../../backend.js';
 import { MASK_KIND } from '../../backends/kernels.js';
 import { HEADER } from '../../job.js';
 import type { HeadStrides, RopeTables } from '../attention/plan.js';
 import { putStrides, stageScored } from '../attention/wasm.js';
-import { BACKWARD_JOB } from './job.js';
+import { BACKWARD_JOB, pairDelta } from './job.js';
 import { type AttentionBackwardPlan, type AttentionGradients, trustedLogSumExp } from './plan.js';
 
 const J = BACKWARD_JOB.at;
@@ -117,13 +118,8 @@ export const attentionBackwardWasm: WasmOp<AttentionBackwardPlan, AttentionGradi
       job[J.rowStep] = chunkRows * Math.ceil(rowChunks / Math.min(rowChunks, want));
       job[J.rowItems] = Math.ceil(seqQ / job[J.rowStep]);
       job[HEADER.items] = pairs * (job[J.keyItems] + job[J.rowItems]);
-      // D = rowsum(dOut ∘ out) now: every item reads all of it
-      for (let b = 0; b < batch; b++) {
-        for (let h = 0; h < qHeads; h++) {
-          const at = 4 * (b * job[J.oB] + h * job[J.oH]);
-          kernels.f32_rows_dot(job[J.out] + at, job[J.oRow], job[J.dOut] + at, job[J.oRow], seqQ, valueDim, job[J.delta] + 4 * (b * qHeads + h) * seqQ);
-        }
-      }
+      // D now: every item reads all of its pair's
+      for (let p = 0; p < pairs; p++) pairDelta(kernels, job, Math.floor(p / kvHeads), p % kvHeads);
     }
     const scratchBytes = Math.max(
       kernels.f32_attention_backward_scratch_bytes(headDim, valueDim),
